@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Catalog benchmark (issue 3), run from the repo root:
+#   1. 10,000 products × 5 offers seeded directly into a fresh Postgres database;
+#   2. requests/s of `products(first: 50){ nodes { name offers { price itemsInStock } } }`
+#      through emporium's GraphQL endpoint vs a minimal axum handler serving the same JSON
+#      from one hand-written SQL query (benches/catalog.rs), with wrk, in the same run;
+#   3. one full offer sync of the 10,000 products against the bundled simulator (products/s).
+# Settings: DATABASE_URL (a Postgres URL whose server we may create a database on),
+# BENCH_DURATION (wrk seconds per side, default 15), BENCH_CONNECTIONS (default 32).
+set -euo pipefail
+
+BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+DURATION="${BENCH_DURATION:-15}"
+CONNECTIONS="${BENCH_CONNECTIONS:-32}"
+DB_NAME="emporium_bench_catalog"
+DB_URL="${BASE_URL%/*}/${DB_NAME}"
+WORK="$(mktemp -d)"
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need psql || ! need jq; then
+  apt-get update -qq && apt-get install -y -qq wrk postgresql-client jq >/dev/null
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_http() {
+  for _ in $(seq 1 300); do
+    if curl -s -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2; exit 1
+}
+
+echo "== building (release)"
+cargo build --release --quiet
+BASELINE_BIN="$(cargo bench --bench catalog --no-run --message-format=json 2>/dev/null \
+  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "catalog" and .executable != null) | .executable' | tail -1)"
+[ -x "$BASELINE_BIN" ] || { echo "could not build the catalog bench helper" >&2; exit 1; }
+
+echo "== seeding ${DB_NAME}: 10,000 products x 5 offers"
+psql -q "$BASE_URL" -c "DROP DATABASE IF EXISTS ${DB_NAME}" -c "CREATE DATABASE ${DB_NAME}" >/dev/null
+DATABASE_URL="$DB_URL" RUST_LOG=warn target/release/emporium migrate >/dev/null
+psql -q -v ON_ERROR_STOP=1 "$DB_URL" >/dev/null <<'SQL'
+INSERT INTO products (sku, name, description, registration_status, registered_at, created_at, updated_at)
+SELECT 'bench-' || g, 'Product ' || g, 'Benchmark product number ' || g, 'registered', 0, 0, 0
+FROM generate_series(1, 10000) AS g;
+INSERT INTO offers (product_id, source_id, price, items_in_stock, created_at, updated_at)
+SELECT p.id, 'seed-' || p.id || '-' || n, 1000 + ((p.id * 7919 + n * 104729) % 99000), (p.id + n) % 100, 0, 0
+FROM products p CROSS JOIN generate_series(1, 5) AS n;
+INSERT INTO price_history (product_id, offer_source_id, price, recorded_at)
+SELECT product_id, source_id, price, 0 FROM offers;
+ANALYZE;
+SQL
+
+EMPORIUM_PORT="$(free_port)"
+BASELINE_PORT="$(free_port)"
+env DATABASE_URL="$DB_URL" LISTEN="127.0.0.1:${EMPORIUM_PORT}" DATA_DIR="$WORK/data" \
+    OFFERS_SYNC_CRON="0 0 0 1 1 *" JOB_WORKERS=0 RUST_LOG=warn \
+    target/release/emporium serve >"$WORK/emporium.log" 2>&1 &
+PIDS+=($!)
+"$BASELINE_BIN" baseline "127.0.0.1:${BASELINE_PORT}" "$DB_URL" >"$WORK/baseline.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:${EMPORIUM_PORT}/health"
+wait_http "http://127.0.0.1:${BASELINE_PORT}/graphql"
+
+QUERY='{"query":"{ products(first: 50) { nodes { name offers { price itemsInStock } } } }"}'
+cat >"$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '${QUERY}'
+LUA
+
+# Both sides must serve the same document, or the comparison means nothing.
+curl -s -X POST -H 'Content-Type: application/json' -d "$QUERY" "http://127.0.0.1:${EMPORIUM_PORT}/graphql" | jq -S . >"$WORK/graphql.json"
+curl -s -X POST -H 'Content-Type: application/json' -d "$QUERY" "http://127.0.0.1:${BASELINE_PORT}/graphql" | jq -S . >"$WORK/baseline.json"
+if ! cmp -s "$WORK/graphql.json" "$WORK/baseline.json"; then
+  echo "the GraphQL answer and the baseline differ:" >&2
+  diff "$WORK/graphql.json" "$WORK/baseline.json" | head -20 >&2
+  exit 1
+fi
+echo "== both answer the same JSON ($(jq '.data.products.nodes | length' "$WORK/graphql.json") products, $(jq '[.data.products.nodes[].offers[]] | length' "$WORK/graphql.json") offers, $(wc -c <"$WORK/graphql.json") bytes pretty-printed)"
+
+measure() { # url -> requests/s
+  wrk -t2 -c"$CONNECTIONS" -d3s -s "$WORK/post.lua" "$1" >/dev/null # warm-up
+  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$WORK/post.lua" "$1" | tee -a "$WORK/wrk.log" | awk '/Requests\/sec/ { print $2 }'
+}
+echo "== wrk: ${DURATION}s each, 2 threads, ${CONNECTIONS} connections"
+GRAPHQL_RPS="$(measure "http://127.0.0.1:${EMPORIUM_PORT}/graphql")"
+BASELINE_RPS="$(measure "http://127.0.0.1:${BASELINE_PORT}/graphql")"
+grep -E "Latency|Non-2xx|errors" "$WORK/wrk.log" || true
+echo "GraphQL products(first: 50) with offers: ${GRAPHQL_RPS} req/s"
+echo "hand-written SQL + axum baseline:        ${BASELINE_RPS} req/s"
+python3 -c "print(f'ratio GraphQL / baseline: {float(\"$GRAPHQL_RPS\") / float(\"$BASELINE_RPS\"):.2f} (goal >= 0.5)')"
+
+for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+PIDS=()
+
+echo "== offer sync of 10,000 products against the bundled simulator"
+"$BASELINE_BIN" sync "$DB_URL"

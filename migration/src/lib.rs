@@ -1,0 +1,27 @@
+//! Database migrations, shared by SQLite (embedded) and Postgres (cluster).
+//!
+//! Every timestamp column is BIGINT milliseconds since the Unix epoch: one type that
+//! sorts, compares and indexes identically on both backends.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_foundation;
+mod m20261121_000002_catalog;
+mod m20261121_000003_store;
+mod m20261121_000004_uploads;
+mod m20261121_000005_intake;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261121_000001_foundation::Migration),
+            Box::new(m20261121_000002_catalog::Migration),
+            Box::new(m20261121_000003_store::Migration),
+            Box::new(m20261121_000004_uploads::Migration),
+            Box::new(m20261121_000005_intake::Migration),
+        ]
+    }
+}

@@ -1,0 +1,175 @@
+//! Assembling and running one node: connect, migrate, wire the domains, serve, and shut
+//! down gracefully (stop accepting, finish in-flight requests, release held jobs).
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::{
+    config::{Config, parse_feed_source},
+    db,
+    events::EventBus,
+    feed, graphql, http,
+    jobs::{JobQueue, JobRegistry, Workers, periodic},
+    state::{AppState, Upstreams},
+    storage::ObjectStorage,
+};
+
+pub struct App {
+    pub state: AppState,
+    listener: TcpListener,
+    simulator: Option<sim::RunningSim>,
+}
+
+impl App {
+    /// Everything a node needs before it serves; any failure here is a configuration or
+    /// dependency problem, reported as one clear error.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        crate::telemetry::spawn_metrics_upkeep();
+        let node_id: Arc<str> = config.node_id.clone().unwrap_or_else(default_node_id).into();
+
+        db::migrate(&config.database).await?;
+        let db = db::connect(&config.database).await?;
+        let (redis, events) = match &config.redis_url {
+            Some(url) => {
+                let (client, manager) = connect_redis(url).await?;
+                (Some(manager.clone()), EventBus::redis(client, manager, &config.redis_prefix))
+            }
+            None => (None, EventBus::local()),
+        };
+        let objects = ObjectStorage::from_config(&config)?;
+        let dedup = crate::uploads::dedup_window(&config, redis.as_ref());
+        let (upstreams, simulator) = upstreams(&config).await?;
+        let jobs = JobQueue::new(db.clone(), config.jobs.clone());
+        let feed = feed::Gateway::new(&upstreams.feed_sources, &config.feed);
+        let catalog = Arc::new(crate::catalog::Catalog::new(&db, &config, &upstreams.offers_url, &node_id)?);
+
+        let state = AppState {
+            config: Arc::new(config),
+            db,
+            redis,
+            events,
+            objects,
+            dedup,
+            jobs,
+            node_id,
+            upstreams: Arc::new(upstreams),
+            feed,
+            catalog,
+        };
+        Ok(Self { state, listener, simulator })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.state.config.listen)
+    }
+
+    /// Serves until `shutdown` resolves, then stops in order.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { state, listener, simulator } = self;
+        let workers = Workers::spawn(state.clone(), job_registry(), state.config.jobs.job_workers);
+        let mut scheduler = periodic::start(state.clone(), periodic_jobs(&state.config)).await?;
+        let feed_pollers = feed::spawn_pollers(&state.feed)?;
+        let schema = graphql::build(Some(state.clone()), &state.config.http);
+        let app = http::router(state.clone(), schema);
+
+        tracing::info!(addr = %listener.local_addr()?, node = %state.node_id, "emporium is serving; GraphiQL at /graphql");
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopped_tx.send(());
+        });
+        // Open websockets (subscriptions) would keep a graceful shutdown waiting forever:
+        // after the grace period the server stops regardless.
+        let grace = state.config.jobs.shutdown_grace;
+        tokio::select! {
+            result = server => result.context("the HTTP server failed")?,
+            () = async { let _ = stopped_rx.await; tokio::time::sleep(grace + Duration::from_secs(1)).await } => {
+                tracing::warn!("in-flight connections still open after the grace period; closing them");
+            }
+        }
+        tracing::info!("shutting down: finishing running jobs");
+        feed_pollers.shutdown();
+        let _ = scheduler.shutdown().await;
+        workers.shutdown().await;
+        if let Some(simulator) = simulator {
+            simulator.shutdown().await;
+        }
+        state.db.clone().close().await.ok();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Every durable job kind this binary runs.
+pub fn job_registry() -> JobRegistry {
+    let mut registry = JobRegistry::default();
+    crate::catalog::register_jobs(&mut registry);
+    crate::intake::register_jobs(&mut registry);
+    crate::uploads::register_jobs(&mut registry);
+    registry
+}
+
+/// Every periodic job this binary schedules.
+pub fn periodic_jobs(config: &Config) -> Vec<periodic::Periodic> {
+    let mut jobs = periodic::housekeeping(&config.jobs);
+    jobs.extend(crate::catalog::periodic(config));
+    jobs.extend(crate::intake::periodic(config));
+    jobs.extend(crate::uploads::periodic());
+    jobs
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "node".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, redis::aio::ConnectionManager)> {
+    let shown = db::redact(url);
+    let client = redis::Client::open(url).with_context(|| format!("REDIS_URL `{shown}` is not a valid Redis URL"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(Duration::from_secs(3)))
+        .set_number_of_retries(2);
+    let manager = tokio::time::timeout(
+        Duration::from_secs(10),
+        redis::aio::ConnectionManager::new_with_config(client.clone(), config),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out"))
+    .and_then(|result| result.map_err(anyhow::Error::from))
+    .with_context(|| format!("cannot connect to Redis at {shown}"))?;
+    Ok((client, manager))
+}
+
+/// Resolves where the offers service and the feeds are; starts the bundled simulator
+/// in-process for whatever is not configured.
+async fn upstreams(config: &Config) -> anyhow::Result<(Upstreams, Option<sim::RunningSim>)> {
+    let mut feed_sources = Vec::new();
+    for source in &config.upstreams.feed_sources {
+        feed_sources.push(parse_feed_source(source).map_err(|error| anyhow::anyhow!(error))?);
+    }
+    if !config.upstreams.needs_simulator() {
+        let offers_url = config.upstreams.offers_url.clone().unwrap_or_default();
+        url::Url::parse(&offers_url).with_context(|| format!("OFFERS_URL `{offers_url}` is not a URL"))?;
+        return Ok((Upstreams { offers_url, feed_sources, simulated: false }, None));
+    }
+    let sim_config = sim::SimConfig { offers_tick: config.upstreams.sim_offers_tick, ..sim::SimConfig::default() };
+    let running = sim::Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim_config)
+        .await
+        .context("cannot start the bundled upstream simulator")?;
+    let offers_url = config.upstreams.offers_url.clone().unwrap_or_else(|| running.offers_url());
+    if feed_sources.is_empty() {
+        feed_sources = running.feed_urls();
+    }
+    tracing::warn!(
+        offers_url = %offers_url,
+        feeds = ?feed_sources.iter().map(|(url, _)| url.as_str()).collect::<Vec<_>>(),
+        "SIMULATED UPSTREAMS: OFFERS_URL and/or FEED_SOURCES are unset, so the bundled simulator runs in-process on loopback. \
+         Set both to talk to the real partner services."
+    );
+    Ok((Upstreams { offers_url, feed_sources, simulated: true }, Some(running)))
+}

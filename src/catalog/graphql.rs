@@ -1,0 +1,649 @@
+//! The catalog's GraphQL surface: thin resolvers over the catalog logic, and the batch
+//! loaders that keep a list of products with their offers, lowest prices and trends at a
+//! constant number of SQL statements (no N+1).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use async_graphql::{
+    Context, Enum, ID, InputObject, Json, MaybeUndefined, Object, SimpleObject, Subscription,
+    dataloader::{DataLoader, Loader},
+};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt as _};
+use sea_orm::{DatabaseConnection, FromQueryResult};
+use tokio::sync::OnceCell;
+
+use super::{
+    model::{OFFER_COLUMNS, OfferRow, PRODUCT_COLUMNS, ProductRow, Registration},
+    products::{self, NewProduct, ProductChanges, ProductFilter},
+    sync::{PRICE_TOPIC, PriceChanges},
+    trend::{self, Period, ProductHistory},
+};
+use crate::{
+    db::{now_ms, stmt, to_datetime},
+    error::AppError,
+    events::EventBus,
+    graphql::{
+        pagination::{Page, Paged, Totals, connection, parse_id},
+        state,
+    },
+};
+
+type Result<T> = async_graphql::Result<T>;
+
+// ---- types ----------------------------------------------------------------------------
+
+/// A catalog product, priced by the offers the partner offers service lists for it.
+pub struct Product {
+    row: Arc<ProductRow>,
+    /// Set when the product came in a list: its related rows load for the whole list at once.
+    batch: Option<Arc<Batch>>,
+}
+
+impl Product {
+    fn alone(row: ProductRow) -> Self {
+        Self { row: Arc::new(row), batch: None }
+    }
+}
+
+#[Object]
+impl Product {
+    async fn id(&self) -> ID {
+        ID(self.row.id.to_string())
+    }
+
+    /// The client's own key (unique when present); bulk uploads match products by it.
+    async fn sku(&self) -> Option<&str> {
+        self.row.sku.as_deref()
+    }
+
+    /// 1–200 characters.
+    async fn name(&self) -> &str {
+        &self.row.name
+    }
+
+    /// Up to 10,000 characters.
+    async fn description(&self) -> &str {
+        &self.row.description
+    }
+
+    /// The product's other fields (a JSON object), as a bulk upload gave them.
+    async fn attributes(&self) -> Option<Json<serde_json::Value>> {
+        self.row.attributes.as_deref().and_then(|text| serde_json::from_str(text).ok()).map(Json)
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        to_datetime(self.row.created_at)
+    }
+
+    async fn updated_at(&self) -> DateTime<Utc> {
+        to_datetime(self.row.updated_at)
+    }
+
+    /// Where the product stands with the offers service.
+    async fn registration(&self) -> ProductRegistration {
+        ProductRegistration {
+            status: RegistrationStatus::from(Registration::parse(&self.row.registration_status)),
+            last_error: self.row.registration_error.clone(),
+            registered_at: self.row.registered_at.map(to_datetime),
+            offers_updated_at: self.row.offers_synced_at.map(to_datetime),
+        }
+    }
+
+    /// The offers listed for the product now, cheapest first (read-only; refreshed by the sync).
+    async fn offers(&self, ctx: &Context<'_>) -> Result<Vec<Offer>> {
+        let offers = offers_of(ctx, self.row.id, self.batch.as_ref()).await?;
+        Ok(offers
+            .iter()
+            .map(|offer| Offer { row: offer.clone(), product: Some(self.row.clone()), batch: self.batch.clone() })
+            .collect())
+    }
+
+    /// The lowest price among the current offers (minor units); null without offers.
+    async fn lowest_price(&self, ctx: &Context<'_>) -> Result<Option<i64>> {
+        Ok(offers_of(ctx, self.row.id, self.batch.as_ref()).await?.iter().map(|offer| offer.price).min())
+    }
+
+    /// The product's lowest offer price over a period, including offers withdrawn since.
+    /// `to` defaults to now, `from` to a day before `to`; a period spans at most 31 days.
+    async fn price_trend(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<PriceTrend> {
+        let history = history_of(ctx, self.row.id, from, to, self.batch.as_ref()).await?;
+        Ok(PriceTrend::new(&history.lowest_points()))
+    }
+
+    /// Every recorded price change of the product's offers in a period (oldest first),
+    /// including offers withdrawn since; `price` is null when an offer was withdrawn.
+    /// Same period rules as `priceTrend`.
+    async fn price_history(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<Vec<OfferPriceRecord>> {
+        let history = history_of(ctx, self.row.id, from, to, self.batch.as_ref()).await?;
+        Ok(history
+            .before
+            .iter()
+            .filter(|row| row.recorded_at == history.from)
+            .chain(history.during.iter())
+            .map(|row| OfferPriceRecord {
+                offer_source_id: row.offer_source_id.clone(),
+                price: row.price,
+                at: to_datetime(row.recorded_at),
+            })
+            .collect())
+    }
+}
+
+/// A product's registration with the offers service.
+#[derive(SimpleObject)]
+pub struct ProductRegistration {
+    pub status: RegistrationStatus,
+    /// Why the last registration attempt failed (PENDING: it will be retried; FAILED:
+    /// given up), or, once REGISTERED, why the last offer sync of this product failed.
+    /// Null when the last attempt succeeded.
+    pub last_error: Option<String>,
+    pub registered_at: Option<DateTime<Utc>>,
+    /// When the offers last synced were fetched.
+    pub offers_updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum RegistrationStatus {
+    /// Not registered yet: registration is queued or being retried (the offers service
+    /// may be down); it happens on its own.
+    Pending,
+    /// The offers service knows the product; its offers are kept up to date.
+    Registered,
+    /// The offers service refused the product, or retries ran out; see `lastError`.
+    /// `registerProduct` tries again.
+    Failed,
+}
+
+impl From<Registration> for RegistrationStatus {
+    fn from(registration: Registration) -> Self {
+        match registration {
+            Registration::Pending => Self::Pending,
+            Registration::Registered => Self::Registered,
+            Registration::Failed => Self::Failed,
+        }
+    }
+}
+
+/// An offer for a product, as the offers service lists it (read-only).
+pub struct Offer {
+    row: OfferRow,
+    /// The product, when the offer was reached through it.
+    product: Option<Arc<ProductRow>>,
+    batch: Option<Arc<Batch>>,
+}
+
+#[Object]
+impl Offer {
+    async fn id(&self) -> ID {
+        ID(self.row.id.to_string())
+    }
+
+    /// The offers service's id of this offer.
+    async fn source_id(&self) -> &str {
+        &self.row.source_id
+    }
+
+    /// Minor units.
+    async fn price(&self) -> i64 {
+        self.row.price
+    }
+
+    async fn items_in_stock(&self) -> i64 {
+        self.row.items_in_stock
+    }
+
+    /// When we first saw the offer.
+    async fn created_at(&self) -> DateTime<Utc> {
+        to_datetime(self.row.created_at)
+    }
+
+    /// When its price or stock last changed.
+    async fn updated_at(&self) -> DateTime<Utc> {
+        to_datetime(self.row.updated_at)
+    }
+
+    async fn product(&self, ctx: &Context<'_>) -> Result<Product> {
+        if let Some(product) = &self.product {
+            return Ok(Product { row: product.clone(), batch: self.batch.clone() });
+        }
+        let loaded = state(ctx).catalog.loaders.products.load_one(self.row.product_id).await.map_err(loader_error)?;
+        let row = loaded.ok_or_else(|| AppError::not_found(format!("no product {}", self.row.product_id)))?;
+        Ok(Product::alone(row))
+    }
+
+    /// The offer's recorded price changes in a period, oldest first. `to` defaults to
+    /// now, `from` to a day before `to`; a period spans at most 31 days.
+    async fn price_history(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<Vec<PricePoint>> {
+        let history = history_of(ctx, self.row.product_id, from, to, self.batch.as_ref()).await?;
+        Ok(history.offer_changes(&self.row.source_id).into_iter().map(PricePoint::from).collect())
+    }
+
+    /// The offer's prices over a period: its price when the period starts, then every
+    /// change. Same period rules as `priceHistory`.
+    async fn price_trend(
+        &self,
+        ctx: &Context<'_>,
+        from: Option<DateTime<Utc>>,
+        to: Option<DateTime<Utc>>,
+    ) -> Result<PriceTrend> {
+        let history = history_of(ctx, self.row.product_id, from, to, self.batch.as_ref()).await?;
+        Ok(PriceTrend::new(&history.offer_points(&self.row.source_id)))
+    }
+}
+
+/// A price at a moment.
+#[derive(SimpleObject)]
+pub struct PricePoint {
+    pub at: DateTime<Utc>,
+    /// Minor units.
+    pub price: i64,
+}
+
+impl From<(i64, i64)> for PricePoint {
+    fn from((at, price): (i64, i64)) -> Self {
+        Self { at: to_datetime(at), price }
+    }
+}
+
+/// One recorded price change of one of a product's offers.
+#[derive(SimpleObject)]
+pub struct OfferPriceRecord {
+    /// The offers service's id of the offer (the offer itself may be gone).
+    pub offer_source_id: String,
+    /// Minor units; null when the offer was withdrawn at that moment.
+    pub price: Option<i64>,
+    pub at: DateTime<Utc>,
+}
+
+/// Prices over a period and how they moved.
+#[derive(SimpleObject)]
+pub struct PriceTrend {
+    /// The prices in the period, oldest first: the price when it starts, then each change.
+    pub prices: Vec<i64>,
+    /// The same prices with the moment each took effect.
+    pub points: Vec<PricePoint>,
+    pub first_price: Option<i64>,
+    pub last_price: Option<i64>,
+    pub min_price: Option<i64>,
+    pub max_price: Option<i64>,
+    /// Rise (+) or fall (−) from the first to the last price, in percent of the first
+    /// (two decimals); null without data.
+    pub change_percent: Option<f64>,
+}
+
+impl PriceTrend {
+    fn new(points: &[(i64, i64)]) -> Self {
+        let summary = trend::summarize(points);
+        Self {
+            prices: points.iter().map(|point| point.1).collect(),
+            points: points.iter().copied().map(PricePoint::from).collect(),
+            first_price: summary.first,
+            last_price: summary.last,
+            min_price: summary.min,
+            max_price: summary.max,
+            change_percent: summary.change_percent,
+        }
+    }
+}
+
+/// A change of one offer's price, found by the offer sync.
+#[derive(SimpleObject, Clone)]
+pub struct OfferPriceChange {
+    pub product_id: ID,
+    /// Our id of the offer.
+    pub offer_id: ID,
+    /// The offers service's id of the offer.
+    pub offer_source_id: String,
+    /// Null when the offer just appeared.
+    pub previous_price: Option<i64>,
+    /// Null when the offer was withdrawn.
+    pub price: Option<i64>,
+    pub at: DateTime<Utc>,
+}
+
+// ---- inputs ---------------------------------------------------------------------------
+
+#[derive(InputObject)]
+pub struct CreateProductInput {
+    /// 1–200 characters (surrounding spaces are trimmed).
+    pub name: String,
+    /// Up to 10,000 characters.
+    #[graphql(default)]
+    pub description: String,
+    /// Optional client key, 1–100 characters, unique.
+    pub sku: Option<String>,
+    /// Optional extra fields: a JSON object of at most 64 KiB.
+    pub attributes: Option<Json<serde_json::Value>>,
+}
+
+/// Fields to change; omitted fields stay as they are.
+#[derive(InputObject)]
+pub struct UpdateProductInput {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    /// Null removes the sku.
+    pub sku: MaybeUndefined<String>,
+    /// Null removes the attributes.
+    pub attributes: MaybeUndefined<Json<serde_json::Value>>,
+}
+
+#[derive(InputObject, Default)]
+pub struct ProductsFilter {
+    /// Case-insensitive part of the name or sku.
+    pub search: Option<String>,
+    /// Exactly this sku.
+    pub sku: Option<String>,
+}
+
+fn maybe<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
+    match value {
+        MaybeUndefined::Undefined => None,
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Value(value) => Some(Some(value)),
+    }
+}
+
+// ---- roots ----------------------------------------------------------------------------
+
+#[derive(Default)]
+pub struct CatalogQuery;
+
+#[Object]
+impl CatalogQuery {
+    /// Products in creation order (Relay connection; `first` is capped by PAGE_MAX).
+    #[graphql(complexity = "usize::try_from(first.unwrap_or(20)).unwrap_or(0).saturating_mul(child_complexity)")]
+    async fn products(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        filter: Option<ProductsFilter>,
+    ) -> Result<Paged<Product>> {
+        let state = state(ctx);
+        let page = Page::new(first, after, state.config.http.page_max)?;
+        let filter = filter.unwrap_or_default();
+        let filter = ProductFilter { search: filter.search, sku: filter.sku };
+        let rows = products::list(&state.db, page, &filter).await?;
+        let db = state.db.clone();
+        let totals = Totals::new(move || async move { products::count(&db, &filter).await });
+        let batch = Arc::new(Batch::new(rows.iter().map(|row| row.id).collect()));
+        let nodes = rows.into_iter().map(|row| Product { row: Arc::new(row), batch: Some(batch.clone()) }).collect();
+        Ok(connection(nodes, page, |product| product.row.id, totals))
+    }
+
+    /// A product by id (NOT_FOUND when there is none).
+    async fn product(&self, ctx: &Context<'_>, id: ID) -> Result<Product> {
+        let id = parse_id(&id, "product")?;
+        Ok(Product::alone(products::get(&state(ctx).db, id).await?))
+    }
+
+    /// An offer by id (NOT_FOUND when there is none: it may have been withdrawn).
+    async fn offer(&self, ctx: &Context<'_>, id: ID) -> Result<Offer> {
+        let id = parse_id(&id, "offer")?;
+        let db = &state(ctx).db;
+        let row = OfferRow::find_by_statement(stmt(
+            db,
+            &format!("SELECT {OFFER_COLUMNS} FROM offers WHERE id = $1"),
+            [id.into()],
+        ))
+        .one(db)
+        .await
+        .map_err(AppError::from)?;
+        let row = row.ok_or_else(|| AppError::not_found(format!("no offer {id}")))?;
+        Ok(Offer { row, product: None, batch: None })
+    }
+}
+
+#[derive(Default)]
+pub struct CatalogMutation;
+
+#[Object]
+impl CatalogMutation {
+    /// Creates a product; its registration with the offers service is queued at once and
+    /// survives outages (see `registration`). A taken sku is a CONFLICT.
+    async fn create_product(&self, ctx: &Context<'_>, input: CreateProductInput) -> Result<Product> {
+        let input = NewProduct {
+            name: input.name,
+            description: input.description,
+            sku: input.sku,
+            attributes: input.attributes.map(|json| json.0),
+        };
+        Ok(Product::alone(products::create(state(ctx), input).await?))
+    }
+
+    /// Changes a product's fields (not its offers: those come from the offers service).
+    async fn update_product(&self, ctx: &Context<'_>, id: ID, input: UpdateProductInput) -> Result<Product> {
+        let id = parse_id(&id, "product")?;
+        let changes = ProductChanges {
+            name: input.name,
+            description: input.description,
+            sku: maybe(input.sku),
+            attributes: maybe(input.attributes).map(|json| json.map(|json| json.0)),
+        };
+        Ok(Product::alone(products::update(state(ctx), id, changes).await?))
+    }
+
+    /// Deletes a product with its offers and price history; returns its id.
+    async fn delete_product(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
+        let product_id = parse_id(&id, "product")?;
+        products::delete(state(ctx), product_id).await?;
+        Ok(id)
+    }
+
+    /// Queues registration with the offers service again for a product that is not
+    /// registered (FAILED, or PENDING with its retries stuck). CONFLICT when registered.
+    async fn register_product(&self, ctx: &Context<'_>, id: ID) -> Result<Product> {
+        let id = parse_id(&id, "product")?;
+        Ok(Product::alone(products::register_again(state(ctx), id).await?))
+    }
+}
+
+#[derive(Default)]
+pub struct CatalogSubscription;
+
+#[Subscription]
+impl CatalogSubscription {
+    /// Price changes of a product's offers (new offers, changed prices, withdrawn offers)
+    /// as the offer sync finds them, on whichever node it runs.
+    async fn offer_price_changed(
+        &self,
+        ctx: &Context<'_>,
+        product_id: ID,
+    ) -> Result<impl Stream<Item = OfferPriceChange> + use<>> {
+        let state = state(ctx);
+        let id = parse_id(&product_id, "product")?;
+        products::get(&state.db, id).await?;
+        Ok(price_changes(state.events.clone(), id))
+    }
+}
+
+/// The price changes of one product, one item per offer.
+fn price_changes(events: EventBus, product_id: i64) -> impl Stream<Item = OfferPriceChange> + Send + 'static {
+    events
+        .subscribe::<PriceChanges>(PRICE_TOPIC)
+        .filter(move |event| std::future::ready(event.product_id == product_id))
+        .flat_map(|event| {
+            let at = to_datetime(event.at);
+            let product_id = ID(event.product_id.to_string());
+            futures::stream::iter(event.changes.into_iter().map(move |change| OfferPriceChange {
+                product_id: product_id.clone(),
+                offer_id: ID(change.offer_id.to_string()),
+                offer_source_id: change.source_id,
+                previous_price: change.previous_price,
+                price: change.price,
+                at,
+            }))
+        })
+}
+
+// ---- batch loading --------------------------------------------------------------------
+
+/// The catalog's batch loaders. They live for the node (not per request) and do not
+/// cache: each batch reads fresh rows, and concurrent requests share batches.
+pub struct Loaders {
+    offers: DataLoader<OffersByProduct>,
+    products: DataLoader<ProductsById>,
+    histories: DataLoader<HistoriesByProduct>,
+}
+
+impl Loaders {
+    pub fn new(db: &DatabaseConnection) -> Self {
+        Self {
+            offers: DataLoader::new(OffersByProduct(db.clone()), tokio::spawn),
+            products: DataLoader::new(ProductsById(db.clone()), tokio::spawn),
+            histories: DataLoader::new(HistoriesByProduct(db.clone()), tokio::spawn),
+        }
+    }
+}
+
+type LoadError = Arc<sea_orm::DbErr>;
+
+fn loader_error(error: LoadError) -> AppError {
+    AppError::Internal(anyhow::anyhow!("{error}"))
+}
+
+/// The products of one list page. The first resolver that needs offers (or one
+/// period's history) of any of them loads them for the whole page through the batch
+/// loader; the rest of the page reuses the result. Batching a page therefore does not
+/// depend on resolver timing (the loader's short collection window), and nested fields
+/// (an offer's trend under its product) reuse the page's rows instead of loading again.
+pub struct Batch {
+    ids: Vec<i64>,
+    offers: OnceCell<HashMap<i64, Arc<Vec<OfferRow>>>>,
+    histories: Mutex<HashMap<Period, Arc<OnceCell<PageHistories>>>>,
+}
+
+/// One period's price histories of a page's products.
+type PageHistories = HashMap<(i64, Period), Arc<ProductHistory>>;
+
+impl Batch {
+    fn new(ids: Vec<i64>) -> Self {
+        Self { ids, offers: OnceCell::new(), histories: Mutex::new(HashMap::new()) }
+    }
+}
+
+async fn offers_of(
+    ctx: &Context<'_>,
+    product_id: i64,
+    batch: Option<&Arc<Batch>>,
+) -> std::result::Result<Arc<Vec<OfferRow>>, AppError> {
+    let loader = &state(ctx).catalog.loaders.offers;
+    let Some(batch) = batch else {
+        return Ok(loader.load_one(product_id).await.map_err(loader_error)?.unwrap_or_default());
+    };
+    let page =
+        batch.offers.get_or_try_init(|| loader.load_many(batch.ids.iter().copied())).await.map_err(loader_error)?;
+    Ok(page.get(&product_id).cloned().unwrap_or_default())
+}
+
+async fn history_of(
+    ctx: &Context<'_>,
+    product_id: i64,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    batch: Option<&Arc<Batch>>,
+) -> std::result::Result<Arc<ProductHistory>, AppError> {
+    let period = Period::new(from.map(|at| at.timestamp_millis()), to.map(|at| at.timestamp_millis()))?;
+    let loader = &state(ctx).catalog.loaders.histories;
+    let Some(batch) = batch else {
+        return Ok(loader.load_one((product_id, period)).await.map_err(loader_error)?.unwrap_or_default());
+    };
+    let cell = {
+        let mut histories = batch.histories.lock().map_err(|_| AppError::Internal(anyhow::anyhow!("poisoned")))?;
+        histories.entry(period).or_default().clone()
+    };
+    let page = cell
+        .get_or_try_init(|| loader.load_many(batch.ids.iter().map(|id| (*id, period))))
+        .await
+        .map_err(loader_error)?;
+    Ok(page.get(&(product_id, period)).cloned().unwrap_or_default())
+}
+
+/// Current offers of many products: one statement.
+pub struct OffersByProduct(DatabaseConnection);
+
+impl Loader<i64> for OffersByProduct {
+    type Value = Arc<Vec<OfferRow>>;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[i64]) -> std::result::Result<HashMap<i64, Self::Value>, Self::Error> {
+        let (ids, values) = super::in_list(Vec::new(), keys);
+        let rows = OfferRow::find_by_statement(stmt(
+            &self.0,
+            &format!("SELECT {OFFER_COLUMNS} FROM offers WHERE product_id IN ({ids}) ORDER BY product_id, price, id"),
+            values,
+        ))
+        .all(&self.0)
+        .await?;
+        let mut grouped: HashMap<i64, Vec<OfferRow>> = keys.iter().map(|key| (*key, Vec::new())).collect();
+        for row in rows {
+            grouped.entry(row.product_id).or_default().push(row);
+        }
+        Ok(grouped.into_iter().map(|(key, rows)| (key, Arc::new(rows))).collect())
+    }
+}
+
+/// Products by id: one statement.
+pub struct ProductsById(DatabaseConnection);
+
+impl Loader<i64> for ProductsById {
+    type Value = ProductRow;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[i64]) -> std::result::Result<HashMap<i64, Self::Value>, Self::Error> {
+        let (ids, values) = super::in_list(Vec::new(), keys);
+        let rows = ProductRow::find_by_statement(stmt(
+            &self.0,
+            &format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({ids})"),
+            values,
+        ))
+        .all(&self.0)
+        .await?;
+        Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+    }
+}
+
+/// Price histories of many products: two statements per distinct period asked for.
+pub struct HistoriesByProduct(DatabaseConnection);
+
+impl Loader<(i64, Period)> for HistoriesByProduct {
+    type Value = Arc<ProductHistory>;
+    type Error = LoadError;
+
+    async fn load(
+        &self,
+        keys: &[(i64, Period)],
+    ) -> std::result::Result<HashMap<(i64, Period), Self::Value>, Self::Error> {
+        let now = now_ms();
+        let mut by_period: HashMap<Period, Vec<i64>> = HashMap::new();
+        for (id, period) in keys {
+            by_period.entry(*period).or_default().push(*id);
+        }
+        let mut loaded = HashMap::with_capacity(keys.len());
+        for (period, ids) in by_period {
+            let (from, to) = period.resolve(now);
+            let histories = trend::load_histories(&self.0, &ids, from, to).await?;
+            loaded.extend(histories.into_iter().map(|(id, history)| ((id, period), Arc::new(history))));
+        }
+        Ok(loaded)
+    }
+}

@@ -1,0 +1,156 @@
+//! The catalog's stored shapes (tables `products`, `offers`, `price_history`), their
+//! invariants, and the input limits every write path checks before storing.
+
+use sea_orm::FromQueryResult;
+
+/// Longest product name, in characters.
+pub const NAME_MAX: usize = 200;
+/// Longest product description, in characters.
+pub const DESCRIPTION_MAX: usize = 10_000;
+/// Longest sku, in characters.
+pub const SKU_MAX: usize = 100;
+/// Largest `attributes` object, in bytes of JSON text.
+pub const ATTRIBUTES_MAX_BYTES: usize = 64 * 1024;
+
+/// The job that registers one product with the offers service.
+pub const REGISTER_JOB: &str = "catalog.register";
+
+/// Where a product stands with the offers service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    /// Not registered yet: the registration job is queued or retrying.
+    Pending,
+    /// The offers service knows the product; its offers are synced.
+    Registered,
+    /// The service refused the product for good, or retries ran out.
+    Failed,
+}
+
+impl Registration {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Registered => "registered",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Self {
+        match stored {
+            "registered" => Self::Registered,
+            "failed" => Self::Failed,
+            _ => Self::Pending,
+        }
+    }
+}
+
+/// The columns of [`ProductRow`], for `SELECT`s and `RETURNING`.
+pub const PRODUCT_COLUMNS: &str = "id, sku, name, description, attributes, registration_status, registration_error, \
+     registered_at, offers_synced_at, created_at, updated_at";
+
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct ProductRow {
+    pub id: i64,
+    pub sku: Option<String>,
+    pub name: String,
+    pub description: String,
+    /// JSON text of an object.
+    pub attributes: Option<String>,
+    pub registration_status: String,
+    pub registration_error: Option<String>,
+    pub registered_at: Option<i64>,
+    pub offers_synced_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The columns of [`OfferRow`].
+pub const OFFER_COLUMNS: &str = "id, product_id, source_id, price, items_in_stock, created_at, updated_at";
+
+/// An offer currently listed by the offers service for one of our products.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct OfferRow {
+    pub id: i64,
+    pub product_id: i64,
+    /// The offers service's id of this offer.
+    pub source_id: String,
+    /// Integer minor units.
+    pub price: i64,
+    pub items_in_stock: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One price change of one offer; `price` is `None` when the offer was withdrawn.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct HistoryRow {
+    pub product_id: i64,
+    pub offer_source_id: String,
+    pub price: Option<i64>,
+    pub recorded_at: i64,
+}
+
+/// Checks a name; returns it trimmed.
+pub fn valid_name(name: &str) -> Result<String, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("`name` must not be empty".into());
+    }
+    if name.chars().count() > NAME_MAX {
+        return Err(format!("`name` must be at most {NAME_MAX} characters"));
+    }
+    Ok(name.to_string())
+}
+
+pub fn valid_description(description: &str) -> Result<String, String> {
+    if description.chars().count() > DESCRIPTION_MAX {
+        return Err(format!("`description` must be at most {DESCRIPTION_MAX} characters"));
+    }
+    Ok(description.to_string())
+}
+
+/// Checks a sku; returns it trimmed. Skus are identifiers: no control characters.
+pub fn valid_sku(sku: &str) -> Result<String, String> {
+    let sku = sku.trim();
+    if sku.is_empty() {
+        return Err("`sku` must not be empty".into());
+    }
+    if sku.chars().count() > SKU_MAX {
+        return Err(format!("`sku` must be at most {SKU_MAX} characters"));
+    }
+    if sku.chars().any(char::is_control) {
+        return Err("`sku` must not contain control characters".into());
+    }
+    Ok(sku.to_string())
+}
+
+/// Checks `attributes` (a JSON object, bounded) and returns its JSON text.
+pub fn valid_attributes(attributes: &serde_json::Value) -> Result<String, String> {
+    if !attributes.is_object() {
+        return Err("`attributes` must be a JSON object".into());
+    }
+    let text = attributes.to_string();
+    if text.len() > ATTRIBUTES_MAX_BYTES {
+        return Err(format!("`attributes` must be at most {ATTRIBUTES_MAX_BYTES} bytes of JSON"));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_enforced_in_characters() {
+        assert!(valid_name("").is_err());
+        assert!(valid_name("   ").is_err());
+        assert_eq!(valid_name("  mesa ").as_deref(), Ok("mesa"));
+        assert!(valid_name(&"ž".repeat(NAME_MAX)).is_ok());
+        assert!(valid_name(&"ž".repeat(NAME_MAX + 1)).is_err());
+        assert!(valid_description(&"x".repeat(DESCRIPTION_MAX + 1)).is_err());
+        assert!(valid_sku("a\u{0}b").is_err());
+        assert!(valid_sku(&"s".repeat(SKU_MAX + 1)).is_err());
+        assert!(valid_attributes(&serde_json::json!([1])).is_err());
+        assert!(valid_attributes(&serde_json::json!({"color": "red"})).is_ok());
+    }
+}

@@ -1,0 +1,400 @@
+//! The offer sync: a periodic job (one node at a time, by the foundation's lease; a run
+//! longer than its period never overlaps itself) that fetches the offers of every
+//! registered product with bounded concurrency and applies each product's snapshot in
+//! its own transaction: upsert offers, delete the vanished ones, append to the price
+//! history only what changed, then announce the price changes to subscribers.
+//!
+//! A failing product is logged, counted and noted on the product; it does not stop the
+//! rest. A service that looks down (`OFFERS_SYNC_ABORT_AFTER` failures in a row) or that
+//! rejects our token ends the run early: the rest waits for the next run instead of
+//! hammering a service that cannot answer.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use futures::StreamExt as _;
+use sea_orm::{ConnectionTrait as _, FromQueryResult, TransactionTrait as _, Value};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    client::{OffersError, RemoteOffer, write_setting},
+    model::{OFFER_COLUMNS, OfferRow},
+    registration,
+};
+use crate::{
+    config::Config,
+    db::{now_ms, stmt},
+    jobs::periodic::Periodic,
+    state::AppState,
+};
+
+pub const SYNC_JOB: &str = "catalog.offers_sync";
+/// Event topic of offer price changes (payload: [`PriceChanges`]).
+pub const PRICE_TOPIC: &str = "catalog.offer_prices";
+/// The last sync's report (JSON in `settings`), for `/health`.
+pub(super) const LAST_SYNC_KEY: &str = "offers.last_sync";
+
+pub fn periodic(config: &Config) -> Vec<Periodic> {
+    vec![Periodic::new(SYNC_JOB, config.catalog.offers_sync_cron.clone(), |state: AppState| async move {
+        let report = sync_offers(&state).await?;
+        if report.aborted || (report.failed > 0 && report.synced == 0) {
+            anyhow::bail!(
+                "offer sync {}: {} of {} products failed; last error: {}",
+                if report.aborted { "stopped early" } else { "failed" },
+                report.failed,
+                report.products,
+                report.last_error.as_deref().unwrap_or("-")
+            );
+        }
+        Ok(())
+    })]
+}
+
+/// What one sync run did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SyncReport {
+    pub started_at: i64,
+    pub finished_at: i64,
+    /// Registered products at the start of the run.
+    pub products: u64,
+    /// Products whose offers were fetched and applied.
+    pub synced: u64,
+    pub failed: u64,
+    /// Products the service no longer knew (404), queued for registration again.
+    pub reregistered: u64,
+    /// Products not attempted because the run stopped early.
+    pub skipped: u64,
+    pub aborted: bool,
+    /// Offers whose price changed, appeared or vanished.
+    pub price_changes: u64,
+    pub last_error: Option<String>,
+}
+
+/// One offer's price change, as announced to subscribers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PriceChange {
+    /// Our id of the offer.
+    pub offer_id: i64,
+    pub source_id: String,
+    /// `None` for an offer that just appeared.
+    pub previous_price: Option<i64>,
+    /// `None` for an offer that was withdrawn.
+    pub price: Option<i64>,
+}
+
+/// The price changes found for one product at one moment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PriceChanges {
+    pub product_id: i64,
+    pub at: i64,
+    pub changes: Vec<PriceChange>,
+}
+
+/// Runs one sync of every registered product (the periodic job's body; tests and the
+/// benchmark call it directly).
+pub async fn sync_offers(state: &AppState) -> anyhow::Result<SyncReport> {
+    let started = Instant::now();
+    let mut report = SyncReport { started_at: now_ms(), ..SyncReport::default() };
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: i64,
+    }
+    let ids: Vec<i64> = Id::find_by_statement(stmt(
+        &state.db,
+        "SELECT id FROM products WHERE registration_status = 'registered' ORDER BY id",
+        [],
+    ))
+    .all(&state.db)
+    .await?
+    .into_iter()
+    .map(|row| row.id)
+    .collect();
+    report.products = ids.len() as u64;
+
+    let config = &state.config.catalog;
+    let in_a_row = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Every database write of a product happens inside its own future: the loop below
+    // must never await the database itself, or it could wait on a write lock held by a
+    // buffered future it is not polling (SQLite has one writer).
+    let mut outcomes = futures::stream::iter(ids)
+        .map(|id| {
+            let in_a_row = in_a_row.clone();
+            let stop = stop.clone();
+            async move {
+                if stop.load(Ordering::Relaxed) {
+                    return Outcome::Skipped;
+                }
+                let outcome = sync_product(state, id).await;
+                match &outcome {
+                    Ok(_) | Err(OffersError::NotRegistered | OffersError::Rejected { .. }) => {
+                        in_a_row.store(0, Ordering::Relaxed);
+                    }
+                    // A rejected token will not be accepted for the next product either.
+                    Err(OffersError::Unauthorized(_) | OffersError::Deferred(_)) => stop.store(true, Ordering::Relaxed),
+                    Err(OffersError::Unavailable(_) | OffersError::Database(_)) => {
+                        if in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= config.offers_sync_abort_after {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                }
+                settle(state, id, outcome).await
+            }
+        })
+        .buffer_unordered(config.offers_sync_concurrency.max(1));
+
+    while let Some(outcome) = outcomes.next().await {
+        match outcome {
+            Outcome::Skipped => report.skipped += 1,
+            Outcome::Synced(changes) => {
+                report.synced += 1;
+                report.price_changes += changes as u64;
+            }
+            Outcome::Reregistered => report.reregistered += 1,
+            Outcome::Failed(message) => {
+                report.failed += 1;
+                report.last_error = Some(message);
+            }
+        }
+    }
+    drop(outcomes);
+    report.aborted = stop.load(Ordering::Relaxed);
+    report.finished_at = now_ms();
+
+    for (outcome, count) in [
+        ("synced", report.synced),
+        ("failed", report.failed),
+        ("reregistered", report.reregistered),
+        ("skipped", report.skipped),
+    ] {
+        metrics::counter!("emporium_catalog_sync_products_total", "outcome" => outcome).increment(count);
+    }
+    metrics::counter!("emporium_catalog_price_changes_total").increment(report.price_changes);
+    let level_ok = report.failed == 0 && !report.aborted;
+    if level_ok {
+        tracing::info!(
+            products = report.products,
+            price_changes = report.price_changes,
+            reregistered = report.reregistered,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "offer sync finished"
+        );
+    } else {
+        tracing::warn!(
+            products = report.products,
+            synced = report.synced,
+            failed = report.failed,
+            skipped = report.skipped,
+            aborted = report.aborted,
+            last_error = report.last_error.as_deref().unwrap_or("-"),
+            "offer sync finished with failures"
+        );
+    }
+    if let Err(error) = write_setting(&state.db, LAST_SYNC_KEY, &serde_json::to_string(&report)?).await {
+        tracing::warn!(error = %error, "recording the sync report failed");
+    }
+    Ok(report)
+}
+
+/// What the sync did with one product.
+enum Outcome {
+    Synced(usize),
+    Reregistered,
+    Failed(String),
+    Skipped,
+}
+
+/// Records the consequence of one product's fetch: a forgotten product is queued for
+/// registration again, a failure is noted on the product.
+async fn settle(state: &AppState, id: i64, outcome: Result<usize, OffersError>) -> Outcome {
+    match outcome {
+        Ok(changes) => Outcome::Synced(changes),
+        Err(OffersError::NotRegistered) => {
+            let requeued = async {
+                let txn = state.db.begin().await?;
+                let reason = "the offers service no longer knew the product; registering it again";
+                registration::requeue(state, &txn, id, Some(reason)).await?;
+                txn.commit().await
+            }
+            .await;
+            match requeued {
+                Ok(()) => Outcome::Reregistered,
+                Err(error) => {
+                    tracing::warn!(product = id, error = %error, "queueing registration again failed");
+                    Outcome::Failed(format!("queueing registration again failed: {error}"))
+                }
+            }
+        }
+        Err(error) => {
+            let message = error.to_string();
+            tracing::warn!(product = id, error = %message, "offer sync of a product failed");
+            note_sync_error(state, id, &message).await;
+            Outcome::Failed(message)
+        }
+    }
+}
+
+/// Fetches one product's offers and applies them; returns how many prices changed.
+pub async fn sync_product(state: &AppState, product_id: i64) -> Result<usize, OffersError> {
+    let offers = state.catalog.offers.offers(&state.db, product_id).await?;
+    let fetched_at = now_ms();
+    Ok(apply(state, product_id, &offers, fetched_at).await?)
+}
+
+/// The error of a product's last sync, shown in its `registration.lastError` until a
+/// sync succeeds.
+async fn note_sync_error(state: &AppState, id: i64, error: &str) {
+    let noted = state
+        .db
+        .execute_raw(stmt(
+            &state.db,
+            "UPDATE products SET registration_error = $1 WHERE id = $2 AND registration_status = 'registered'",
+            [format!("offer sync failed: {error}").into(), id.into()],
+        ))
+        .await;
+    if let Err(error) = noted {
+        tracing::warn!(product = id, error = %error, "recording a sync error failed");
+    }
+}
+
+/// Applies one product's offers snapshot taken at `fetched_at`, in one transaction.
+///
+/// The transaction first claims the snapshot on the product row (`offers_synced_at`),
+/// which serializes concurrent applies for the product (a registration's first fetch
+/// and a sync) and skips a snapshot older than the one already applied: no duplicate
+/// offers, no history row written twice, no price rolled back by a late answer.
+pub async fn apply(
+    state: &AppState,
+    product_id: i64,
+    offers: &[RemoteOffer],
+    fetched_at: i64,
+) -> Result<usize, sea_orm::DbErr> {
+    let txn = state.db.begin().await?;
+    let claimed = txn
+        .execute_raw(stmt(
+            &txn,
+            "UPDATE products SET offers_synced_at = $1, registration_error = NULL
+             WHERE id = $2 AND (offers_synced_at IS NULL OR offers_synced_at < $1)",
+            [fetched_at.into(), product_id.into()],
+        ))
+        .await?
+        .rows_affected();
+    if claimed == 0 {
+        // Deleted meanwhile, or a newer snapshot is already applied.
+        txn.rollback().await?;
+        return Ok(0);
+    }
+    let current = OfferRow::find_by_statement(stmt(
+        &txn,
+        &format!("SELECT {OFFER_COLUMNS} FROM offers WHERE product_id = $1"),
+        [product_id.into()],
+    ))
+    .all(&txn)
+    .await?;
+    let current: HashMap<&str, &OfferRow> = current.iter().map(|row| (row.source_id.as_str(), row)).collect();
+
+    let mut upserts: Vec<&RemoteOffer> = Vec::new();
+    // (source id, previous price, new price); `None` new price = withdrawn.
+    let mut changes: Vec<(&str, Option<i64>, Option<i64>)> = Vec::new();
+    for offer in offers {
+        match current.get(offer.source_id.as_str()) {
+            None => {
+                upserts.push(offer);
+                changes.push((&offer.source_id, None, Some(offer.price)));
+            }
+            Some(row) if row.price != offer.price => {
+                upserts.push(offer);
+                changes.push((&offer.source_id, Some(row.price), Some(offer.price)));
+            }
+            Some(row) if row.items_in_stock != offer.items_in_stock => upserts.push(offer),
+            Some(_) => {}
+        }
+    }
+    let vanished: Vec<&OfferRow> =
+        current.values().filter(|row| !offers.iter().any(|offer| offer.source_id == row.source_id)).copied().collect();
+    for row in &vanished {
+        changes.push((&row.source_id, Some(row.price), None));
+    }
+
+    let mut ids: HashMap<String, i64> = current.iter().map(|(source, row)| (source.to_string(), row.id)).collect();
+    if !upserts.is_empty() {
+        let mut values: Vec<Value> = vec![product_id.into(), fetched_at.into()];
+        let rows = upserts
+            .iter()
+            .map(|offer| {
+                values.push(offer.source_id.clone().into());
+                values.push(offer.price.into());
+                values.push(offer.items_in_stock.into());
+                let n = values.len();
+                format!("($1, ${}, ${}, ${}, $2, $2)", n - 2, n - 1, n)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        #[derive(FromQueryResult)]
+        struct Upserted {
+            id: i64,
+            source_id: String,
+        }
+        let upserted = Upserted::find_by_statement(stmt(
+            &txn,
+            &format!(
+                "INSERT INTO offers (product_id, source_id, price, items_in_stock, created_at, updated_at) VALUES {rows}
+                 ON CONFLICT (product_id, source_id) DO UPDATE
+                 SET price = excluded.price, items_in_stock = excluded.items_in_stock, updated_at = excluded.updated_at
+                 RETURNING id, source_id"
+            ),
+            values,
+        ))
+        .all(&txn)
+        .await?;
+        ids.extend(upserted.into_iter().map(|row| (row.source_id, row.id)));
+    }
+    if !vanished.is_empty() {
+        let (placeholders, values) = super::in_list(Vec::new(), &vanished.iter().map(|row| row.id).collect::<Vec<_>>());
+        txn.execute_raw(stmt(&txn, &format!("DELETE FROM offers WHERE id IN ({placeholders})"), values)).await?;
+    }
+    if !changes.is_empty() {
+        let mut values: Vec<Value> = vec![product_id.into(), fetched_at.into()];
+        let rows = changes
+            .iter()
+            .map(|(source, _, price)| {
+                values.push(source.to_string().into());
+                values.push((*price).into());
+                let n = values.len();
+                format!("($1, ${}, ${}, $2)", n - 1, n)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        txn.execute_raw(stmt(
+            &txn,
+            &format!("INSERT INTO price_history (product_id, offer_source_id, price, recorded_at) VALUES {rows}"),
+            values,
+        ))
+        .await?;
+    }
+    txn.commit().await?;
+
+    if !changes.is_empty() {
+        let event = PriceChanges {
+            product_id,
+            at: fetched_at,
+            changes: changes
+                .iter()
+                .map(|(source, previous_price, price)| PriceChange {
+                    offer_id: ids.get(*source).copied().unwrap_or_default(),
+                    source_id: source.to_string(),
+                    previous_price: *previous_price,
+                    price: *price,
+                })
+                .collect(),
+        };
+        state.events.publish(PRICE_TOPIC, &event).await;
+    }
+    Ok(changes.len())
+}

@@ -1,0 +1,270 @@
+//! Price history and trends. History rows are written only when an offer's price
+//! changes (and when an offer is withdrawn, with no price), so a period's prices are the
+//! price in effect when it starts followed by every change inside it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sea_orm::{ConnectionTrait, FromQueryResult};
+
+use super::model::HistoryRow;
+use crate::{
+    db::stmt,
+    error::{AppError, AppResult},
+};
+
+/// The period when a query gives no `from`: the last day.
+pub const DEFAULT_PERIOD_MS: i64 = 24 * 3600 * 1000;
+/// The longest period one query may ask for.
+pub const MAX_PERIOD_MS: i64 = 31 * 24 * 3600 * 1000;
+
+/// A requested period in stored milliseconds; `None` ends are resolved at load time
+/// (`to` = now, `from` = a day before `to`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Period {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl Period {
+    /// Checks the order and length of a requested period.
+    pub fn new(from: Option<i64>, to: Option<i64>) -> AppResult<Self> {
+        if let (Some(from), Some(to)) = (from, to) {
+            if from > to {
+                return Err(AppError::bad_input("`from` must not be after `to`"));
+            }
+            if to - from > MAX_PERIOD_MS {
+                return Err(AppError::bad_input("a period may span at most 31 days"));
+            }
+        }
+        Ok(Self { from, to })
+    }
+
+    /// The concrete bounds, given the current time.
+    pub fn resolve(self, now: i64) -> (i64, i64) {
+        let to = self.to.unwrap_or(now);
+        let from = self.from.unwrap_or(to - DEFAULT_PERIOD_MS);
+        (from, to)
+    }
+}
+
+/// A product's history for one period: each offer's last row at or before `from`, and
+/// every row after `from` up to `to`, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ProductHistory {
+    pub from: i64,
+    pub to: i64,
+    pub before: Vec<HistoryRow>,
+    pub during: Vec<HistoryRow>,
+}
+
+impl ProductHistory {
+    /// The recorded changes of one offer inside the period (`from` inclusive).
+    pub fn offer_changes(&self, source_id: &str) -> Vec<(i64, i64)> {
+        self.before
+            .iter()
+            .filter(|row| row.recorded_at == self.from)
+            .chain(self.during.iter())
+            .filter(|row| row.offer_source_id == source_id)
+            .filter_map(|row| row.price.map(|price| (row.recorded_at, price)))
+            .collect()
+    }
+
+    /// One offer's prices over the period: its price at `from` (if it was listed then)
+    /// and every change after.
+    pub fn offer_points(&self, source_id: &str) -> Vec<(i64, i64)> {
+        let start = self
+            .before
+            .iter()
+            .filter(|row| row.offer_source_id == source_id)
+            .filter_map(|row| row.price.map(|price| (self.from, price)));
+        let changes = self
+            .during
+            .iter()
+            .filter(|row| row.offer_source_id == source_id)
+            .filter_map(|row| row.price.map(|price| (row.recorded_at, price)));
+        dedupe(start.chain(changes))
+    }
+
+    /// The product's lowest listed price over the period: at `from`, then after every
+    /// moment some offer changed or was withdrawn (only when the lowest price moved).
+    pub fn lowest_points(&self) -> Vec<(i64, i64)> {
+        let mut current: HashMap<&str, i64> = HashMap::new();
+        for row in &self.before {
+            if let Some(price) = row.price {
+                current.insert(&row.offer_source_id, price);
+            }
+        }
+        let mut points = Vec::new();
+        if let Some(lowest) = current.values().min() {
+            points.push((self.from, *lowest));
+        }
+        let mut moments: BTreeMap<i64, Vec<&HistoryRow>> = BTreeMap::new();
+        for row in &self.during {
+            moments.entry(row.recorded_at).or_default().push(row);
+        }
+        for (at, rows) in moments {
+            for row in rows {
+                match row.price {
+                    Some(price) => current.insert(&row.offer_source_id, price),
+                    None => current.remove(row.offer_source_id.as_str()),
+                };
+            }
+            if let Some(lowest) = current.values().min() {
+                points.push((at, *lowest));
+            }
+        }
+        dedupe(points.into_iter())
+    }
+}
+
+/// Drops points that repeat the previous price.
+fn dedupe(points: impl Iterator<Item = (i64, i64)>) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for point in points {
+        if out.last().is_none_or(|last| last.1 != point.1) {
+            out.push(point);
+        }
+    }
+    out
+}
+
+/// Summary figures of a series of prices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+    pub min: Option<i64>,
+    pub max: Option<i64>,
+    /// Rise (+) or fall (−) from first to last, in percent of the first, two decimals.
+    pub change_percent: Option<f64>,
+}
+
+pub fn summarize(points: &[(i64, i64)]) -> Summary {
+    let first = points.first().map(|point| point.1);
+    let last = points.last().map(|point| point.1);
+    let change_percent = match (first, last) {
+        (Some(first), Some(last)) if first != 0 => {
+            Some(((last - first) as f64 * 100.0 / first as f64 * 100.0).round() / 100.0)
+        }
+        _ => None,
+    };
+    Summary {
+        first,
+        last,
+        min: points.iter().map(|point| point.1).min(),
+        max: points.iter().map(|point| point.1).max(),
+        change_percent,
+    }
+}
+
+/// Loads the history of many products for one period: two statements whatever the
+/// number of products.
+pub async fn load_histories(
+    db: &impl ConnectionTrait,
+    product_ids: &[i64],
+    from: i64,
+    to: i64,
+) -> Result<HashMap<i64, ProductHistory>, sea_orm::DbErr> {
+    let mut histories: HashMap<i64, ProductHistory> = product_ids
+        .iter()
+        .map(|id| (*id, ProductHistory { from, to, before: Vec::new(), during: Vec::new() }))
+        .collect();
+    if product_ids.is_empty() {
+        return Ok(histories);
+    }
+    let (before_ids, before_values) = super::in_list(vec![from.into()], product_ids);
+    let before = HistoryRow::find_by_statement(stmt(
+        db,
+        &format!(
+            "SELECT h.product_id, h.offer_source_id, h.price, h.recorded_at
+             FROM price_history h
+             JOIN (SELECT product_id, offer_source_id, MAX(recorded_at) AS at
+                   FROM price_history
+                   WHERE product_id IN ({before_ids}) AND recorded_at <= $1
+                   GROUP BY product_id, offer_source_id) latest
+               ON h.product_id = latest.product_id AND h.offer_source_id = latest.offer_source_id
+              AND h.recorded_at = latest.at
+             ORDER BY h.id"
+        ),
+        before_values,
+    ))
+    .all(db)
+    .await?;
+    let (during_ids, during_values) = super::in_list(vec![from.into(), to.into()], product_ids);
+    let during = HistoryRow::find_by_statement(stmt(
+        db,
+        &format!(
+            "SELECT product_id, offer_source_id, price, recorded_at FROM price_history
+             WHERE product_id IN ({during_ids}) AND recorded_at > $1 AND recorded_at <= $2
+             ORDER BY recorded_at, id"
+        ),
+        during_values,
+    ))
+    .all(db)
+    .await?;
+    for row in before {
+        if let Some(history) = histories.get_mut(&row.product_id) {
+            // Two rows of one offer at the same instant cannot be written; keep the last anyway.
+            history.before.retain(|kept| kept.offer_source_id != row.offer_source_id);
+            history.before.push(row);
+        }
+    }
+    for row in during {
+        if let Some(history) = histories.get_mut(&row.product_id) {
+            history.during.push(row);
+        }
+    }
+    Ok(histories)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(offer: &str, price: Option<i64>, at: i64) -> HistoryRow {
+        HistoryRow { product_id: 1, offer_source_id: offer.into(), price, recorded_at: at }
+    }
+
+    #[test]
+    fn lowest_price_follows_changes_and_withdrawals() {
+        let history = ProductHistory {
+            from: 100,
+            to: 1000,
+            before: vec![row("a", Some(50), 10), row("b", Some(70), 20)],
+            during: vec![
+                row("a", Some(60), 200), // lowest 60
+                row("b", Some(65), 200), // same moment: still 60
+                row("a", None, 300),     // a withdrawn: lowest 65
+                row("c", Some(65), 400), // new offer, same lowest: no point
+                row("b", Some(40), 500),
+            ],
+        };
+        assert_eq!(history.lowest_points(), vec![(100, 50), (200, 60), (300, 65), (500, 40)]);
+        assert_eq!(history.offer_points("a"), vec![(100, 50), (200, 60)]);
+        assert_eq!(history.offer_points("c"), vec![(400, 65)]);
+        assert_eq!(history.offer_changes("b"), vec![(200, 65), (500, 40)]);
+    }
+
+    #[test]
+    fn summary_computes_rise_and_fall() {
+        let rise = summarize(&[(1, 200), (2, 150), (3, 250)]);
+        assert_eq!(rise.first, Some(200));
+        assert_eq!(rise.last, Some(250));
+        assert_eq!(rise.min, Some(150));
+        assert_eq!(rise.max, Some(250));
+        assert_eq!(rise.change_percent, Some(25.0));
+        assert_eq!(summarize(&[(1, 300), (2, 200)]).change_percent, Some(-33.33));
+        assert_eq!(summarize(&[]).change_percent, None);
+        assert_eq!(summarize(&[(1, 0), (2, 5)]).change_percent, None);
+    }
+
+    #[test]
+    fn periods_are_checked() {
+        assert!(Period::new(Some(10), Some(5)).is_err());
+        assert!(Period::new(Some(0), Some(MAX_PERIOD_MS + 1)).is_err());
+        assert_eq!(
+            Period::new(None, None).unwrap().resolve(DEFAULT_PERIOD_MS * 2),
+            (DEFAULT_PERIOD_MS, DEFAULT_PERIOD_MS * 2)
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! Database connection for both backends, migrations, and the time convention.
+//!
+//! SQLite (embedded) and Postgres (cluster) run the same SQL. Raw statements use `$1`
+//! placeholders, which sqlx accepts on both. On SQLite, a transaction that will write
+//! must write first (e.g. a conditional `UPDATE`): a deferred read-then-write
+//! transaction can fail with SQLITE_BUSY instead of waiting for the lock.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, TimeZone as _, Utc};
+use migration::{Migrator, MigratorTrait as _};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, Value,
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
+
+use crate::config::DatabaseArgs;
+
+/// Any number; all nodes use it to serialize migrations on Postgres.
+const MIGRATION_LOCK_KEY: i64 = 0x656d_706f_7269_756d; // "emporium"
+
+/// Connects to the configured database, creating the SQLite file (and its folder) on first start.
+pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<DatabaseConnection> {
+    let url = args.resolved_url();
+    if args.database_url.is_none() {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot create the data folder {}", args.data_dir.display()))?;
+    }
+    let mut options = ConnectOptions::new(url.clone());
+    options
+        .max_connections(args.database_max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(15))
+        .sqlx_logging(false)
+        // WAL lets readers work beside the single writer; the busy timeout makes writers
+        // queue instead of failing while another connection holds the write lock.
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true)
+        });
+    Database::connect(options).await.with_context(|| format!("cannot connect to the database at {}", redact(&url)))
+}
+
+/// Applies pending migrations. On Postgres, nodes starting together take turns on an
+/// advisory lock, so exactly one of them migrates and the others find nothing to do.
+pub async fn migrate(args: &DatabaseArgs) -> anyhow::Result<()> {
+    // Two processes on one SQLite file would race the migrator: take a file lock.
+    let _file_lock = if args.resolved_url().starts_with("sqlite:") { Some(lock_data_dir(args)?) } else { None };
+    let mut single = args.clone();
+    single.database_max_connections = 1;
+    let db = connect(&single).await?;
+    let postgres = db.get_database_backend() == DbBackend::Postgres;
+    if postgres {
+        db.execute_raw(stmt(&db, "SELECT pg_advisory_lock($1)", [MIGRATION_LOCK_KEY.into()])).await?;
+    }
+    let result = Migrator::up(&db, None).await.context("database migration failed");
+    if postgres {
+        db.execute_raw(stmt(&db, "SELECT pg_advisory_unlock($1)", [MIGRATION_LOCK_KEY.into()])).await?;
+    }
+    db.close().await?;
+    result
+}
+
+fn lock_data_dir(args: &DatabaseArgs) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data folder {}", args.data_dir.display()))?;
+    let path = args.data_dir.join(".migrate.lock");
+    let file = std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(file)
+}
+
+/// A raw statement for whichever backend `db` is.
+pub fn stmt(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+    Statement::from_sql_and_values(db.get_database_backend(), sql, values)
+}
+
+/// Runs one raw write statement and returns how many rows it touched.
+pub async fn execute(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Result<u64, sea_orm::DbErr> {
+    Ok(conn.execute_raw(stmt(conn, sql, values)).await?.rows_affected())
+}
+
+/// Now, in the storage convention: milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// A stored timestamp as a UTC date-time (for the API).
+pub fn to_datetime(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+pub fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The URL without its password, for error messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,151 @@
+//! The one error type of the service boundary, mapped once to an HTTP status and a
+//! GraphQL `extensions.code`.
+//!
+//! `AppError` deliberately does not implement `Display`: async-graphql converts every
+//! `Display` type into a bare error, which would drop our code. Without it, our own
+//! `From<AppError> for async_graphql::Error` applies and `?` keeps the code.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+pub type AppResult<T> = Result<T, AppError>;
+
+#[derive(Debug)]
+pub enum AppError {
+    /// The request is wrong; the message tells the caller what to fix.
+    BadInput(String),
+    NotFound(String),
+    Conflict(String),
+    Unauthenticated,
+    /// Refused on purpose (a repeated upload); `retry_after` says when it will be accepted.
+    Forbidden {
+        message: String,
+        retry_after: Option<u64>,
+    },
+    PayloadTooLarge(String),
+    /// A dependency (Redis, the offers service, this node's capacity) cannot serve now.
+    Unavailable {
+        message: String,
+        retry_after: Option<u64>,
+    },
+    /// Our fault; details go to the log, not to the caller.
+    Internal(anyhow::Error),
+}
+
+impl AppError {
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::BadInput(message.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(message.into())
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::Conflict(message.into())
+    }
+
+    pub fn unavailable(message: impl Into<String>, retry_after: Option<u64>) -> Self {
+        Self::Unavailable { message: message.into(), retry_after }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadInput(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The GraphQL `extensions.code` (and the `code` of REST error bodies).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadInput(_) | Self::PayloadTooLarge(_) => "BAD_USER_INPUT",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::Conflict(_) => "CONFLICT",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden { .. } => "FORBIDDEN",
+            Self::Unavailable { .. } => "UPSTREAM_UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::BadInput(m) | Self::NotFound(m) | Self::Conflict(m) | Self::PayloadTooLarge(m) => m.clone(),
+            Self::Forbidden { message, .. } | Self::Unavailable { message, .. } => message.clone(),
+            Self::Unauthenticated => "a valid `Authorization: Bearer <token>` header is required for writes".into(),
+            Self::Internal(_) => "internal error; see the server log".into(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Forbidden { retry_after, .. } | Self::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    fn log(&self) {
+        if let Self::Internal(error) = self {
+            tracing::error!(error = format!("{error:#}"), "internal error");
+        }
+    }
+}
+
+/// Anything that is an `anyhow`-compatible error is an internal error unless a domain
+/// mapped it to something more precise first.
+impl<E: Into<anyhow::Error>> From<E> for AppError {
+    fn from(error: E) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        self.log();
+        let body = json!({ "error": { "code": self.code(), "message": self.message() } });
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Some(seconds) = self.retry_after() {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if matches!(self, Self::Unauthenticated) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(error: AppError) -> Self {
+        error.log();
+        let mut gql = async_graphql::Error::new(error.message());
+        gql = gql.extend_with(|_, ext| {
+            ext.set("code", error.code());
+            if let Some(seconds) = error.retry_after() {
+                ext.set("retryAfter", seconds);
+            }
+        });
+        gql
+    }
+}
+
+use async_graphql::ErrorExtensions as _;
+
+/// Unique-constraint violations become `CONFLICT` with the caller's wording; anything
+/// else stays internal.
+pub fn conflict_on_unique(error: sea_orm::DbErr, message: impl FnOnce() -> String) -> AppError {
+    match error.sql_err() {
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => AppError::Conflict(message()),
+        _ => AppError::Internal(error.into()),
+    }
+}

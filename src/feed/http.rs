@@ -1,0 +1,172 @@
+//! `GET /v1/feed`: the served union from memory, bounded by `FEED_MAX_CLIENTS`.
+//!
+//! The hot path does no JSON work, takes no lock and clones nothing but reference counts:
+//! a client slot (an atomic), the current response (an arc-swap load), a conditional check,
+//! and pre-counted metric handles.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+};
+
+use axum::{
+    Router,
+    body::Body,
+    extract::{Request, State},
+    http::{HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::Gateway;
+use crate::error::AppError;
+
+/// Bodies are handed to the connection in pieces this big, so a client that reads slowly
+/// keeps its slot until the last piece has been taken (a 1,000-item feed is one piece).
+const CHUNK: usize = 64 * 1024;
+
+/// The feed route, with the gateway as its own state: a request clones one `Arc`, not the
+/// whole `AppState`.
+pub fn routes<S: Clone + Send + Sync + 'static>(gateway: Gateway) -> Router<S> {
+    Router::new().route("/v1/feed", get(serve_feed)).with_state(gateway)
+}
+
+async fn serve_feed(State(gateway): State<Gateway>, request: Request) -> Response {
+    let counters = RequestCounters::get();
+    let head = request.method() == Method::HEAD;
+    let Some(slot) = gateway.try_client_slot() else {
+        counters.count(head, Outcome::Rejected);
+        metrics::counter!("emporium_feed_clients_rejected_total").increment(1);
+        let message = format!("the feed serves at most {} clients at once; retry shortly", gateway.max_clients());
+        return AppError::unavailable(message, Some(1)).into_response();
+    };
+    let served = gateway.served_guard();
+    let fresh = request.headers().get(header::IF_NONE_MATCH).is_some_and(|tags| etag_matches(tags, &served.etag));
+    let (status, body) = if fresh {
+        counters.count(head, Outcome::NotModified);
+        (StatusCode::NOT_MODIFIED, Body::empty())
+    } else {
+        counters.count(head, Outcome::Ok);
+        (StatusCode::OK, Body::new(FeedBody { rest: served.body.clone(), slot: Some(slot) }))
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::ETAG, served.etag.clone());
+    // Caches may keep it but must ask again (a 304 is cheap): the feed changes any time.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `If-None-Match` matches: `*`, or one of the listed tags equal to ours (weak comparison,
+/// as RFC 9110 asks for this header).
+fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+    let Ok(tags) = if_none_match.to_str() else { return false };
+    let ours = etag.as_bytes();
+    tags.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/").as_bytes() == ours)
+}
+
+/// The response body: the shared bytes, in pieces, holding the client slot until the last
+/// piece is taken (or the connection is dropped).
+struct FeedBody {
+    rest: Bytes,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl http_body::Body for FeedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            this.slot = None;
+            return Poll::Ready(None);
+        }
+        let piece = if this.rest.len() <= CHUNK { std::mem::take(&mut this.rest) } else { this.rest.split_to(CHUNK) };
+        if this.rest.is_empty() {
+            this.slot = None;
+        }
+        Poll::Ready(Some(Ok(Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.rest.len() as u64)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Outcome {
+    Ok = 0,
+    NotModified = 1,
+    Rejected = 2,
+}
+
+/// `emporium_http_requests_total` for this route, with handles registered once: the
+/// generic request middleware (which builds labels per request) is not on this route.
+struct RequestCounters {
+    /// `[GET, HEAD][Outcome]`.
+    by_method: [[metrics::Counter; 3]; 2],
+}
+
+impl RequestCounters {
+    fn get() -> &'static Self {
+        static COUNTERS: OnceLock<RequestCounters> = OnceLock::new();
+        COUNTERS.get_or_init(|| {
+            let make = |method: &'static str| {
+                ["200", "304", "503"].map(|status| {
+                    metrics::counter!("emporium_http_requests_total", "route" => "/v1/feed", "method" => method, "status" => status)
+                })
+            };
+            Self { by_method: [make("GET"), make("HEAD")] }
+        })
+    }
+
+    fn count(&self, head: bool, outcome: Outcome) {
+        self.by_method[usize::from(head)][outcome as usize].increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_accepts_lists_weak_tags_and_star() {
+        let etag = HeaderValue::from_static("\"abc\"");
+        let matches = |value: &'static str| etag_matches(&HeaderValue::from_static(value), &etag);
+        assert!(matches("\"abc\""));
+        assert!(matches("\"x\", W/\"abc\""));
+        assert!(matches("*"));
+        assert!(!matches("\"abd\""));
+        assert!(!matches("abc"));
+    }
+
+    #[test]
+    fn a_big_body_is_handed_over_in_pieces_and_frees_its_slot_at_the_end() {
+        use http_body::Body as _;
+        let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let slot = semaphore.clone().try_acquire_owned().ok();
+        let mut body = FeedBody { rest: Bytes::from(vec![b'x'; CHUNK * 2 + 1]), slot };
+        assert_eq!(body.size_hint().exact(), Some((CHUNK * 2 + 1) as u64));
+        let mut context = Context::from_waker(futures::task::noop_waker_ref());
+        let mut sizes = Vec::new();
+        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut context) {
+            sizes.push(frame.into_data().map(|data| data.len()).unwrap_or(0));
+            let held = semaphore.available_permits() == 0;
+            assert_eq!(held, !body.is_end_stream(), "the slot is held exactly while bytes remain");
+        }
+        assert_eq!(sizes, vec![CHUNK, CHUNK, 1]);
+        assert_eq!(semaphore.available_permits(), 1);
+    }
+}

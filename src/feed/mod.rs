@@ -1,0 +1,141 @@
+//! The feed gateway (seed 004): a quasi-cache in front of N partner feeds.
+//!
+//! **Client side.** Every source in `FEED_SOURCES` (`URL@PERIOD`) is polled with GET on
+//! its own period by a tokio interval task of this node, starting at once so the feed is
+//! populated on startup. A good answer is a JSON array of strings; anything else (an
+//! error status, a timeout, malformed JSON, another shape, invalid UTF-8, a body larger
+//! than `FEED_MAX_BODY_BYTES`, cut off while streaming) is logged with the source and the
+//! reason, counted in `emporium_feed_polls_total`, and the source keeps its last good
+//! snapshot. Items are not checked against the partners' "8 characters" convention: the
+//! gateway forwards the strings the partners publish, it does not judge them (one partner
+//! changing its format must not freeze its data everywhere).
+//!
+//! **Server side.** `GET /v1/feed` answers with the union of every source's last good
+//! snapshot, without duplicates, sorted by byte order (stable: the same data gives the
+//! same bytes and the same `ETag` on every node). The body is serialized once per change
+//! and swapped atomically with its `ETag`, so a request does no JSON work; a matching
+//! `If-None-Match` gets 304. At most `FEED_MAX_CLIENTS` requests are served at once; a
+//! request holds its slot until its body has been handed to the connection, so slow
+//! consumers count, and the next ones get 503 with `Retry-After`.
+//!
+//! **A cache, not shared state.** Snapshots live in this node's memory and every node
+//! polls on its own: nothing to migrate, nothing shared in a cluster. Nodes may briefly
+//! disagree (each polls on its own clock) and a restarted node starts empty until its first
+//! polls answer — by design, the partners stay the source of truth.
+
+mod gateway;
+mod graphql;
+mod http;
+mod poller;
+
+use std::time::Duration;
+
+use serde_json::json;
+
+pub use gateway::{Gateway, PollFailure, Source, SourceStatus, SourceView};
+pub use graphql::FeedQuery;
+pub use http::routes;
+pub use poller::{PollError, Pollers, parse_items, spawn_pollers};
+
+use crate::{
+    config::parse_duration,
+    db::to_datetime,
+    health::{Check, Status},
+    state::AppState,
+};
+
+/// A source with no successful poll for this many periods is stale.
+pub const STALE_AFTER_PERIODS: u32 = 3;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FeedConfig {
+    /// Requests to `GET /v1/feed` served at once on this node; beyond that, 503 with Retry-After.
+    #[arg(long, env = "FEED_MAX_CLIENTS", default_value_t = 1024, value_parser = parse_positive)]
+    pub feed_max_clients: usize,
+    /// Largest upstream feed body accepted, in bytes; a larger one is cut off while streaming.
+    #[arg(long, env = "FEED_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = parse_positive)]
+    pub feed_max_body_bytes: usize,
+    /// Time limit of one upstream poll (connect, answer and body); never longer than the source's period.
+    #[arg(long, env = "FEED_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub feed_timeout: Duration,
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(value) if value > 0 => Ok(value),
+        _ => Err(format!("`{text}` must be a whole number above 0")),
+    }
+}
+
+/// `/health`: every source with its last success, last error and staleness. Never critical:
+/// a failing partner leaves the feed stale, it does not stop this node from serving.
+pub async fn health(state: &AppState) -> Check {
+    let sources = state.feed.sources();
+    let all_ok = sources.iter().all(|source| source.status == SourceStatus::Ok);
+    let detail: Vec<_> = sources
+        .iter()
+        .map(|source| {
+            json!({
+                "url": source.url,
+                "period_seconds": source.period.as_secs_f64(),
+                "status": source.status.as_str(),
+                "item_count": source.item_count,
+                "last_success_at": source.last_success_at.map(to_datetime),
+                "staleness_seconds": source.staleness.map(|staleness| staleness.as_secs_f64()),
+                "consecutive_failures": source.consecutive_failures,
+                "last_error": source.last_error.as_ref().map(|error| json!({
+                    "at": to_datetime(error.at),
+                    "reason": error.reason,
+                    "message": error.message,
+                })),
+            })
+        })
+        .collect();
+    let served = state.feed.served();
+    Check::new(
+        if all_ok { Status::Up } else { Status::Degraded },
+        false,
+        json!({
+            "simulated": state.upstreams.simulated,
+            "item_count": served.items.len(),
+            "etag": served.etag_str(),
+            "clients_in_flight": state.feed.clients_in_flight(),
+            "max_clients": state.feed.max_clients(),
+            "sources": detail,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::config::{Cli, parse_feed_source};
+
+    #[test]
+    fn sources_and_limits_come_from_flags() {
+        let cli = Cli::try_parse_from([
+            "emporium",
+            "--feed-source",
+            "http://a/data@15s",
+            "--feed-source",
+            "http://b/data@30s,http://c/data@1m",
+            "--feed-max-clients",
+            "4",
+            "--feed-max-body-bytes",
+            "1000",
+            "--feed-timeout",
+            "2s",
+        ])
+        .expect("parses");
+        let sources: Vec<_> =
+            cli.serve.upstreams.feed_sources.iter().map(|source| parse_feed_source(source).expect("valid")).collect();
+        let periods: Vec<u64> = sources.iter().map(|(_, period)| period.as_secs()).collect();
+        assert_eq!(periods, [15, 30, 60]);
+        assert_eq!(sources[1].0, "http://b/data");
+        assert_eq!(cli.serve.feed.feed_max_clients, 4);
+        assert_eq!(cli.serve.feed.feed_max_body_bytes, 1000);
+        assert_eq!(cli.serve.feed.feed_timeout.as_secs(), 2);
+        assert!(Cli::try_parse_from(["emporium", "--feed-max-clients", "0"]).is_err());
+    }
+}

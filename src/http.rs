@@ -1,0 +1,195 @@
+//! The HTTP surface: GraphQL (POST/GET, GraphiQL, graphql-ws), the domains' REST
+//! routes, `/health`, `/metrics`, and the cross-cutting layers (metrics, tracing, CORS,
+//! write protection, load shedding).
+
+use std::sync::Arc;
+
+use async_graphql::http::graphiql_source;
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse, GraphQLSubscription};
+use axum::{
+    Extension, Router,
+    extract::{Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use tokio::sync::Semaphore;
+use tower_http::{
+    cors::{AllowOrigin, Any, CorsLayer},
+    trace::TraceLayer,
+};
+
+use crate::{
+    error::AppError,
+    graphql::{self, AppSchema, Caller},
+    health,
+    state::AppState,
+    telemetry,
+};
+
+/// Whether the caller presented a token that allows writes (or none is required).
+#[derive(Debug, Clone, Copy)]
+pub struct WriteAccess(pub bool);
+
+pub fn router(state: AppState, schema: AppSchema) -> Router {
+    let inflight = Arc::new(Semaphore::new(state.config.http.max_inflight_requests.max(1)));
+    let timeout = state.config.http.request_timeout;
+
+    let graphql = Router::new()
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, timeout))
+        .route_service("/graphql/ws", GraphQLSubscription::new(schema.clone()))
+        .layer(Extension(schema));
+
+    // Domain REST routes choose their own body limits and timeouts (uploads stream GBs).
+    let domains: Router<AppState> = Router::new().merge(crate::intake::routes()).merge(crate::uploads::routes());
+    let shed = Router::new()
+        .merge(graphql)
+        .merge(domains)
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(inflight.clone(), shed_load));
+
+    // The feed gateway answers from memory at static-file speed: it is merged after the
+    // per-request tracing, metrics and write-access layers (it counts its own requests with
+    // pre-registered handles and only reads), but stays inside load shedding.
+    let mut feed = crate::feed::routes(state.feed.clone()).layer(middleware::from_fn_with_state(inflight, shed_load));
+    if !state.config.cors_origins.is_empty() {
+        feed = feed.layer(cors(&state.config.cors_origins));
+    }
+
+    Router::new()
+        .merge(shed)
+        .route("/health", get(health::handler))
+        .layer(middleware::from_fn_with_state(state.clone(), write_access))
+        .layer(cors(&state.config.cors_origins))
+        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn(telemetry::track_http))
+        .merge(feed)
+        .with_state(state)
+}
+
+async fn graphql_post(
+    Extension(schema): Extension<AppSchema>,
+    Extension(WriteAccess(may_write)): Extension<WriteAccess>,
+    request: GraphQLRequest,
+) -> Response {
+    execute(&schema, request, Caller { may_write, via_get: false }).await
+}
+
+/// GraphiQL for browsers, queries for everyone else.
+async fn graphql_get(
+    Extension(schema): Extension<AppSchema>,
+    Extension(WriteAccess(may_write)): Extension<WriteAccess>,
+    headers: HeaderMap,
+    request: Result<GraphQLRequest, async_graphql_axum::rejection::GraphQLRejection>,
+) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    match request {
+        Ok(request) if !wants_html => execute(&schema, request, Caller { may_write, via_get: true }).await,
+        Err(rejection) if !wants_html => rejection.into_response(),
+        _ => Html(graphiql_source("/graphql", Some("/graphql/ws"))).into_response(),
+    }
+}
+
+async fn execute(schema: &AppSchema, request: GraphQLRequest, caller: Caller) -> Response {
+    let response = schema.execute(request.into_inner().data(caller)).await;
+    let unauthenticated = graphql::is_unauthenticated(&response.errors);
+    let mut http = GraphQLResponse::from(response).into_response();
+    if unauthenticated {
+        *http.status_mut() = StatusCode::UNAUTHORIZED;
+        http.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    http
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    // Job counts are cluster-wide facts: read them at scrape time.
+    if let Ok(counts) = state.jobs.counts().await {
+        for (status, count) in counts {
+            metrics::gauge!("emporium_jobs", "status" => status).set(count as f64);
+        }
+    }
+    let body = telemetry::metrics_handle().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Notes in the request whether it may write; REST write routes enforce it with
+/// [`require_write`], GraphQL mutations through the schema's write guard.
+async fn write_access(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let allowed = may_write(&state.config.api_tokens, request.headers());
+    request.extensions_mut().insert(WriteAccess(allowed));
+    next.run(request).await
+}
+
+/// Layer for REST routes that write: 401 without a valid token.
+pub async fn require_write(request: Request, next: Next) -> Response {
+    match request.extensions().get::<WriteAccess>() {
+        Some(WriteAccess(true)) => next.run(request).await,
+        _ => AppError::Unauthenticated.into_response(),
+    }
+}
+
+fn may_write(tokens: &[String], headers: &HeaderMap) -> bool {
+    if tokens.is_empty() {
+        return true;
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    presented
+        .is_some_and(|presented| tokens.iter().any(|token| constant_time_eq(token.as_bytes(), presented.as_bytes())))
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Beyond `MAX_INFLIGHT_REQUESTS` concurrent requests, answer 503 at once instead of queueing.
+async fn shed_load(State(slots): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
+    match slots.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => {
+            metrics::counter!("emporium_http_shed_total").increment(1);
+            AppError::unavailable("this node is at its request limit; retry shortly", Some(1)).into_response()
+        }
+    }
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<&String> = origins.iter().filter(|origin| !origin.trim().is_empty()).collect();
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_NONE_MATCH])
+        .expose_headers([header::RETRY_AFTER, header::ETAG]);
+    if origins.iter().any(|origin| origin.trim() == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> =
+            origins.iter().filter_map(|origin| HeaderValue::from_str(origin.trim()).ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked_when_configured() {
+        let mut headers = HeaderMap::new();
+        assert!(may_write(&[], &headers));
+        let tokens = vec!["s3cret".to_string()];
+        assert!(!may_write(&tokens, &headers));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer wrong!"));
+        assert!(!may_write(&tokens, &headers));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer s3cret"));
+        assert!(may_write(&tokens, &headers));
+    }
+}

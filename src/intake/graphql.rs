@@ -1,0 +1,256 @@
+//! GraphQL surface of the intake pipeline: thin resolvers over `submit` and `read`.
+
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject, Subscription};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt as _};
+
+use super::{
+    config::genre_key,
+    model::{IntakeStatus, MessageRow, Notice, PROCESSED_TOPIC},
+    read::{self, MessageFilter},
+    submit::{self, SeedMessage},
+};
+use crate::{
+    db::to_datetime,
+    error::AppError,
+    graphql::{
+        pagination::{Page, Paged, Totals, connection, parse_id},
+        state,
+    },
+};
+
+/// A message submitted to the intake pipeline (seed 001): queued, then written as
+/// `<title>.json` to the bucket of its genre.
+///
+/// Object names: letters and digits of any script, space and `- _ . , ' ( ) ! &
+/// +` are kept; every other character (`/`, `\`, `%`, `~`, control characters, …) is
+/// percent-encoded per UTF-8 byte, and so is a leading `.` or space, so no title can
+/// name a path outside its bucket. Names longer than 200 bytes are cut and end with `~`
+/// and 32 hex digits of the title's hash. Case is kept: `Dune` and `DUNE` are two
+/// objects (object stores are case-sensitive). Messages of one genre are written in
+/// submission order, so when two share a title the later one is the object's content.
+pub struct IntakeMessage(MessageRow);
+
+#[Object]
+impl IntakeMessage {
+    /// Our id for this submission (every submission gets one, even when the client's `messageId` repeats).
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    /// The client's own `id` field, as text (not unique: resubmitting a message queues it again).
+    async fn message_id(&self) -> Option<&str> {
+        self.0.message_id.as_deref()
+    }
+
+    async fn title(&self) -> &str {
+        &self.0.title
+    }
+
+    /// The genre as submitted; it chooses the bucket (matched case-insensitively).
+    async fn genre(&self) -> &str {
+        &self.0.genre
+    }
+
+    async fn status(&self) -> IntakeStatus {
+        IntakeStatus::from_column(&self.0.status)
+    }
+
+    /// The bucket the message was written to (set when `STORED`).
+    async fn bucket(&self) -> Option<&str> {
+        self.0.bucket.as_deref()
+    }
+
+    /// The object's name inside its bucket: `<title>.json`, encoded as described on this type.
+    /// The object is at `<bucket>/<key>` under the object store's root.
+    async fn key(&self) -> &str {
+        &self.0.object_name
+    }
+
+    /// Why the message will not be written (set when `FAILED`).
+    async fn reason(&self) -> Option<&str> {
+        self.0.reason.as_deref()
+    }
+
+    /// The message's JSON exactly as submitted: the object's content. (Messages submitted
+    /// through GraphQL are written as compact JSON with the seed's fields in the seed's order.)
+    async fn json(&self) -> &str {
+        &self.0.body
+    }
+
+    /// The durable job that writes this message (see `job(id)`).
+    async fn job_id(&self) -> ID {
+        ID(self.0.job_id.to_string())
+    }
+
+    async fn submitted_at(&self) -> DateTime<Utc> {
+        to_datetime(self.0.submitted_at)
+    }
+
+    /// When the message became `STORED` or `FAILED`.
+    async fn processed_at(&self) -> Option<DateTime<Utc>> {
+        self.0.processed_at.map(to_datetime)
+    }
+}
+
+/// The result notice of a stored message (the seed's output queue).
+pub struct IntakeNotice(Notice);
+
+#[Object]
+impl IntakeNotice {
+    /// The message's id (our submission id).
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+
+    /// The client's own `id` field.
+    async fn message_id(&self) -> Option<&str> {
+        self.0.message_id.as_deref()
+    }
+
+    async fn title(&self) -> &str {
+        &self.0.title
+    }
+
+    async fn genre(&self) -> &str {
+        &self.0.genre
+    }
+
+    /// The bucket the file was written to.
+    async fn bucket(&self) -> &str {
+        &self.0.bucket
+    }
+
+    /// The file's name inside the bucket (`<title>.json`, encoded).
+    async fn key(&self) -> &str {
+        &self.0.object_name
+    }
+
+    async fn stored_at(&self) -> DateTime<Utc> {
+        to_datetime(self.0.processed_at)
+    }
+}
+
+/// Messages per status, cluster-wide.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct IntakeCounts {
+    pub queued: i64,
+    pub stored: i64,
+    pub failed: i64,
+}
+
+/// A message in the seed's shape. `title` and `genre` must be non-blank; no field may
+/// contain NUL. (Over REST, `id` and `year` may also be integers.)
+#[derive(Debug, Clone, InputObject)]
+pub struct IntakeMessageInput {
+    /// The client's own message id (stored as `messageId`; not unique).
+    pub id: Option<String>,
+    /// Becomes the file name `<title>.json` (at most 10,000 characters).
+    pub title: String,
+    pub author: Option<String>,
+    pub year: Option<String>,
+    /// Chooses the bucket (`INTAKE_BUCKETS`); an unknown genre is accepted and ends `FAILED`.
+    pub genre: String,
+    pub summary: Option<String>,
+}
+
+impl From<IntakeMessageInput> for SeedMessage {
+    fn from(input: IntakeMessageInput) -> Self {
+        Self {
+            id: input.id,
+            title: input.title,
+            author: input.author,
+            year: input.year,
+            genre: input.genre,
+            summary: input.summary,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct IntakeQuery;
+
+#[Object]
+impl IntakeQuery {
+    /// Intake messages, oldest first. `status: FAILED` is the dead-letter list; `messageId`
+    /// finds the submissions of one client message id.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn intake_messages(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<IntakeStatus>,
+        message_id: Option<String>,
+    ) -> async_graphql::Result<Paged<IntakeMessage>> {
+        let state = state(ctx);
+        let page = Page::new(first, after, state.config.http.page_max)?;
+        let filter = MessageFilter { status, message_id };
+        let rows = read::list(&state.db, &filter, page).await?;
+        let db = state.db.clone();
+        let totals = Totals::new(move || async move { read::count(&db, &filter).await });
+        let messages = rows.into_iter().map(IntakeMessage).collect();
+        Ok(connection(messages, page, |message: &IntakeMessage| message.0.id, totals))
+    }
+
+    /// One intake message by our id.
+    async fn intake_message(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<IntakeMessage>> {
+        let id = parse_id(&id, "intake message")?;
+        Ok(read::get(&state(ctx).db, id).await?.map(IntakeMessage))
+    }
+
+    /// How many messages are queued, stored and failed.
+    async fn intake_counts(&self, ctx: &Context<'_>) -> async_graphql::Result<IntakeCounts> {
+        let counts = read::counts(&state(ctx).db).await?;
+        let get = |status: IntakeStatus| counts.get(status.as_str()).copied().unwrap_or(0);
+        Ok(IntakeCounts {
+            queued: get(IntakeStatus::Queued),
+            stored: get(IntakeStatus::Stored),
+            failed: get(IntakeStatus::Failed),
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct IntakeMutation;
+
+#[Object]
+impl IntakeMutation {
+    /// Queues messages for writing (like `POST /v1/intake`) and returns them, `QUEUED`, in
+    /// order, as soon as they are durably queued. All or nothing: if any message is invalid,
+    /// none is queued and the error names each bad field as `messages[i].field`.
+    async fn submit_intake(
+        &self,
+        ctx: &Context<'_>,
+        messages: Vec<IntakeMessageInput>,
+    ) -> async_graphql::Result<Vec<IntakeMessage>> {
+        let messages = submit::from_seed_messages(messages.into_iter().map(SeedMessage::from).collect())?;
+        let rows = submit::queue(state(ctx), messages).await?;
+        Ok(rows.into_iter().map(IntakeMessage).collect())
+    }
+}
+
+#[derive(Default)]
+pub struct IntakeSubscription;
+
+#[Subscription]
+impl IntakeSubscription {
+    /// A notice for each message stored from now on, on whichever node wrote it; `genre`
+    /// narrows to one genre. A live feed: a notice published while this connection is down
+    /// is not replayed — `intakeMessages(status: STORED)` is the durable record.
+    async fn intake_processed(
+        &self,
+        ctx: &Context<'_>,
+        genre: Option<String>,
+    ) -> async_graphql::Result<impl Stream<Item = IntakeNotice>> {
+        let wanted = genre.map(|genre| genre_key(&genre));
+        if wanted.as_deref() == Some("") {
+            return Err(AppError::bad_input("`genre` must not be empty").into());
+        }
+        let notices = state(ctx).events.subscribe::<Notice>(PROCESSED_TOPIC);
+        Ok(notices.filter_map(move |notice| {
+            let keep = wanted.as_ref().is_none_or(|wanted| genre_key(&notice.genre) == *wanted);
+            async move { keep.then_some(IntakeNotice(notice)) }
+        }))
+    }
+}

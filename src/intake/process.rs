@@ -1,0 +1,243 @@
+//! Processing: the durable job that writes a batch of one genre's messages to its bucket,
+//! records their notices, and the sweep that dead-letters messages whose job was lost.
+
+use std::collections::HashMap;
+
+use futures::StreamExt as _;
+use object_store::{
+    ObjectStoreExt as _, PutPayload,
+    path::{Path, PathPart},
+};
+use sea_orm::{ConnectionTrait as _, FromQueryResult, Value};
+use serde::{Deserialize, Serialize};
+
+use super::model::{IntakeStatus, Notice, PROCESSED_TOPIC};
+use crate::{
+    db::{now_ms, stmt},
+    jobs::{JobContext, JobError},
+    state::AppState,
+};
+
+/// The job kind that writes one batch.
+pub const STORE_KIND: &str = "intake.store";
+
+/// The payload of a store job. Its messages are the rows pointing at the job's id, so the
+/// payload stays small whatever the batch size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreBatch {
+    /// The normalized genre (also the job's FIFO group).
+    pub genre: String,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct Pending {
+    id: i64,
+    object_name: String,
+    body: String,
+}
+
+/// Writes the job's messages that are still queued, in id order per object name, then
+/// marks them stored in one statement and publishes their notices.
+///
+/// Idempotent: after a crash the job runs again, rewrites the same content to the same
+/// keys (an object write replaces the object atomically) and only the messages still
+/// `queued` change state, so each message is stored and announced once.
+pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) -> Result<(), JobError> {
+    let pending = Pending::find_by_statement(stmt(
+        &state.db,
+        "SELECT id, object_name, body FROM intake_messages WHERE job_id = $1 AND status = $2 ORDER BY id",
+        [ctx.id.into(), IntakeStatus::Queued.as_str().into()],
+    ))
+    .all(&state.db)
+    .await?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+
+    // Unknown genre: a dead letter, not a job failure; retrying cannot invent a bucket.
+    let Some(bucket) = state.config.intake.bucket_for(&batch.genre).map(str::to_string) else {
+        let failed = fail_queued(&state, ctx.id, &format!("no bucket for genre {}", batch.genre)).await?;
+        metrics::counter!("emporium_intake_failed_total", "reason" => "no_bucket").increment(failed);
+        return Ok(());
+    };
+
+    if ctx.attempt > 1 {
+        clear_interrupted_writes(&state, &bucket, &pending).await;
+    }
+    let concurrency = state.config.intake.intake_write_concurrency as usize;
+    let (written, error) = write_in_order(&state, &bucket, pending, concurrency).await;
+    let notices = mark_stored(&state, &bucket, &written).await?;
+    metrics::counter!("emporium_intake_stored_total").increment(notices.len() as u64);
+    for notice in &notices {
+        state.events.publish(PROCESSED_TOPIC, notice).await;
+    }
+
+    match error {
+        None => Ok(()),
+        Some(error) if ctx.attempt >= ctx.max_attempts => {
+            let reason = format!("storage error after {} attempts: {error:#}", ctx.attempt);
+            let failed = fail_queued(&state, ctx.id, &reason).await?;
+            metrics::counter!("emporium_intake_failed_total", "reason" => "storage").increment(failed);
+            Err(JobError::Permanent(reason))
+        }
+        Some(error) => Err(JobError::Retry(error.context(format!("writing to bucket {bucket}")))),
+    }
+}
+
+/// Where a message's object lives: `<bucket>/<object name>` under the store's root. Both
+/// parts are taken as they are (the name is already encoded and contains no `/`).
+pub fn object_path(bucket: &str, object_name: &str) -> anyhow::Result<Path> {
+    Ok(Path::from_iter([PathPart::parse(bucket)?, PathPart::parse(object_name)?]))
+}
+
+/// Messages sharing an object name are written one after another in id order, so the
+/// later submission wins; different names are written concurrently. A failed write stops
+/// its name's sequence (a later message must not land before an earlier one), and the
+/// others go on. Returns the ids written and the first error.
+async fn write_in_order(
+    state: &AppState,
+    bucket: &str,
+    pending: Vec<Pending>,
+    concurrency: usize,
+) -> (Vec<i64>, Option<anyhow::Error>) {
+    let mut position: HashMap<String, usize> = HashMap::new();
+    let mut sequences: Vec<Vec<Pending>> = Vec::new();
+    for message in pending {
+        match position.get(&message.object_name) {
+            Some(&at) => sequences[at].push(message),
+            None => {
+                position.insert(message.object_name.clone(), sequences.len());
+                sequences.push(vec![message]);
+            }
+        }
+    }
+    let store = state.objects.store().clone();
+    let results: Vec<(Vec<i64>, Option<anyhow::Error>)> = futures::stream::iter(sequences)
+        .map(|sequence| {
+            let store = store.clone();
+            async move {
+                let mut written = Vec::with_capacity(sequence.len());
+                for message in sequence {
+                    let put = match object_path(bucket, &message.object_name) {
+                        Ok(path) => store.put(&path, PutPayload::from(message.body)).await.map_err(anyhow::Error::from),
+                        Err(error) => Err(error),
+                    };
+                    match put {
+                        Ok(_) => written.push(message.id),
+                        Err(error) => return (written, Some(error)),
+                    }
+                }
+                (written, None)
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut written = Vec::new();
+    let mut first_error = None;
+    for (ids, error) in results {
+        written.extend(ids);
+        if first_error.is_none() {
+            first_error = error;
+        }
+    }
+    written.sort_unstable();
+    (written, first_error)
+}
+
+/// `queued` → `stored` for the written messages. Only rows that were still queued change
+/// (and come back as notices), so a rerun never announces a message twice.
+async fn mark_stored(state: &AppState, bucket: &str, ids: &[i64]) -> Result<Vec<Notice>, sea_orm::DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut values: Vec<Value> = vec![
+        IntakeStatus::Stored.as_str().into(),
+        bucket.into(),
+        now_ms().into(),
+        IntakeStatus::Queued.as_str().into(),
+    ];
+    let placeholders: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            values.push((*id).into());
+            format!("${}", values.len())
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE intake_messages SET status = $1, bucket = $2, processed_at = $3
+         WHERE status = $4 AND id IN ({})
+         RETURNING id, message_id, title, genre, bucket, object_name, processed_at",
+        placeholders.join(", ")
+    );
+    let mut notices = Notice::find_by_statement(stmt(&state.db, &sql, values)).all(&state.db).await?;
+    notices.sort_by_key(|notice| notice.id);
+    Ok(notices)
+}
+
+/// Dead-letters the job's messages that are still queued, with `reason`.
+async fn fail_queued(state: &AppState, job_id: i64, reason: &str) -> Result<u64, sea_orm::DbErr> {
+    let result = state
+        .db
+        .execute_raw(stmt(
+            &state.db,
+            "UPDATE intake_messages SET status = $1, reason = $2, processed_at = $3 WHERE job_id = $4 AND status = $5",
+            [
+                IntakeStatus::Failed.as_str().into(),
+                reason.into(),
+                now_ms().into(),
+                job_id.into(),
+                IntakeStatus::Queued.as_str().into(),
+            ],
+        ))
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// A node killed in the middle of a write to a local folder leaves object_store's staging
+/// file (`<name>#1`, `#2`, … beside the object), which no listing shows and nothing
+/// reuses. A rerun removes those of its own messages, so the bucket holds only objects.
+/// Our names never contain `#` (it is encoded), so nothing else can match.
+async fn clear_interrupted_writes(state: &AppState, bucket: &str, pending: &[Pending]) {
+    let Some(root) = state.objects.local_root() else { return };
+    let folder = root.join(bucket);
+    for message in pending {
+        for attempt in 1.. {
+            let staging = folder.join(format!("{}#{attempt}", message.object_name));
+            if tokio::fs::remove_file(&staging).await.is_err() {
+                break;
+            }
+            tracing::info!(path = %staging.display(), "removed the staging file of an interrupted write");
+        }
+    }
+}
+
+/// Dead-letters queued messages whose job can no longer write them: it failed (for
+/// example its node died on the last attempt) or was purged. Runs periodically.
+pub async fn reconcile(state: &AppState) -> anyhow::Result<()> {
+    let result = state
+        .db
+        .execute_raw(stmt(
+            &state.db,
+            "UPDATE intake_messages SET status = $1, processed_at = $2,
+                reason = COALESCE(
+                    (SELECT 'processing failed: ' || j.last_error FROM jobs j
+                     WHERE j.id = intake_messages.job_id AND j.last_error IS NOT NULL),
+                    'processing stopped before this message was written')
+             WHERE status = $3 AND NOT EXISTS (
+                SELECT 1 FROM jobs j WHERE j.id = intake_messages.job_id AND j.status IN ($4, $5))",
+            [
+                IntakeStatus::Failed.as_str().into(),
+                now_ms().into(),
+                IntakeStatus::Queued.as_str().into(),
+                crate::jobs::QUEUED.into(),
+                crate::jobs::RUNNING.into(),
+            ],
+        ))
+        .await?;
+    if result.rows_affected() > 0 {
+        tracing::warn!(messages = result.rows_affected(), "intake messages whose job was lost are now failed");
+        metrics::counter!("emporium_intake_failed_total", "reason" => "job_lost").increment(result.rows_affected());
+    }
+    Ok(())
+}

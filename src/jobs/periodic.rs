@@ -1,0 +1,221 @@
+//! Periodic jobs: tokio-cron-scheduler fires them on every node, and a lease row in the
+//! database lets exactly one node run each period.
+//!
+//! A node may start a run when nobody holds the lease (or the holder's lease expired,
+//! i.e. it died mid-run) and the last run started at least half a period ago. The
+//! winner holds the lease while it runs, renewing it by heartbeat, so a run longer than
+//! the period never overlaps itself; a dead holder blocks the job at most one lease.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use croner::{Cron, parser::CronParser};
+use futures::{FutureExt as _, future::BoxFuture};
+use sea_orm::FromQueryResult;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::{
+    db::{duration_ms, execute, now_ms, stmt},
+    state::AppState,
+};
+
+type Task = Arc<dyn Fn(AppState) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// A job that runs on a cron schedule (six fields, seconds first).
+#[derive(Clone)]
+pub struct Periodic {
+    pub name: &'static str,
+    pub cron: String,
+    task: Task,
+}
+
+impl Periodic {
+    pub fn new<F, Fut>(name: &'static str, cron: impl Into<String>, task: F) -> Self
+    where
+        F: Fn(AppState) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Self { name, cron: cron.into(), task: Arc::new(move |state| task(state).boxed()) }
+    }
+}
+
+/// Parses a six-field cron expression the way the scheduler does and returns its period
+/// (the gap between its next two firings).
+pub fn cron_period(expression: &str) -> anyhow::Result<Duration> {
+    let cron: Cron = CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expression)
+        .with_context(|| format!("`{expression}` is not a cron expression with seconds (example: `0 * * * * *`)"))?;
+    let first = cron.find_next_occurrence(&Utc::now(), false)?;
+    let second = cron.find_next_occurrence(&first, false)?;
+    Ok((second - first).to_std()?)
+}
+
+/// Starts the scheduler with `jobs` on this node.
+pub async fn start(state: AppState, jobs: Vec<Periodic>) -> anyhow::Result<JobScheduler> {
+    let scheduler = JobScheduler::new().await.context("starting the scheduler")?;
+    for job in jobs {
+        let period = cron_period(&job.cron).with_context(|| format!("periodic job {}", job.name))?;
+        execute(
+            &state.db,
+            "INSERT INTO periodic_leases (name, expires_at, last_started_at) VALUES ($1, 0, 0)
+             ON CONFLICT (name) DO NOTHING",
+            [job.name.into()],
+        )
+        .await?;
+        let state = state.clone();
+        let cron = job.cron.clone();
+        let scheduled = Job::new_async(cron.as_str(), move |_, _| {
+            let state = state.clone();
+            let job = job.clone();
+            Box::pin(async move { run_if_leader(state, job, period).await })
+        })
+        .with_context(|| format!("scheduling `{cron}`"))?;
+        scheduler.add(scheduled).await?;
+    }
+    scheduler.start().await?;
+    Ok(scheduler)
+}
+
+/// Runs `job` now if this node wins this period's lease.
+pub async fn run_if_leader(state: AppState, job: Periodic, period: Duration) {
+    let node = state.node_id.to_string();
+    let lease = state.jobs.config().periodic_lease;
+    match try_acquire(&state, job.name, &node, lease, period / 2).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(error) => {
+            tracing::warn!(job = job.name, error = %error, "periodic lease check failed; skipping this period");
+            return;
+        }
+    }
+    let started = now_ms();
+    let run_id = record_start(&state, job.name, &node, started).await;
+    let heartbeat = {
+        let state = state.clone();
+        let node = node.clone();
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval((lease / 3).max(Duration::from_millis(50)));
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let renewed = execute(
+                    &state.db,
+                    "UPDATE periodic_leases SET expires_at = $1 WHERE name = $2 AND holder = $3",
+                    [(now_ms() + duration_ms(lease)).into(), job.name.into(), node.as_str().into()],
+                )
+                .await;
+                if let Err(error) = renewed {
+                    tracing::warn!(job = job.name, error = %error, "periodic lease renewal failed");
+                }
+            }
+        }))
+    };
+    tracing::debug!(job = job.name, "periodic job started");
+    let outcome = std::panic::AssertUnwindSafe((job.task)(state.clone())).catch_unwind().await;
+    drop(heartbeat);
+    let error = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(format!("{error:#}")),
+        Err(_) => Some("panicked".to_string()),
+    };
+    if let Some(error) = &error {
+        tracing::warn!(job = job.name, error = %error, "periodic job failed");
+    }
+    metrics::counter!("emporium_periodic_runs_total", "job" => job.name, "outcome" => if error.is_none() { "ok" } else { "error" })
+        .increment(1);
+    metrics::histogram!("emporium_periodic_duration_seconds", "job" => job.name)
+        .record((now_ms() - started) as f64 / 1000.0);
+    if let Some(id) = run_id {
+        let _ = execute(
+            &state.db,
+            "UPDATE periodic_runs SET finished_at = $1, error = $2 WHERE id = $3",
+            [now_ms().into(), error.into(), id.into()],
+        )
+        .await;
+    }
+    let _ = execute(
+        &state.db,
+        "UPDATE periodic_leases SET holder = NULL, expires_at = 0 WHERE name = $1 AND holder = $2",
+        [job.name.into(), node.as_str().into()],
+    )
+    .await;
+}
+
+async fn try_acquire(
+    state: &AppState,
+    name: &str,
+    node: &str,
+    lease: Duration,
+    min_gap: Duration,
+) -> Result<bool, sea_orm::DbErr> {
+    let now = now_ms();
+    let acquired = execute(
+        &state.db,
+        "UPDATE periodic_leases SET holder = $1, expires_at = $2, last_started_at = $3
+             WHERE name = $4 AND (holder IS NULL OR expires_at < $3) AND last_started_at <= $5",
+        [node.into(), (now + duration_ms(lease)).into(), now.into(), name.into(), (now - duration_ms(min_gap)).into()],
+    )
+    .await?;
+    Ok(acquired == 1)
+}
+
+async fn record_start(state: &AppState, name: &str, node: &str, started: i64) -> Option<i64> {
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: i64,
+    }
+    let inserted = Id::find_by_statement(stmt(
+        &state.db,
+        "INSERT INTO periodic_runs (name, node, started_at) VALUES ($1, $2, $3) RETURNING id",
+        [name.into(), node.into(), started.into()],
+    ))
+    .one(&state.db)
+    .await;
+    match inserted {
+        Ok(row) => row.map(|row| row.id),
+        Err(error) => {
+            tracing::warn!(job = name, error = %error, "recording the periodic run failed");
+            None
+        }
+    }
+}
+
+/// The latest runs of a periodic job, newest first (health, tests).
+#[derive(Debug, Clone, FromQueryResult, serde::Serialize)]
+pub struct PeriodicRun {
+    pub name: String,
+    pub node: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub error: Option<String>,
+}
+
+pub async fn recent_runs(
+    db: &impl sea_orm::ConnectionTrait,
+    name: &str,
+    limit: i64,
+) -> Result<Vec<PeriodicRun>, sea_orm::DbErr> {
+    PeriodicRun::find_by_statement(stmt(
+        db,
+        "SELECT name, node, started_at, finished_at, error FROM periodic_runs WHERE name = $1 ORDER BY started_at DESC LIMIT $2",
+        [name.into(), limit.into()],
+    ))
+    .all(db)
+    .await
+}
+
+/// Foundation housekeeping that every deployment runs.
+pub fn housekeeping(config: &crate::config::JobsConfig) -> Vec<Periodic> {
+    vec![Periodic::new("jobs.purge", config.jobs_purge_cron.clone(), |state: AppState| async move {
+        let purged = state.jobs.purge_finished().await?;
+        let cutoff = now_ms() - duration_ms(state.jobs.config().job_retention);
+        execute(&state.db, "DELETE FROM periodic_runs WHERE started_at < $1", [cutoff.into()]).await?;
+        tracing::info!(purged, "purged finished jobs");
+        Ok(())
+    })]
+}

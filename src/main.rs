@@ -1,0 +1,94 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use emporium::{
+    app::App,
+    config::{Cli, Command, Config, SimArgs},
+    db, graphql, telemetry,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One clear line; no panic, no backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(config)) => serve(*config).await,
+        Some(Command::Migrate(database)) => {
+            telemetry::init_logging("text", "info");
+            db::migrate(&database).await?;
+            println!("migrations applied to {}", db::redact(&database.resolved_url()));
+            Ok(())
+        }
+        Some(Command::Schema) => {
+            print!("{}", graphql::sdl());
+            Ok(())
+        }
+        Some(Command::Sim(args)) => simulate(args).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init_logging(&config.log_format, &config.log_filter);
+    let app = App::build(config).await?;
+    app.run(shutdown_signal()).await
+}
+
+async fn simulate(args: SimArgs) -> anyhow::Result<()> {
+    telemetry::init_logging("text", "info");
+    let config = sim::SimConfig {
+        offers_tick: args.offers_tick,
+        feed_periods: args.feed_periods,
+        feed_items: args.feed_items,
+        seed: None,
+    };
+    let running = sim::Simulator::start(args.listen, config)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", args.listen))?;
+    println!("simulator: offers service at {}", running.offers_url());
+    for (url, period) in running.feed_urls() {
+        println!("simulator: feed {url} every {}s", period.as_secs_f64());
+    }
+    shutdown_signal().await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,442 @@
+//! The store's GraphQL surface: thin resolvers over `customers`, `records` and
+//! `purchases`. Nested lookups go through the shared DataLoader (`loaders`).
+
+use async_graphql::{Context, ID, InputObject, Object};
+use chrono::{DateTime, Utc};
+
+use super::{
+    customers::{self, CustomerChanges},
+    loaders::{BatchError, CustomerKey, PurchaseCountKey, RecordKey, StoreLoader},
+    model::{Customer, Purchase, PurchaseStatus, Record},
+    purchases::{self, CustomerPage, NewPurchase},
+    records::{self, NewRecord, RecordChanges},
+};
+use crate::{
+    db::to_datetime,
+    error::{AppError, AppResult},
+    graphql::{
+        pagination::{Page, Paged, Totals, connection, parse_id},
+        state,
+    },
+};
+
+type Result<T> = async_graphql::Result<T>;
+
+fn loader(ctx: &Context<'_>) -> AppResult<StoreLoader> {
+    ctx.data::<StoreLoader>()
+        .cloned()
+        .map_err(|_| AppError::Internal(anyhow::anyhow!("the store loader is not registered in the schema")))
+}
+
+/// Stored money and counts are checked to fit the API's 32-bit `Int` when written.
+fn int(value: i64, what: &str) -> AppResult<i32> {
+    i32::try_from(value).map_err(|_| AppError::Internal(anyhow::anyhow!("{what} {value} does not fit in Int")))
+}
+
+fn optional_id(id: Option<&ID>, what: &str) -> AppResult<Option<i64>> {
+    id.map(|id| parse_id(id, what)).transpose()
+}
+
+#[Object]
+impl Customer {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+
+    async fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// As entered (trimmed). Unique among all customers, active or not, ignoring case.
+    async fn email(&self) -> &str {
+        &self.email
+    }
+
+    /// False once deactivated; an inactive customer keeps its history but cannot purchase.
+    async fn active(&self) -> bool {
+        self.active
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        to_datetime(self.created_at)
+    }
+
+    async fn updated_at(&self) -> DateTime<Utc> {
+        to_datetime(self.updated_at)
+    }
+
+    /// When the account was deactivated; null while active.
+    async fn deactivated_at(&self) -> Option<DateTime<Utc>> {
+        self.deactivated_at.map(to_datetime)
+    }
+
+    /// This customer's purchases of every status, oldest first.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn purchases(&self, ctx: &Context<'_>, first: Option<i32>, after: Option<String>) -> Result<Paged<Purchase>> {
+        let page = Page::new(first, after, state(ctx).config.http.page_max)?;
+        let loader = loader(ctx)?;
+        let key = CustomerPage { customer_id: self.id, after: page.after, limit: page.fetch_limit() };
+        let rows = loader.load_one(key).await.map_err(BatchError::into_app_error)?.unwrap_or_default();
+        let customer_id = self.id;
+        let totals = Totals::new(move || async move {
+            let count = loader.load_one(PurchaseCountKey(customer_id)).await.map_err(BatchError::into_app_error)?;
+            Ok(count.unwrap_or(0))
+        });
+        Ok(connection(rows, page, |purchase| purchase.id, totals))
+    }
+}
+
+#[Object]
+impl Record {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+
+    async fn title(&self) -> &str {
+        &self.title
+    }
+
+    async fn artist(&self) -> &str {
+        &self.artist
+    }
+
+    async fn genre(&self) -> &str {
+        &self.genre
+    }
+
+    async fn release_year(&self) -> i32 {
+        self.release_year
+    }
+
+    /// Current price in minor units (cents). Purchases keep the price they were made at.
+    async fn price(&self) -> Result<i32> {
+        Ok(int(self.price, "price")?)
+    }
+
+    /// Units on hand; never negative.
+    async fn stock(&self) -> i32 {
+        self.stock
+    }
+
+    /// Whether at least one unit is on hand.
+    async fn in_stock(&self) -> bool {
+        self.stock > 0
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        to_datetime(self.created_at)
+    }
+
+    /// Last change of any field, stock included.
+    async fn updated_at(&self) -> DateTime<Utc> {
+        to_datetime(self.updated_at)
+    }
+}
+
+#[Object]
+impl Purchase {
+    async fn id(&self) -> ID {
+        ID(self.id.to_string())
+    }
+
+    async fn customer(&self, ctx: &Context<'_>) -> Result<Customer> {
+        let customer =
+            loader(ctx)?.load_one(CustomerKey(self.customer_id)).await.map_err(BatchError::into_app_error)?;
+        Ok(customer.ok_or_else(|| AppError::Internal(anyhow::anyhow!("purchase {} has no customer", self.id)))?)
+    }
+
+    async fn record(&self, ctx: &Context<'_>) -> Result<Record> {
+        let record = loader(ctx)?.load_one(RecordKey(self.record_id)).await.map_err(BatchError::into_app_error)?;
+        Ok(record.ok_or_else(|| AppError::Internal(anyhow::anyhow!("purchase {} has no record", self.id)))?)
+    }
+
+    async fn quantity(&self) -> i32 {
+        self.quantity
+    }
+
+    /// The record's price when the purchase was made, in minor units.
+    async fn unit_price(&self) -> Result<i32> {
+        Ok(int(self.unit_price, "unit price")?)
+    }
+
+    /// `unitPrice × quantity`, in minor units.
+    async fn total(&self) -> Result<i32> {
+        Ok(int(self.total, "total")?)
+    }
+
+    /// True while the purchase holds its units (status `EFFECTIVE`); false when it was
+    /// out of stock or has been cancelled.
+    async fn effective(&self) -> Result<bool> {
+        Ok(self.current_status()? == PurchaseStatus::Effective)
+    }
+
+    async fn status(&self) -> Result<PurchaseStatus> {
+        Ok(self.current_status()?)
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        to_datetime(self.created_at)
+    }
+
+    /// When it was cancelled; null unless `CANCELLED`.
+    async fn cancelled_at(&self) -> Option<DateTime<Utc>> {
+        self.cancelled_at.map(to_datetime)
+    }
+}
+
+/// Which customers to list; every given condition must hold.
+#[derive(Debug, Default, InputObject)]
+#[graphql(name = "CustomerFilter")]
+pub struct CustomerFilterInput {
+    /// Only active (true) or only deactivated (false) customers.
+    pub active: Option<bool>,
+    /// Case-insensitive substring of the name or the e-mail address.
+    pub search: Option<String>,
+}
+
+/// Which records to list; every given condition must hold.
+#[derive(Debug, Default, InputObject)]
+#[graphql(name = "RecordFilter")]
+pub struct RecordFilterInput {
+    /// Case-insensitive substring of the artist.
+    pub artist: Option<String>,
+    /// Case-insensitive substring of the title.
+    pub title: Option<String>,
+    /// The genre, ignoring case (exact otherwise).
+    pub genre: Option<String>,
+    /// Exact release year (1860 to next year).
+    pub release_year: Option<i32>,
+    /// True: at least one unit on hand. False: sold out.
+    pub in_stock: Option<bool>,
+}
+
+/// Which purchases to list; every given condition must hold. The period is half-open
+/// and compared in UTC: `from` inclusive, `to` exclusive (offsets in the given
+/// date-times are honoured); `from` after `to` is refused.
+#[derive(Debug, Default, InputObject)]
+#[graphql(name = "PurchaseFilter")]
+pub struct PurchaseFilterInput {
+    pub customer_id: Option<ID>,
+    pub record_id: Option<ID>,
+    /// Purchases made at or after this instant (inclusive).
+    pub from: Option<DateTime<Utc>>,
+    /// Purchases made before this instant (exclusive).
+    pub to: Option<DateTime<Utc>>,
+    pub status: Option<PurchaseStatus>,
+}
+
+#[derive(Debug, InputObject)]
+pub struct CreateCustomerInput {
+    /// 1 to 200 characters (trimmed).
+    pub name: String,
+    /// A valid address, unique ignoring case (deactivated customers keep theirs).
+    pub email: String,
+}
+
+/// Omitted fields keep their value.
+#[derive(Debug, InputObject)]
+pub struct UpdateCustomerInput {
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, InputObject)]
+pub struct CreateRecordInput {
+    pub title: String,
+    pub artist: String,
+    pub genre: String,
+    /// 1860 to next year.
+    pub release_year: i32,
+    /// Minor units (cents), zero or more.
+    pub price: i32,
+    /// Units on hand, zero or more.
+    pub stock: i32,
+}
+
+/// Omitted fields keep their value. Stock is not set here: it changes only through
+/// purchases, cancellations and `restockRecord`, so concurrent changes add up.
+#[derive(Debug, InputObject)]
+pub struct UpdateRecordInput {
+    pub title: Option<String>,
+    pub artist: Option<String>,
+    pub genre: Option<String>,
+    pub release_year: Option<i32>,
+    /// Minor units; applies to purchases made from now on.
+    pub price: Option<i32>,
+}
+
+#[derive(Debug, InputObject)]
+pub struct CreatePurchaseInput {
+    pub customer_id: ID,
+    pub record_id: ID,
+    /// One or more units.
+    pub quantity: i32,
+}
+
+#[derive(Default)]
+pub struct StoreQuery;
+
+#[Object]
+impl StoreQuery {
+    /// Customers, oldest first.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn customers(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        filter: Option<CustomerFilterInput>,
+    ) -> Result<Paged<Customer>> {
+        let state = state(ctx);
+        let page = Page::new(first, after, state.config.http.page_max)?;
+        let filter = filter.unwrap_or_default();
+        let filter = customers::CustomerFilter { active: filter.active, search: filter.search };
+        let rows = customers::list(&state.db, &filter, page).await?;
+        let db = state.db.clone();
+        let totals = Totals::new(move || async move { customers::count(&db, &filter).await });
+        Ok(connection(rows, page, |customer| customer.id, totals))
+    }
+
+    /// A customer by id; null when there is none.
+    async fn customer(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Customer>> {
+        Ok(customers::find(&state(ctx).db, parse_id(&id, "customer")?).await?)
+    }
+
+    /// Records (the store's discs), oldest first.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn records(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        filter: Option<RecordFilterInput>,
+    ) -> Result<Paged<Record>> {
+        let state = state(ctx);
+        let page = Page::new(first, after, state.config.http.page_max)?;
+        let filter = filter.unwrap_or_default();
+        let filter = records::RecordFilter {
+            artist: filter.artist,
+            title: filter.title,
+            genre: filter.genre,
+            release_year: filter.release_year,
+            in_stock: filter.in_stock,
+        };
+        let rows = records::list(&state.db, &filter, page).await?;
+        let db = state.db.clone();
+        let totals = Totals::new(move || async move { records::count(&db, &filter).await });
+        Ok(connection(rows, page, |record| record.id, totals))
+    }
+
+    /// A record by id; null when there is none.
+    async fn record(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Record>> {
+        Ok(records::find(&state(ctx).db, parse_id(&id, "record")?).await?)
+    }
+
+    /// Purchases of every status, oldest first: by customer, by record, by period, by status.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn purchases(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        filter: Option<PurchaseFilterInput>,
+    ) -> Result<Paged<Purchase>> {
+        let state = state(ctx);
+        let page = Page::new(first, after, state.config.http.page_max)?;
+        let filter = filter.unwrap_or_default();
+        let filter = purchases::PurchaseFilter {
+            customer_id: optional_id(filter.customer_id.as_ref(), "customer")?,
+            record_id: optional_id(filter.record_id.as_ref(), "record")?,
+            from: filter.from,
+            to: filter.to,
+            status: filter.status,
+        };
+        let rows = purchases::list(&state.db, &filter, page).await?;
+        let db = state.db.clone();
+        let totals = Totals::new(move || async move { purchases::count(&db, &filter).await });
+        Ok(connection(rows, page, |purchase| purchase.id, totals))
+    }
+
+    /// A purchase by id; null when there is none.
+    async fn purchase(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Purchase>> {
+        Ok(purchases::find(&state(ctx).db, parse_id(&id, "purchase")?).await?)
+    }
+}
+
+#[derive(Default)]
+pub struct StoreMutation;
+
+#[Object]
+impl StoreMutation {
+    /// Opens a customer account. A malformed e-mail is BAD_USER_INPUT; an address
+    /// already used by any customer (ignoring case) is CONFLICT.
+    async fn create_customer(&self, ctx: &Context<'_>, input: CreateCustomerInput) -> Result<Customer> {
+        Ok(customers::create(&state(ctx).db, &input.name, &input.email).await?)
+    }
+
+    /// Changes a customer's name or e-mail (same rules as `createCustomer`).
+    async fn update_customer(&self, ctx: &Context<'_>, id: ID, input: UpdateCustomerInput) -> Result<Customer> {
+        let id = parse_id(&id, "customer")?;
+        let changes = CustomerChanges { name: input.name, email: input.email };
+        Ok(customers::update(&state(ctx).db, id, changes).await?)
+    }
+
+    /// Deactivates an account: it stays, with its purchases, but can no longer buy.
+    /// Deactivating an inactive customer is CONFLICT; an unknown id is NOT_FOUND.
+    async fn deactivate_customer(&self, ctx: &Context<'_>, id: ID) -> Result<Customer> {
+        Ok(customers::deactivate(&state(ctx).db, parse_id(&id, "customer")?).await?)
+    }
+
+    /// Adds a record to the catalog.
+    async fn create_record(&self, ctx: &Context<'_>, input: CreateRecordInput) -> Result<Record> {
+        let new = NewRecord {
+            title: input.title,
+            artist: input.artist,
+            genre: input.genre,
+            release_year: input.release_year,
+            price: input.price,
+            stock: input.stock,
+        };
+        Ok(records::create(&state(ctx).db, new).await?)
+    }
+
+    /// Changes a record's catalog data or price (not its stock; see `restockRecord`).
+    async fn update_record(&self, ctx: &Context<'_>, id: ID, input: UpdateRecordInput) -> Result<Record> {
+        let id = parse_id(&id, "record")?;
+        let changes = RecordChanges {
+            title: input.title,
+            artist: input.artist,
+            genre: input.genre,
+            release_year: input.release_year,
+            price: input.price,
+        };
+        Ok(records::update(&state(ctx).db, id, changes).await?)
+    }
+
+    /// Adds `quantity` (one or more) units to the stock, atomically.
+    async fn restock_record(&self, ctx: &Context<'_>, id: ID, quantity: i32) -> Result<Record> {
+        Ok(records::restock(&state(ctx).db, parse_id(&id, "record")?, quantity).await?)
+    }
+
+    /// Buys `quantity` units of a record at its current price. With enough stock the
+    /// units are taken and the purchase is `EFFECTIVE`; otherwise the purchase is still
+    /// stored, as `OUT_OF_STOCK` (`effective: false`), and stock is untouched — never
+    /// oversold, however many buy at once. Unknown customer or record: NOT_FOUND.
+    /// Deactivated customer: CONFLICT. Quantity below 1, or a total above 2147483647
+    /// minor units: BAD_USER_INPUT. Nothing is stored on an error.
+    async fn create_purchase(&self, ctx: &Context<'_>, input: CreatePurchaseInput) -> Result<Purchase> {
+        let new = NewPurchase {
+            customer_id: parse_id(&input.customer_id, "customer")?,
+            record_id: parse_id(&input.record_id, "record")?,
+            quantity: input.quantity,
+        };
+        Ok(purchases::create(&state(ctx).db, new).await?)
+    }
+
+    /// Cancels an `EFFECTIVE` purchase: it becomes `CANCELLED` and its units return to
+    /// stock, exactly once. Cancelling a cancelled or out-of-stock purchase is CONFLICT;
+    /// an unknown id is NOT_FOUND.
+    async fn cancel_purchase(&self, ctx: &Context<'_>, id: ID) -> Result<Purchase> {
+        Ok(purchases::cancel(&state(ctx).db, parse_id(&id, "purchase")?).await?)
+    }
+}

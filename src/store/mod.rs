@@ -1,0 +1,24 @@
+//! The record store (seed 003): customers, records (discs) with stock, and purchases.
+//!
+//! - `customers`: accounts with a case-insensitively unique e-mail; deactivation keeps
+//!   the account and its history but stops new purchases.
+//! - `records`: the catalog of discs with price (minor units) and stock on hand.
+//! - `purchases`: buying is oversell-proof on SQLite and Postgres alike — stock is
+//!   taken by one conditional `UPDATE` in the purchase's transaction; when it takes
+//!   nothing the purchase is still stored as `OUT_OF_STOCK`. Cancelling an effective
+//!   purchase returns its units exactly once.
+//!
+//! Stock changes only by single conditional statements (purchase, cancellation,
+//! restock), so the identity `stock = initial + restocked − effective + cancelled`
+//! holds under any concurrency, and a CHECK keeps stock non-negative in the database.
+
+mod customers;
+pub mod graphql;
+mod loaders;
+mod model;
+mod purchases;
+mod records;
+mod validate;
+
+pub use graphql::{StoreMutation, StoreQuery};
+pub use loaders::{StoreLoader, loader};

@@ -1,0 +1,253 @@
+//! Purchases: the oversell-proof stock rule and cancellation.
+//!
+//! A purchase takes its units with ONE conditional statement,
+//! `UPDATE records SET stock = stock - q WHERE id = r AND stock >= q`, and stores the
+//! purchase in the same transaction: `EFFECTIVE` when that statement took the units,
+//! `OUT_OF_STOCK` (stock untouched) when it matched nothing — the seed's rule. The
+//! check and the decrement are one atomic step on both backends, whatever the
+//! isolation level: concurrent buyers of the last unit queue on the row (Postgres) or
+//! on the write lock (SQLite), and the losers see the new stock. Because the first
+//! statement writes, SQLite takes its write lock before reading anything (no
+//! SQLITE_BUSY from a read-then-write upgrade).
+//!
+//! The purchase row is inserted with `INSERT … SELECT` from the customer and the
+//! record, so "customer exists and is active, record exists" is checked by the same
+//! statement that writes; when it inserts nothing the transaction (and its stock
+//! decrement) rolls back and the reason is looked up afterwards.
+//!
+//! Cancellation flips `EFFECTIVE` to `CANCELLED` with one conditional update and gives
+//! the units back in the same transaction: whoever flips the status returns the units,
+//! so they come back exactly once however many cancellations race.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult as _, TransactionTrait as _};
+
+use super::{
+    customers,
+    model::{Conditions, PURCHASE_COLUMNS, Purchase, PurchaseStatus},
+    records::{self, MAX_STOCK},
+    validate,
+};
+use crate::{
+    db::{now_ms, stmt},
+    error::{AppError, AppResult},
+    graphql::pagination::Page,
+};
+
+/// The largest purchase total: money is a 32-bit GraphQL `Int` of minor units.
+pub const MAX_TOTAL: i64 = i32::MAX as i64;
+
+#[derive(Debug, Clone, Copy)]
+pub struct NewPurchase {
+    pub customer_id: i64,
+    pub record_id: i64,
+    pub quantity: i32,
+}
+
+/// Which purchases a list shows; every given condition must hold.
+#[derive(Debug, Clone, Default)]
+pub struct PurchaseFilter {
+    pub customer_id: Option<i64>,
+    pub record_id: Option<i64>,
+    /// Made at or after this instant (inclusive).
+    pub from: Option<DateTime<Utc>>,
+    /// Made before this instant (exclusive).
+    pub to: Option<DateTime<Utc>>,
+    pub status: Option<PurchaseStatus>,
+}
+
+/// Takes the units, or records the attempt as out of stock. See the module docs.
+pub async fn create(db: &DatabaseConnection, new: NewPurchase) -> AppResult<Purchase> {
+    let quantity = validate::quantity("quantity", new.quantity)?;
+    let now = now_ms();
+    let txn = db.begin().await?;
+    let take_stock = "UPDATE records SET stock = stock - $1, updated_at = $2 WHERE id = $3 AND stock >= $1";
+    let taken = txn.execute_raw(stmt(&txn, take_stock, [quantity.into(), now.into(), new.record_id.into()])).await?;
+    let status = if taken.rows_affected() == 1 { PurchaseStatus::Effective } else { PurchaseStatus::OutOfStock };
+    let insert = format!(
+        "INSERT INTO purchases (customer_id, record_id, quantity, unit_price, total, status, created_at)
+         SELECT c.id, r.id, $3, r.price, r.price * $3, $4, $5
+         FROM customers c, records r
+         WHERE c.id = $1 AND c.active AND r.id = $2 AND r.price * $3 <= {MAX_TOTAL}
+         RETURNING {PURCHASE_COLUMNS}"
+    );
+    let values = [new.customer_id.into(), new.record_id.into(), quantity.into(), status.as_str().into(), now.into()];
+    let Some(purchase) = Purchase::find_by_statement(stmt(&txn, &insert, values)).one(&txn).await? else {
+        txn.rollback().await?;
+        return Err(why_refused(db, new).await.unwrap_or_else(|error| error));
+    };
+    txn.commit().await?;
+    metrics::counter!("emporium_store_purchases_total", "status" => status.as_str()).increment(1);
+    Ok(purchase)
+}
+
+/// Why the purchase insert matched nothing, looked up after the rollback.
+async fn why_refused(db: &DatabaseConnection, new: NewPurchase) -> AppResult<AppError> {
+    let customer = customers::get(db, new.customer_id).await?;
+    if !customer.active {
+        return Ok(AppError::conflict(format!("customer {} is deactivated and cannot purchase", customer.id)));
+    }
+    let record = records::get(db, new.record_id).await?;
+    if record.price * i64::from(new.quantity) > MAX_TOTAL {
+        return Ok(AppError::bad_input(format!(
+            "{} × {} minor units exceeds the largest total ({MAX_TOTAL})",
+            new.quantity, record.price
+        )));
+    }
+    Ok(AppError::Internal(anyhow::anyhow!("purchase of record {} was refused for no known reason", record.id)))
+}
+
+/// Cancels an effective purchase and returns its units to stock, exactly once.
+pub async fn cancel(db: &DatabaseConnection, id: i64) -> AppResult<Purchase> {
+    let now = now_ms();
+    let txn = db.begin().await?;
+    let flip = format!(
+        "UPDATE purchases SET status = 'CANCELLED', cancelled_at = $1
+         WHERE id = $2 AND status = 'EFFECTIVE' RETURNING {PURCHASE_COLUMNS}"
+    );
+    let Some(purchase) = Purchase::find_by_statement(stmt(&txn, &flip, [now.into(), id.into()])).one(&txn).await?
+    else {
+        txn.rollback().await?;
+        return Err(why_not_cancellable(db, id).await.unwrap_or_else(|error| error));
+    };
+    let give_back =
+        format!("UPDATE records SET stock = stock + $1, updated_at = $2 WHERE id = $3 AND stock <= {MAX_STOCK} - $1");
+    let returned = txn
+        .execute_raw(stmt(&txn, &give_back, [purchase.quantity.into(), now.into(), purchase.record_id.into()]))
+        .await?;
+    if returned.rows_affected() != 1 {
+        txn.rollback().await?;
+        return Err(AppError::conflict(format!(
+            "returning {} units would take record {} past the largest stock ({MAX_STOCK})",
+            purchase.quantity, purchase.record_id
+        )));
+    }
+    txn.commit().await?;
+    metrics::counter!("emporium_store_cancellations_total").increment(1);
+    Ok(purchase)
+}
+
+async fn why_not_cancellable(db: &DatabaseConnection, id: i64) -> AppResult<AppError> {
+    let purchase = get(db, id).await?;
+    Ok(match purchase.current_status()? {
+        PurchaseStatus::Cancelled => AppError::conflict(format!("purchase {id} is already cancelled")),
+        PurchaseStatus::OutOfStock => AppError::conflict(format!(
+            "purchase {id} was out of stock: it never took units, so there is nothing to cancel"
+        )),
+        PurchaseStatus::Effective => {
+            AppError::Internal(anyhow::anyhow!("purchase {id} is effective but could not be cancelled"))
+        }
+    })
+}
+
+pub async fn find(db: &impl ConnectionTrait, id: i64) -> AppResult<Option<Purchase>> {
+    let sql = format!("SELECT {PURCHASE_COLUMNS} FROM purchases WHERE id = $1");
+    Ok(Purchase::find_by_statement(stmt(db, &sql, [id.into()])).one(db).await?)
+}
+
+pub async fn get(db: &impl ConnectionTrait, id: i64) -> AppResult<Purchase> {
+    find(db, id).await?.ok_or_else(|| AppError::not_found(format!("no purchase with id {id}")))
+}
+
+/// Milliseconds for comparing with `created_at`, rounded up: for whole milliseconds
+/// `x >= t ⇔ x >= ceil(t)` and `x < t ⇔ x < ceil(t)`, so sub-millisecond bounds stay exact.
+fn bound_ms(instant: DateTime<Utc>) -> i64 {
+    let ms = instant.timestamp_millis();
+    if instant.timestamp_subsec_nanos().is_multiple_of(1_000_000) { ms } else { ms + 1 }
+}
+
+fn conditions(filter: &PurchaseFilter) -> AppResult<Conditions> {
+    if let (Some(from), Some(to)) = (filter.from, filter.to)
+        && from > to
+    {
+        return Err(AppError::bad_input(format!("`from` ({}) is after `to` ({})", from.to_rfc3339(), to.to_rfc3339())));
+    }
+    let mut conditions = Conditions::default();
+    if let Some(customer_id) = filter.customer_id {
+        let customer_id = conditions.bind(customer_id);
+        conditions.and(format!("customer_id = {customer_id}"));
+    }
+    if let Some(record_id) = filter.record_id {
+        let record_id = conditions.bind(record_id);
+        conditions.and(format!("record_id = {record_id}"));
+    }
+    if let Some(from) = filter.from {
+        let from = conditions.bind(bound_ms(from));
+        conditions.and(format!("created_at >= {from}"));
+    }
+    if let Some(to) = filter.to {
+        let to = conditions.bind(bound_ms(to));
+        conditions.and(format!("created_at < {to}"));
+    }
+    if let Some(status) = filter.status {
+        let status = conditions.bind(status.as_str());
+        conditions.and(format!("status = {status}"));
+    }
+    Ok(conditions)
+}
+
+pub async fn list(db: &impl ConnectionTrait, filter: &PurchaseFilter, page: Page) -> AppResult<Vec<Purchase>> {
+    conditions(filter)?.page(db, "purchases", PURCHASE_COLUMNS, page).await
+}
+
+pub async fn count(db: &impl ConnectionTrait, filter: &PurchaseFilter) -> AppResult<i64> {
+    conditions(filter)?.count(db, "purchases").await
+}
+
+/// One page of one customer's purchases, as asked by `Customer.purchases`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CustomerPage {
+    pub customer_id: i64,
+    pub after: Option<i64>,
+    /// Rows to fetch (the page size plus one).
+    pub limit: u64,
+}
+
+/// Many customers' pages in one round trip: a `UNION ALL` of one index-bounded
+/// `LIMIT` query per page (portable, unlike `LATERAL`). Returns each page's rows in
+/// id order, in the order of `pages`.
+pub async fn pages_by_customer(db: &impl ConnectionTrait, pages: &[CustomerPage]) -> AppResult<Vec<Vec<Purchase>>> {
+    if pages.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conditions = Conditions::default();
+    let branches: Vec<String> = pages
+        .iter()
+        .enumerate()
+        .map(|(branch, page)| {
+            let customer_id = conditions.bind(page.customer_id);
+            let after = conditions.bind(page.after.unwrap_or(0));
+            let limit = conditions.bind(page.limit as i64);
+            format!(
+                "SELECT {branch} AS branch, {PURCHASE_COLUMNS} FROM (SELECT {PURCHASE_COLUMNS} FROM purchases
+                 WHERE customer_id = {customer_id} AND id > {after} ORDER BY id LIMIT {limit}) AS page{branch}"
+            )
+        })
+        .collect();
+    let rows = conditions.query_all(db, &branches.join(" UNION ALL ")).await?;
+    let mut grouped = vec![Vec::new(); pages.len()];
+    for row in rows {
+        let branch: i32 = row.try_get("", "branch")?;
+        let slot = usize::try_from(branch).ok().and_then(|branch| grouped.get_mut(branch));
+        if let Some(slot) = slot {
+            slot.push(Purchase::from_query_result(&row, "")?);
+        }
+    }
+    for page in &mut grouped {
+        page.sort_by_key(|purchase: &Purchase| purchase.id);
+    }
+    Ok(grouped)
+}
+
+/// Purchase counts of many customers in one query (customers without any are absent).
+pub async fn counts_by_customer(db: &impl ConnectionTrait, customer_ids: &[i64]) -> AppResult<Vec<(i64, i64)>> {
+    if customer_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut conditions = Conditions::default();
+    let list = conditions.bind_list(customer_ids.iter().copied());
+    let sql =
+        format!("SELECT customer_id, COUNT(*) AS n FROM purchases WHERE customer_id IN ({list}) GROUP BY customer_id");
+    let rows = conditions.query_all(db, &sql).await?;
+    rows.iter().map(|row| Ok((row.try_get::<i64>("", "customer_id")?, row.try_get::<i64>("", "n")?))).collect()
+}

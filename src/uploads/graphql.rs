@@ -1,0 +1,182 @@
+//! GraphQL: `upload(id)`, `uploads(first, after, status)` and the `uploadProgress(id)`
+//! subscription. Uploads themselves arrive over REST (`POST /v1/products`): a GraphQL
+//! request cannot stream a gigabyte body.
+
+use async_graphql::{Context, Enum, ID, Object, SimpleObject, Subscription};
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt as _};
+
+use super::{
+    model::{self, ItemRejection, UploadRecord},
+    progress_topic,
+};
+use crate::{
+    db::to_datetime,
+    error::AppError,
+    graphql::{
+        pagination::{Page, Paged, Totals, connection, parse_id},
+        state,
+    },
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum UploadStatus {
+    /// Accepted; waiting for a node to ingest it.
+    Queued,
+    /// Its products are being upserted, batch by batch.
+    Ingesting,
+    /// Every item was processed.
+    Succeeded,
+    /// Ingestion stopped for good; `error` says why.
+    Failed,
+}
+
+impl UploadStatus {
+    fn from_stored(status: &str) -> Self {
+        match status {
+            model::INGESTING => Self::Ingesting,
+            model::SUCCEEDED => Self::Succeeded,
+            model::FAILED => Self::Failed,
+            _ => Self::Queued,
+        }
+    }
+
+    fn as_stored(self) -> &'static str {
+        match self {
+            Self::Queued => model::QUEUED,
+            Self::Ingesting => model::INGESTING,
+            Self::Succeeded => model::SUCCEEDED,
+            Self::Failed => model::FAILED,
+        }
+    }
+}
+
+/// An item of an upload that the catalog refused (the other items were ingested).
+#[derive(Debug, Clone, SimpleObject)]
+pub struct UploadItemRejection {
+    /// Position of the item in the uploaded array, from 0.
+    pub index: i64,
+    pub sku: String,
+    pub reason: String,
+}
+
+impl From<ItemRejection> for UploadItemRejection {
+    fn from(rejection: ItemRejection) -> Self {
+        Self { index: i64::try_from(rejection.index).unwrap_or(i64::MAX), sku: rejection.sku, reason: rejection.reason }
+    }
+}
+
+/// A bulk product upload (`POST /v1/products`) and its ingestion.
+#[derive(Debug, Clone, SimpleObject)]
+pub struct Upload {
+    pub id: ID,
+    pub status: UploadStatus,
+    /// Size of the body in bytes.
+    pub bytes: i64,
+    /// BLAKE3 digest of the body's exact bytes (lowercase hex): the dedup window's key.
+    pub digest: String,
+    /// Products in the body.
+    pub items_total: i64,
+    /// Products processed so far (committed).
+    pub items_done: i64,
+    /// Items the catalog refused; they were skipped.
+    pub items_rejected: i64,
+    /// The first refused items and why (at most 20).
+    pub rejections: Vec<UploadItemRejection>,
+    /// Products this upload created.
+    pub products_created: i64,
+    /// Existing products this upload changed.
+    pub products_updated: i64,
+    /// Why ingestion failed, when `status` is `FAILED`.
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<UploadRecord> for Upload {
+    fn from(record: UploadRecord) -> Self {
+        let rejections = record.rejection_list().into_iter().map(UploadItemRejection::from).collect();
+        Self {
+            id: ID(record.id.to_string()),
+            status: UploadStatus::from_stored(&record.status),
+            bytes: record.bytes,
+            digest: record.digest,
+            items_total: record.items_total,
+            items_done: record.items_done,
+            items_rejected: record.items_rejected,
+            rejections,
+            products_created: record.products_created,
+            products_updated: record.products_updated,
+            error: record.error,
+            created_at: to_datetime(record.created_at),
+            updated_at: to_datetime(record.updated_at),
+            finished_at: record.finished_at.map(to_datetime),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct UploadQuery;
+
+#[Object]
+impl UploadQuery {
+    /// An upload by id (the `upload_id` that `POST /v1/products` answered).
+    async fn upload(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Upload>> {
+        let id = parse_id(&id, "upload")?;
+        Ok(model::get(&state(ctx).db, id).await?.map(Upload::from))
+    }
+
+    /// Uploads, oldest first, optionally only those in one status.
+    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
+    async fn uploads(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        status: Option<UploadStatus>,
+    ) -> async_graphql::Result<Paged<Upload>> {
+        let state = state(ctx);
+        let page = Page::new(first, after, state.config.http.page_max)?;
+        let status = status.map(UploadStatus::as_stored);
+        let rows = model::list(&state.db, page, status).await?;
+        let db = state.db.clone();
+        let totals = Totals::new(move || async move { model::count(&db, status).await });
+        let uploads = rows.into_iter().map(Upload::from).collect();
+        Ok(connection(uploads, page, |upload: &Upload| upload.id.parse().unwrap_or(0), totals))
+    }
+}
+
+#[derive(Default)]
+pub struct UploadSubscription;
+
+#[Subscription]
+impl UploadSubscription {
+    /// The upload as it is now, then again after every committed batch, until it
+    /// succeeds or fails (the stream then ends).
+    async fn upload_progress(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<impl Stream<Item = Upload>> {
+        let id = parse_id(&id, "upload")?;
+        let state = state(ctx).clone();
+        // Subscribe before reading the current state, so no update falls in between.
+        let mut updates = state.events.subscribe::<UploadRecord>(&progress_topic(id)).boxed();
+        let current = model::get(&state.db, id).await?.ok_or_else(|| AppError::not_found(format!("no upload {id}")))?;
+        Ok(async_stream::stream! {
+            let mut last = current;
+            let finished = last.is_finished();
+            yield Upload::from(last.clone());
+            if !finished {
+                while let Some(update) = updates.next().await {
+                    // Updates only move forward; skip one older than what was shown.
+                    if update.items_done < last.items_done && !update.is_finished() {
+                        continue;
+                    }
+                    last = update;
+                    yield Upload::from(last.clone());
+                    if last.is_finished() {
+                        break;
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,295 @@
+//! Ingestion: the durable job that reads a spooled body back as a stream and upserts its
+//! products through the catalog, batch by batch.
+//!
+//! The same scanner that validated the body finds each item's bytes; serde_json decodes
+//! one item at a time, so memory stays bounded by one batch. Each batch commits in one
+//! transaction with the upload's progress (`items_done`), guarded by the progress it
+//! started from: a re-run after a crash skips the items already committed and resumes
+//! with the next batch, and a second runner of the same job cannot apply a batch twice.
+//! Items the catalog refuses (rare: the scanner applies its limits already) are skipped
+//! and reported on the upload, the rest are ingested.
+
+use std::{io, time::Instant};
+
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _, stream::BoxStream};
+use object_store::{GetResultPayload, ObjectStoreExt as _, path::Path};
+use sea_orm::TransactionTrait as _;
+use serde_json::{Map, Value};
+
+use super::{
+    IngestJob, model,
+    model::{BatchProgress, ItemRejection, REJECTIONS_KEPT, UploadRecord},
+    publish_progress,
+    scan::{BodyScanner, ItemSpan},
+};
+use crate::{
+    catalog::{self, ProductUpsert},
+    jobs::{JobContext, JobError},
+    state::AppState,
+};
+
+/// A batch is also cut when its items hold this many bytes of JSON.
+const BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Read size for spools on a local disk.
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// How an ingestion attempt failed.
+enum Failure {
+    /// Retrying cannot help (the spool is gone or does not match the accepted body).
+    Permanent(String),
+    Retry(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Self::Retry(error.into())
+    }
+}
+
+fn app_error(error: crate::error::AppError) -> Failure {
+    Failure::Retry(anyhow::anyhow!("{}: {}", error.code(), error.message()))
+}
+
+/// The job handler.
+pub async fn run(state: AppState, ctx: JobContext, job: IngestJob) -> Result<(), JobError> {
+    match ingest(&state, job.upload_id).await {
+        Ok(()) => Ok(()),
+        Err(Failure::Permanent(reason)) => {
+            mark_failed(&state, job.upload_id, &reason).await;
+            Err(JobError::Permanent(reason))
+        }
+        Err(Failure::Retry(error)) => {
+            if ctx.attempt >= ctx.max_attempts {
+                mark_failed(&state, job.upload_id, &format!("{error:#}")).await;
+            }
+            Err(JobError::Retry(error))
+        }
+    }
+}
+
+async fn mark_failed(state: &AppState, id: i64, reason: &str) {
+    match model::finish(&state.db, id, Some(reason)).await {
+        Ok(Some(upload)) => publish_progress(state, &upload).await,
+        Ok(None) => {}
+        Err(error) => tracing::error!(upload_id = id, error = ?error, "recording the failure of an upload failed"),
+    }
+}
+
+async fn ingest(state: &AppState, id: i64) -> Result<(), Failure> {
+    let Some(mut upload) = model::start_ingesting(&state.db, id).await.map_err(app_error)? else {
+        // Unknown or already succeeded: a duplicate delivery of a finished job.
+        return Ok(());
+    };
+    publish_progress(state, &upload).await;
+    let started = Instant::now();
+    let skip = u64::try_from(upload.items_done).unwrap_or(0);
+    if skip > 0 {
+        tracing::info!(upload_id = id, items_done = skip, "resuming an interrupted ingestion");
+    }
+
+    let mut spool = open_spool(state, &upload.spool_key).await?;
+    let batch_size = usize::from(state.config.uploads.upload_batch_size);
+    let mut scanner = BodyScanner::new();
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut buffer_start: u64 = 0;
+    let mut spans: Vec<ItemSpan> = Vec::new();
+    let mut batch = Batch::new(upload.rejection_list());
+
+    while let Some(chunk) = spool.next().await {
+        let chunk = chunk?;
+        buffer.extend_from_slice(&chunk);
+        spans.clear();
+        scanner
+            .feed(&chunk, |span| spans.push(span))
+            .map_err(|error| Failure::Permanent(format!("the spooled body is no longer valid: {error}")))?;
+        for span in &spans {
+            if span.index < skip {
+                continue;
+            }
+            let start = usize::try_from(span.start - buffer_start).unwrap_or(usize::MAX);
+            let end = usize::try_from(span.end - buffer_start).unwrap_or(usize::MAX);
+            let bytes = buffer.get(start..end).ok_or_else(|| anyhow::anyhow!("item span outside the read buffer"))?;
+            batch.add(span.index, bytes)?;
+            if batch.items >= batch_size || batch.bytes >= BATCH_MAX_BYTES {
+                upload = commit(state, &upload, &mut batch).await?;
+            }
+        }
+        // Keep only the bytes of an item still open.
+        let keep_from = scanner.open_item_start().unwrap_or(scanner.offset());
+        let consumed = usize::try_from(keep_from - buffer_start).unwrap_or(buffer.len()).min(buffer.len());
+        buffer.drain(..consumed);
+        buffer_start = keep_from;
+    }
+    let summary = scanner
+        .finish()
+        .map_err(|error| Failure::Permanent(format!("the spooled body is no longer valid: {error}")))?;
+    if i64::try_from(summary.items).ok() != Some(upload.items_total) {
+        return Err(Failure::Permanent(format!(
+            "the spooled body holds {} items, the accepted one {}",
+            summary.items, upload.items_total
+        )));
+    }
+    if batch.items > 0 {
+        upload = commit(state, &upload, &mut batch).await?;
+    }
+
+    let Some(finished) = model::finish(&state.db, id, None).await.map_err(app_error)? else {
+        return Err(Failure::Retry(anyhow::anyhow!("upload {id} changed state while it was being ingested")));
+    };
+    publish_progress(state, &finished).await;
+    super::receive::delete_spool_later(state, &upload.spool_key);
+    metrics::counter!("emporium_upload_items_ingested_total").increment(summary.items.saturating_sub(skip));
+    tracing::info!(
+        upload_id = id,
+        items = finished.items_total,
+        created = finished.products_created,
+        updated = finished.products_updated,
+        rejected = finished.items_rejected,
+        seconds = started.elapsed().as_secs_f64(),
+        "upload ingested"
+    );
+    Ok(())
+}
+
+/// The spooled body as a stream of chunks; large reads when it is a local file.
+async fn open_spool(state: &AppState, key: &str) -> Result<BoxStream<'static, io::Result<Bytes>>, Failure> {
+    let result = match state.objects.store().get(&Path::from(key)).await {
+        Ok(result) => result,
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(Failure::Permanent(format!("the spooled body `{key}` is missing from object storage")));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    Ok(match result.payload {
+        GetResultPayload::File(file, _) => {
+            tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), READ_CHUNK).boxed()
+        }
+        GetResultPayload::Stream(stream) => stream.map_err(io::Error::other).boxed(),
+    })
+}
+
+/// Items decoded since the last commit.
+struct Batch {
+    upserts: Vec<ProductUpsert>,
+    /// Items in this batch, refused ones included.
+    items: usize,
+    bytes: usize,
+    rejected: i64,
+    /// The upload's kept rejections, this batch's included.
+    rejections: Vec<ItemRejection>,
+    rejections_changed: bool,
+}
+
+impl Batch {
+    fn new(rejections: Vec<ItemRejection>) -> Self {
+        Self { upserts: Vec::new(), items: 0, bytes: 0, rejected: 0, rejections, rejections_changed: false }
+    }
+
+    fn add(&mut self, index: u64, bytes: &[u8]) -> Result<(), Failure> {
+        let fields: Map<String, Value> = serde_json::from_slice(bytes).map_err(|error| {
+            Failure::Permanent(format!("item {index} of the spooled body does not decode: {error}"))
+        })?;
+        let upsert = to_upsert(fields);
+        self.items += 1;
+        self.bytes += bytes.len();
+        match catalog::validate_upsert(&upsert) {
+            Ok(()) => self.upserts.push(upsert),
+            Err(reason) => {
+                self.rejected += 1;
+                if self.rejections.len() < REJECTIONS_KEPT {
+                    self.rejections.push(ItemRejection { index, sku: upsert.sku, reason });
+                    self.rejections_changed = true;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An item as the catalog's upsert: `id` → sku, `name`, a string `description`, and every
+/// other field (a non-string description included) in `attributes`.
+fn to_upsert(mut fields: Map<String, Value>) -> ProductUpsert {
+    let sku = match fields.remove("id") {
+        Some(Value::String(text)) => text,
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let name = match fields.remove("name") {
+        Some(Value::String(text)) => text,
+        _ => String::new(),
+    };
+    let description = match fields.remove("description") {
+        Some(Value::String(text)) => Some(text),
+        Some(Value::Null) | None => None,
+        Some(other) => {
+            fields.insert("description".into(), other);
+            None
+        }
+    };
+    let attributes = (!fields.is_empty()).then_some(Value::Object(fields));
+    ProductUpsert { sku, name, description, attributes }
+}
+
+/// Upserts the batch and advances the upload's progress in one transaction.
+async fn commit(state: &AppState, upload: &UploadRecord, batch: &mut Batch) -> Result<UploadRecord, Failure> {
+    let txn = state.db.begin().await?;
+    let outcome = if batch.upserts.is_empty() {
+        catalog::UpsertOutcome::default()
+    } else {
+        catalog::upsert_by_sku(state, &txn, &batch.upserts).await.map_err(app_error)?
+    };
+    let progress = BatchProgress {
+        items: i64::try_from(batch.items).unwrap_or(i64::MAX),
+        rejected: batch.rejected,
+        created: outcome.created,
+        updated: outcome.updated,
+        rejections: batch.rejections_changed.then(|| batch.rejections.clone()),
+    };
+    let Some(advanced) = model::advance(&txn, upload.id, upload.items_done, &progress).await.map_err(app_error)? else {
+        txn.rollback().await?;
+        return Err(Failure::Retry(anyhow::anyhow!(
+            "upload {} progressed elsewhere (another runner holds its job); stopping this one",
+            upload.id
+        )));
+    };
+    txn.commit().await?;
+    batch.upserts.clear();
+    batch.items = 0;
+    batch.bytes = 0;
+    batch.rejected = 0;
+    batch.rejections_changed = false;
+    publish_progress(state, &advanced).await;
+    Ok(advanced)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn upsert(value: Value) -> ProductUpsert {
+        let Value::Object(fields) = value else { panic!("object") };
+        to_upsert(fields)
+    }
+
+    #[test]
+    fn items_map_to_upserts_keeping_every_field() {
+        let item = upsert(json!({"id": "123", "name": "mesa", "description": "de pinho", "price": 10, "tags": ["a"]}));
+        assert_eq!(item.sku, "123");
+        assert_eq!(item.name, "mesa");
+        assert_eq!(item.description.as_deref(), Some("de pinho"));
+        assert_eq!(item.attributes, Some(json!({"price": 10, "tags": ["a"]})));
+
+        let item = upsert(json!({"id": 42, "name": "cadeira"}));
+        assert_eq!(item.sku, "42");
+        assert_eq!(item.description, None);
+        assert_eq!(item.attributes, None);
+
+        let item = upsert(json!({"id": -7, "name": "x", "description": {"long": "text"}}));
+        assert_eq!(item.sku, "-7");
+        assert_eq!(item.description, None);
+        assert_eq!(item.attributes, Some(json!({"description": {"long": "text"}})));
+    }
+}

@@ -1,0 +1,172 @@
+//! Bulk product uploads (seed 000): `POST /v1/products` takes a JSON array of products of
+//! any size (bytes to gigabytes) and refuses, with 403, a body whose exact bytes were
+//! accepted less than `DEDUP_WINDOW` ago, whichever node of a cluster receives it.
+//!
+//! The path of a body:
+//! 1. [`receive`]: one streaming pass hashes it (BLAKE3), validates it ([`scan`], an
+//!    incremental JSON state machine: 400 with the position of the first error) and
+//!    spools it to object storage, never holding it whole;
+//! 2. [`window`]: its digest is claimed in the dedup window (Redis in a cluster, in
+//!    process otherwise); a duplicate gets 403 with `Retry-After`;
+//! 3. the upload row and its ingestion job commit together, then the window opens and
+//!    the client gets `200 {"upload_id", "status": "queued"}`;
+//! 4. [`ingest`]: the durable job reads the spool back and upserts the products through
+//!    the catalog in batches, resumable after a crash; progress is visible over REST,
+//!    GraphQL and the `uploadProgress` subscription.
+
+mod graphql;
+mod http;
+mod ingest;
+pub mod model;
+mod receive;
+pub mod scan;
+pub mod window;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+pub use graphql::{UploadQuery, UploadSubscription};
+pub use http::routes;
+pub use window::DedupWindow;
+
+use crate::{
+    config::{Config, parse_bytes, parse_duration},
+    db::duration_ms,
+    health::{Check, Status},
+    jobs::{JobRegistry, periodic::Periodic},
+    state::AppState,
+};
+
+/// The durable job that ingests one accepted upload.
+pub const INGEST_JOB: &str = "uploads.ingest";
+
+/// Payload of [`INGEST_JOB`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IngestJob {
+    pub upload_id: i64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UploadsConfig {
+    /// Largest upload body (bytes; KiB, MiB, GiB suffixes allowed). Larger bodies get 413,
+    /// at once when Content-Length says so, else as soon as the count passes it.
+    #[arg(long, env = "MAX_UPLOAD_BYTES", default_value = "8GiB", value_parser = parse_bytes)]
+    pub max_upload_bytes: u64,
+    /// How long the exact bytes of an accepted upload are refused (403) after acceptance.
+    #[arg(long, env = "DEDUP_WINDOW", default_value = "600s", value_parser = parse_duration)]
+    pub dedup_window: Duration,
+    /// How long a body being accepted blocks identical ones before it is durably queued;
+    /// a node that dies in that moment blocks the body at most this long.
+    #[arg(long, env = "DEDUP_CLAIM_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub dedup_claim_ttl: Duration,
+    /// An upload whose client sends nothing for this long is abandoned (400).
+    #[arg(long, env = "UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub upload_idle_timeout: Duration,
+    /// Products upserted per ingestion transaction (1 to 1000).
+    #[arg(long, env = "UPLOAD_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub upload_batch_size: u16,
+}
+
+/// The dedup window for this node: in Redis when configured, else in process.
+pub fn dedup_window(config: &Config, redis: Option<&redis::aio::ConnectionManager>) -> DedupWindow {
+    let uploads = &config.uploads;
+    match redis {
+        Some(manager) => {
+            DedupWindow::redis(manager.clone(), &config.redis_prefix, uploads.dedup_window, uploads.dedup_claim_ttl)
+        }
+        None => {
+            if config.database.database_url.as_deref().is_some_and(|url| url.starts_with("postgres")) {
+                tracing::warn!(
+                    "REDIS_URL is unset: the upload dedup window is kept per node; nodes sharing this database \
+                     will not see each other's uploads within the window"
+                );
+            }
+            DedupWindow::local(uploads.dedup_window, uploads.dedup_claim_ttl)
+        }
+    }
+}
+
+pub fn register_jobs(registry: &mut JobRegistry) {
+    registry.register(INGEST_JOB, ingest::run);
+}
+
+/// Every minute: uploads whose ingestion job is gone or failed for good are marked
+/// failed. Every hour: spools no upload needs any more (left by a crash) are deleted.
+pub fn periodic() -> Vec<Periodic> {
+    vec![
+        Periodic::new("uploads.reconcile", "30 * * * * *", |state| async move {
+            for upload in model::fail_orphans(&state.db, 60_000).await.map_err(into_anyhow)? {
+                tracing::warn!(upload_id = upload.id, error = ?upload.error, "upload failed: its ingestion job is gone");
+                publish_progress(&state, &upload).await;
+            }
+            Ok(())
+        }),
+        Periodic::new("uploads.sweep_spools", "0 17 * * * *", |state| async move { sweep_spools(&state).await }),
+    ]
+}
+
+/// Deletes spools older than an hour that no unfinished or failed upload refers to.
+async fn sweep_spools(state: &AppState) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use object_store::ObjectStoreExt as _;
+    let cutoff = chrono::Utc::now() - chrono::Duration::hours(1);
+    let prefix = object_store::path::Path::from(receive::SPOOL_PREFIX);
+    let mut listing = state.objects.store().list(Some(&prefix));
+    let mut deleted = 0u64;
+    while let Some(meta) = listing.next().await {
+        let meta = meta?;
+        if meta.last_modified > cutoff {
+            continue;
+        }
+        let in_use = model::spool_in_use(&state.db, meta.location.as_ref()).await.map_err(into_anyhow)?;
+        if !in_use {
+            state.objects.store().delete(&meta.location).await?;
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "deleted orphaned upload spools");
+    }
+    Ok(())
+}
+
+fn into_anyhow(error: crate::error::AppError) -> anyhow::Error {
+    match error {
+        crate::error::AppError::Internal(error) => error,
+        other => anyhow::anyhow!("{}: {}", other.code(), other.message()),
+    }
+}
+
+/// The event topic of one upload's progress.
+pub fn progress_topic(id: i64) -> String {
+    format!("upload:{id}")
+}
+
+async fn publish_progress(state: &AppState, upload: &model::UploadRecord) {
+    state.events.publish(&progress_topic(upload.id), upload).await;
+}
+
+/// `/health`: where the dedup window lives and the ingestion backlog.
+pub async fn health(state: &AppState) -> Check {
+    let window = json!({
+        "dedup_window": state.dedup.mode(),
+        "dedup_window_seconds": state.dedup.window().as_secs_f64(),
+    });
+    match state.jobs.backlog(INGEST_JOB).await {
+        Ok((waiting, oldest_ms)) => {
+            let mut detail = window;
+            detail["ingestion_backlog"] = json!(waiting);
+            detail["oldest_waiting_ms"] = json!(oldest_ms);
+            // An hour-old backlog means ingestion is not keeping up (or no node runs jobs).
+            let stale = oldest_ms.is_some_and(|age| age > duration_ms(Duration::from_secs(3600)));
+            Check::new(if stale { Status::Degraded } else { Status::Up }, false, detail)
+        }
+        Err(error) => {
+            let mut detail = window;
+            detail["error"] = json!(error.to_string());
+            Check::new(Status::Degraded, false, detail)
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Receiving a body: one streaming pass that hashes (BLAKE3), validates (the incremental
+//! scanner) and spools (an object-store multipart upload) each chunk as it arrives, then
+//! the dedup decision and the durable hand-off to ingestion.
+//!
+//! Memory per upload is bounded by the multipart part size times the parts in flight,
+//! whatever the body size: the body is never held whole.
+
+use std::time::{Duration, Instant};
+
+use axum::{body::Body, http::HeaderMap};
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
+use object_store::{ObjectStore, ObjectStoreExt as _, WriteMultipart, path::Path};
+use sea_orm::TransactionTrait as _;
+use serde::Serialize;
+
+use super::{
+    INGEST_JOB, IngestJob, model,
+    scan::{BodyScanner, Summary, SyntaxError},
+    window::{Duplicate, Verdict},
+};
+use crate::{error::AppError, jobs::NewJob, state::AppState};
+
+/// Spool part size: S3's minimum for all but the last part is 5 MiB.
+const PART_SIZE: usize = 5 * 1024 * 1024;
+/// Parts being written while the next one fills.
+const PARTS_IN_FLIGHT: usize = 2;
+/// After a 413, how much more of the body is read (and dropped) so the client can read
+/// the answer before the connection closes.
+const DRAIN_AFTER_TOO_LARGE: u64 = 16 * 1024 * 1024;
+/// Prefix ("bucket") of spooled bodies in the object store.
+pub const SPOOL_PREFIX: &str = "uploads";
+
+/// Why a body was not accepted.
+#[derive(Debug)]
+pub enum Rejection {
+    /// Not an acceptable JSON array of products: 400 with the position and reason.
+    Invalid(SyntaxError),
+    /// Everything else: too large (413), duplicate (403), dependency down (503), ….
+    App(AppError),
+}
+
+impl<E: Into<AppError>> From<E> for Rejection {
+    fn from(error: E) -> Self {
+        Self::App(error.into())
+    }
+}
+
+/// A valid body, spooled.
+#[derive(Debug)]
+pub struct Received {
+    pub digest: String,
+    pub summary: Summary,
+    pub spool_key: String,
+}
+
+/// The answer to an accepted upload (`200 {"upload_id": …, "status": "queued"}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub upload_id: String,
+    pub status: &'static str,
+    pub bytes: u64,
+    pub items: u64,
+    pub digest: String,
+}
+
+/// Streams `body` once: hashing, validating and spooling it.
+pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Received, Rejection> {
+    let config = &state.config.uploads;
+    let max = config.max_upload_bytes;
+    if let Some(encoding) = headers.get(axum::http::header::CONTENT_ENCODING) {
+        let encoding = encoding.to_str().unwrap_or("?").trim();
+        if !encoding.eq_ignore_ascii_case("identity") {
+            return Err(AppError::bad_input(format!(
+                "Content-Encoding `{encoding}` is not supported; send the JSON uncompressed"
+            ))
+            .into());
+        }
+    }
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
+    if let Some(length) = declared.filter(|length| *length > max) {
+        // Known too large before a byte is read. A client waiting for `100 Continue`
+        // has sent nothing; others are already sending, so read a little of it while
+        // the answer goes out.
+        let waits_for_continue = headers
+            .get(axum::http::header::EXPECT)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.eq_ignore_ascii_case("100-continue"));
+        if !waits_for_continue {
+            spawn_drain(stream, DRAIN_AFTER_TOO_LARGE, config.upload_idle_timeout);
+        }
+        return Err(too_large(length, max).into());
+    }
+
+    let started = Instant::now();
+    let spool_key = format!("{SPOOL_PREFIX}/{}.json", uuid::Uuid::new_v4().simple());
+    let mut spool: Option<Spool> = None;
+    let mut scanner = BodyScanner::new();
+    let mut hasher = blake3::Hasher::new();
+    let mut received: u64 = 0;
+    let outcome: Result<(), Rejection> = async {
+        loop {
+            let next = tokio::time::timeout(config.upload_idle_timeout, stream.next()).await.map_err(|_| {
+                AppError::bad_input(format!(
+                    "no data received for {} s; the upload was abandoned",
+                    config.upload_idle_timeout.as_secs()
+                ))
+            })?;
+            let chunk = match next {
+                None => break,
+                Some(Ok(chunk)) => chunk,
+                Some(Err(error)) => {
+                    return Err(AppError::bad_input(format!("the body could not be read: {error}")).into());
+                }
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            received += chunk.len() as u64;
+            if received > max {
+                return Err(too_large(received, max).into());
+            }
+            scanner.feed(&chunk, |_| {}).map_err(Rejection::Invalid)?;
+            hasher.update(&chunk);
+            let writer = match &mut spool {
+                Some(writer) => writer,
+                None => spool.insert(Spool::create(state.objects.store(), &spool_key).await?),
+            };
+            writer.write(chunk).await?;
+        }
+        Ok(())
+    }
+    .await;
+
+    let summary = outcome.and_then(|()| scanner.finish().map_err(Rejection::Invalid));
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(rejection) => {
+            if let Some(spool) = spool {
+                spool.abort().await;
+            }
+            if matches!(rejection, Rejection::Invalid(_)) {
+                // The client may still be sending: read (and drop) the rest up to the
+                // size limit so it can read our answer; the answer does not wait for it.
+                spawn_drain(stream, max.saturating_sub(received), config.upload_idle_timeout);
+            }
+            return Err(rejection);
+        }
+    };
+    // `finish` succeeded, so at least one byte arrived and the spool exists.
+    let spool = spool.ok_or_else(|| anyhow::anyhow!("a valid body left no spool"))?;
+    spool.finish().await?;
+    metrics::histogram!("emporium_upload_receive_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("emporium_upload_received_bytes_total").increment(summary.bytes);
+    Ok(Received { digest: hasher.finalize().to_hex().to_string(), summary, spool_key })
+}
+
+fn too_large(bytes: u64, max: u64) -> AppError {
+    AppError::PayloadTooLarge(format!(
+        "the body is larger than MAX_UPLOAD_BYTES ({max} bytes){}",
+        if bytes > max { format!(": at least {bytes} bytes") } else { String::new() }
+    ))
+}
+
+/// Reads and drops up to `budget` more bytes of a body we already answered.
+fn spawn_drain(
+    mut stream: impl Stream<Item = Result<Bytes, axum::Error>> + Send + Unpin + 'static,
+    budget: u64,
+    idle: Duration,
+) {
+    tokio::spawn(async move {
+        let mut drained: u64 = 0;
+        while drained <= budget {
+            match tokio::time::timeout(idle, stream.next()).await {
+                Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
+                _ => break,
+            }
+        }
+    });
+}
+
+/// Decides about a received body: refuse a duplicate, or commit the upload with its
+/// ingestion job and open its window.
+pub async fn accept(state: &AppState, received: Received) -> Result<Accepted, Rejection> {
+    let verdict = match state.dedup.claim(&received.digest).await {
+        Ok(verdict) => verdict,
+        Err(error) => {
+            delete_spool_later(state, &received.spool_key);
+            return Err(error.into());
+        }
+    };
+    let claim = match verdict {
+        Verdict::Claimed(claim) => claim,
+        Verdict::Duplicate(duplicate) => {
+            delete_spool_later(state, &received.spool_key);
+            metrics::counter!("emporium_uploads_total", "outcome" => "duplicate").increment(1);
+            return Err(forbidden(&duplicate).into());
+        }
+    };
+    // From here the work runs to its end even if the client goes away: an upload that
+    // is committed must also get its window.
+    let state = state.clone();
+    let task = tokio::spawn(async move {
+        let committed: Result<i64, AppError> = async {
+            let txn = state.db.begin().await?;
+            let id = model::insert(
+                &txn,
+                &received.digest,
+                received.summary.bytes,
+                received.summary.items,
+                &received.spool_key,
+            )
+            .await?;
+            let job_id = state.jobs.enqueue(&txn, NewJob::new(INGEST_JOB, &IngestJob { upload_id: id })).await?;
+            model::set_job(&txn, id, job_id).await?;
+            txn.commit().await?;
+            Ok(id)
+        }
+        .await;
+        let id = match committed {
+            Ok(id) => id,
+            Err(error) => {
+                state.dedup.release(&claim).await;
+                delete_spool_later(&state, &received.spool_key);
+                return Err(error);
+            }
+        };
+        if state.dedup.accept(&claim, id).await.is_err() {
+            // The upload is durable and will be ingested; keep trying to open its window.
+            let state = state.clone();
+            tokio::spawn(async move { retry_accept(&state, claim, id).await });
+        }
+        metrics::counter!("emporium_uploads_total", "outcome" => "accepted").increment(1);
+        tracing::info!(
+            upload_id = id,
+            bytes = received.summary.bytes,
+            items = received.summary.items,
+            "upload accepted"
+        );
+        Ok(Accepted {
+            upload_id: id.to_string(),
+            status: model::QUEUED,
+            bytes: received.summary.bytes,
+            items: received.summary.items,
+            digest: received.digest,
+        })
+    });
+    match task.await {
+        Ok(result) => result.map_err(Rejection::App),
+        Err(join) => Err(AppError::Internal(anyhow::anyhow!("accepting the upload failed: {join}")).into()),
+    }
+}
+
+/// Opens the window of a committed upload once Redis answers again (a blip between
+/// claim and acceptance), for at most the window's length.
+async fn retry_accept(state: &AppState, claim: super::window::Claim, id: i64) {
+    let deadline = Instant::now() + state.dedup.window();
+    let mut delay = Duration::from_millis(500);
+    while Instant::now() < deadline {
+        tokio::time::sleep(delay).await;
+        if state.dedup.accept(&claim, id).await.is_ok() {
+            return;
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+    tracing::error!(upload_id = id, "could not open the dedup window of an accepted upload");
+}
+
+pub fn forbidden(duplicate: &Duplicate) -> AppError {
+    let message = match duplicate.upload_id {
+        Some(id) => format!(
+            "the same body was accepted as upload {id} less than the dedup window ago; it will be accepted again in {} s",
+            duplicate.retry_after
+        ),
+        None => "an identical body is being accepted right now by another request".to_string(),
+    };
+    AppError::Forbidden { message, retry_after: Some(duplicate.retry_after) }
+}
+
+/// Deletes a spool in the background (a refused or failed upload); a spool that cannot
+/// be deleted is left to the periodic sweeper.
+pub fn delete_spool_later(state: &AppState, key: &str) {
+    let store = state.objects.store().clone();
+    let path = Path::from(key);
+    tokio::spawn(async move {
+        if let Err(error) = store.delete(&path).await
+            && !matches!(error, object_store::Error::NotFound { .. })
+        {
+            tracing::warn!(error = %error, key = %path, "deleting a spool failed; the sweeper will retry");
+        }
+    });
+}
+
+/// A body being written to the object store in parts.
+struct Spool {
+    writer: WriteMultipart,
+}
+
+impl Spool {
+    async fn create(store: &std::sync::Arc<dyn ObjectStore>, key: &str) -> Result<Self, AppError> {
+        let upload = store.put_multipart(&Path::from(key)).await.map_err(storage_unavailable)?;
+        Ok(Self { writer: WriteMultipart::new_with_chunk_size(upload, PART_SIZE) })
+    }
+
+    async fn write(&mut self, chunk: Bytes) -> Result<(), AppError> {
+        self.writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(storage_unavailable)?;
+        self.writer.put(chunk);
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<(), AppError> {
+        self.writer.finish().await.map_err(storage_unavailable)?;
+        Ok(())
+    }
+
+    /// Drops the parts written so far (nothing of a refused body stays stored).
+    async fn abort(self) {
+        if let Err(error) = self.writer.abort().await {
+            tracing::warn!(error = %error, "aborting a spool upload failed");
+        }
+    }
+}
+
+fn storage_unavailable(error: object_store::Error) -> AppError {
+    tracing::warn!(error = %error, "object storage failed while spooling an upload");
+    AppError::unavailable("object storage is unavailable; retry shortly", Some(5))
+}

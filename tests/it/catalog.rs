@@ -1,0 +1,977 @@
+//! Catalog (seed 002): products, registration with the offers service, offer sync, price
+//! history and trends, live updates, N+1 and the failure modes of the offers service.
+
+use std::time::Duration;
+
+use emporium::{
+    catalog::{ProductUpsert, UpsertOutcome, sync_offers, upsert_by_sku},
+    config::Config,
+};
+use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
+use serde_json::{Value, json};
+
+use crate::support::{TestApp, TestEnv, error_code, eventually};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Catalog settings for tests: the sync runs only when a test calls it, calls time out
+/// fast, and a rejected token is retried after half a second.
+fn quiet_sync(config: &mut Config) {
+    config.catalog.offers_sync_cron = "0 0 0 1 1 *".into();
+    config.catalog.offers_timeout = Duration::from_millis(500);
+    config.catalog.offers_unauthorized_probe = Duration::from_millis(500);
+}
+
+async fn spawn(env: &TestEnv) -> TestApp {
+    TestApp::spawn_with(env, quiet_sync).await
+}
+
+const PRODUCT_FIELDS: &str = "id sku name description
+    registration { status lastError registeredAt }
+    offers { id sourceId price itemsInStock }
+    lowestPrice";
+
+async fn create_product(app: &TestApp, name: &str) -> String {
+    let data = app
+        .gql_ok(
+            "mutation($input: CreateProductInput!) { createProduct(input: $input) { id registration { status } } }",
+            json!({ "input": { "name": name, "description": format!("{name}, described") } }),
+        )
+        .await;
+    data["createProduct"]["id"].as_str().expect("an id").to_string()
+}
+
+async fn product(app: &TestApp, id: &str) -> Value {
+    let query = format!("query($id: ID!) {{ product(id: $id) {{ {PRODUCT_FIELDS} }} }}");
+    app.gql_ok(&query, json!({ "id": id })).await["product"].clone()
+}
+
+/// Waits until the product is registered and has offers; returns it.
+async fn registered_with_offers(app: &TestApp, id: &str) -> Value {
+    eventually(WAIT, "the product registered with offers", || async {
+        let product = product(app, id).await;
+        let ready = product["registration"]["status"] == "REGISTERED"
+            && product["offers"].as_array().is_some_and(|offers| !offers.is_empty());
+        ready.then_some(product)
+    })
+    .await
+}
+
+async fn health(app: &TestApp) -> Value {
+    app.http.get(app.url("/health")).send().await.unwrap().json().await.unwrap()
+}
+
+/// The offers the simulator lists for a product now, as `(source id, price, stock)`, sorted.
+async fn sim_offers(env: &TestEnv, app: &TestApp, id: &str) -> Vec<(String, i64, i64)> {
+    let token = app
+        .state
+        .db
+        .query_one_raw(emporium::db::stmt(
+            &app.state.db,
+            "SELECT value FROM settings WHERE key = 'offers.access_token'",
+            [],
+        ))
+        .await
+        .unwrap()
+        .expect("a stored token")
+        .try_get::<String>("", "value")
+        .unwrap();
+    let offers: Vec<Value> = reqwest::Client::new()
+        .get(format!("{}/products/{id}/offers", env.sim.offers_url()))
+        .header("Bearer", token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut offers: Vec<(String, i64, i64)> = offers
+        .iter()
+        .map(|offer| {
+            (offer["id"].to_string(), offer["price"].as_i64().unwrap(), offer["items_in_stock"].as_i64().unwrap())
+        })
+        .collect();
+    offers.sort();
+    offers
+}
+
+/// Our stored offers of a product as `(source id, price, stock)`, sorted.
+async fn stored_offers(app: &TestApp, id: &str) -> Vec<(String, i64, i64)> {
+    let mut offers: Vec<(String, i64, i64)> = product(app, id).await["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|offer| {
+            (
+                offer["sourceId"].as_str().unwrap().to_string(),
+                offer["price"].as_i64().unwrap(),
+                offer["itemsInStock"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    offers.sort();
+    offers
+}
+
+/// No offer stored twice, and no history row that repeats the one before it.
+async fn assert_no_duplicates(app: &TestApp) {
+    let db = &app.state.db;
+    assert_eq!(
+        scalar(db, "SELECT COUNT(*) FROM (SELECT product_id, source_id FROM offers GROUP BY product_id, source_id HAVING COUNT(*) > 1) d").await,
+        0,
+        "duplicate offers"
+    );
+    assert_eq!(
+        scalar(db, "SELECT COUNT(*) FROM (SELECT product_id, offer_source_id, recorded_at FROM price_history GROUP BY product_id, offer_source_id, recorded_at HAVING COUNT(*) > 1) d").await,
+        0,
+        "history rows written twice"
+    );
+    let repeated = scalar(
+        db,
+        "SELECT COUNT(*) FROM price_history h WHERE h.price IS NOT NULL AND h.price = (
+            SELECT p.price FROM price_history p
+            WHERE p.product_id = h.product_id AND p.offer_source_id = h.offer_source_id AND p.recorded_at < h.recorded_at
+            ORDER BY p.recorded_at DESC LIMIT 1)",
+    )
+    .await;
+    assert_eq!(repeated, 0, "history rows that repeat the previous price");
+}
+
+fn item(sku: &str, name: &str, description: Option<&str>) -> ProductUpsert {
+    ProductUpsert {
+        sku: sku.into(),
+        name: name.into(),
+        description: description.map(str::to_string),
+        attributes: Some(json!({ "source": sku })),
+    }
+}
+
+async fn scalar(db: &impl sea_orm::ConnectionTrait, sql: &str) -> i64 {
+    let row = db.query_one_raw(emporium::db::stmt(db, sql, [])).await.unwrap().unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+#[tokio::test]
+async fn upsert_by_sku_is_idempotent_last_wins_and_counts() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
+    let state = &app.state;
+    let batch = vec![
+        item("a", "first a", Some("da")),
+        item("b", "bee", None),
+        item("a", "last a", None),
+        item("c", "sea", Some("dc")),
+    ];
+
+    let txn = state.db.begin().await.unwrap();
+    let outcome = upsert_by_sku(state, &txn, &batch).await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(outcome, UpsertOutcome { created: 3, updated: 0 });
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM products").await, 3);
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 3);
+    // Last occurrence wins, and a missing description of a new product is empty.
+    let row = state
+        .db
+        .query_one_raw(emporium::db::stmt(&state.db, "SELECT name, description FROM products WHERE sku = 'a'", []))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get::<String>("", "name").unwrap(), "last a");
+    assert_eq!(row.try_get::<String>("", "description").unwrap(), "");
+
+    // The same batch again: nothing changes, nothing is enqueued.
+    let txn = state.db.begin().await.unwrap();
+    let again = upsert_by_sku(state, &txn, &batch).await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(again, UpsertOutcome { created: 0, updated: 0 });
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM products").await, 3);
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 3);
+
+    // One changed name, one new sku; `None` leaves the stored description alone.
+    let txn = state.db.begin().await.unwrap();
+    let outcome = upsert_by_sku(state, &txn, &[item("c", "sea, renamed", None), item("d", "dee", None)]).await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(outcome, UpsertOutcome { created: 1, updated: 1 });
+    let description = state
+        .db
+        .query_one_raw(emporium::db::stmt(&state.db, "SELECT description FROM products WHERE sku = 'c'", []))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<String>("", "description")
+        .unwrap();
+    assert_eq!(description, "dc");
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 4);
+
+    // A rolled-back upsert leaves neither products nor jobs behind.
+    let txn = state.db.begin().await.unwrap();
+    upsert_by_sku(state, &txn, &[item("e", "eee", None)]).await.unwrap();
+    txn.rollback().await.unwrap();
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM products WHERE sku = 'e'").await, 0);
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 4);
+
+    // An invalid item fails the batch and stores nothing.
+    let txn = state.db.begin().await.unwrap();
+    let refused = upsert_by_sku(state, &txn, &[item("f", "fine", None), item("g", "", None)]).await;
+    assert!(matches!(refused, Err(emporium::error::AppError::BadInput(_))));
+    drop(txn);
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM products").await, 4);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn created_product_registers_syncs_and_shows_a_trend() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env).await;
+    let id = create_product(&app, "Benzinová sekačka").await;
+
+    let registered = registered_with_offers(&app, &id).await;
+    assert!(registered["registration"]["lastError"].is_null());
+    assert_eq!(stored_offers(&app, &id).await, sim_offers(&env, &app, &id).await);
+    let lowest = registered["offers"].as_array().unwrap().iter().map(|offer| offer["price"].as_i64().unwrap()).min();
+    assert_eq!(registered["lowestPrice"].as_i64(), lowest);
+    assert_eq!(env.sim.stats().auth_calls, 1);
+
+    // A sync without a price tick changes nothing and writes no history.
+    let history_before = scalar(&app.state.db, "SELECT COUNT(*) FROM price_history").await;
+    let report = sync_offers(&app.state).await.unwrap();
+    assert_eq!((report.products, report.synced, report.failed, report.price_changes), (1, 1, 0, 0));
+    assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM price_history").await, history_before);
+
+    // After a tick, the sync picks up the new prices and the trend moves.
+    env.sim.tick_offers();
+    let report = sync_offers(&app.state).await.unwrap();
+    assert!(report.price_changes >= 1, "{report:?}");
+    assert_eq!(stored_offers(&app, &id).await, sim_offers(&env, &app, &id).await);
+    let data = app
+        .gql_ok(
+            "query($id: ID!) { product(id: $id) {
+                lowestPrice
+                priceTrend { prices points { at price } firstPrice lastPrice minPrice maxPrice changePercent }
+                offers { price priceHistory { price } priceTrend { prices changePercent } }
+            } }",
+            json!({ "id": id }),
+        )
+        .await;
+    let trend = &data["product"]["priceTrend"];
+    let prices = trend["prices"].as_array().unwrap();
+    assert_eq!(trend["lastPrice"], data["product"]["lowestPrice"]);
+    assert_eq!(prices.first(), Some(&trend["firstPrice"]));
+    assert_eq!(trend["points"].as_array().unwrap().len(), prices.len());
+    let moved = data["product"]["offers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|offer| offer["priceTrend"]["prices"].as_array().unwrap().len() > 1)
+        .collect::<Vec<_>>();
+    assert!(!moved.is_empty(), "some offer's price moved: {data:#}");
+    for offer in moved {
+        let trend = &offer["priceTrend"];
+        assert!(trend["changePercent"].is_f64(), "{offer:#}");
+        let prices = trend["prices"].as_array().unwrap();
+        assert_eq!(prices.last().unwrap(), &offer["price"]);
+        assert_eq!(offer["priceHistory"].as_array().unwrap().len(), prices.len());
+    }
+    // The lowest price's trend has two points whenever the lowest price moved.
+    if prices.len() > 1 {
+        assert!(trend["changePercent"].is_f64());
+    }
+    assert_no_duplicates(&app).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_its_code_and_stores_nothing() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env).await;
+    let create = "mutation($input: CreateProductInput!) { createProduct(input: $input) { id sku } }";
+    let kept = app.gql_ok(create, json!({ "input": { "name": "kept", "sku": "SKU-1" } })).await;
+    let kept_id = kept["createProduct"]["id"].as_str().unwrap().to_string();
+    let other = app.gql_ok(create, json!({ "input": { "name": "other", "sku": "SKU-2" } })).await;
+    let other_id = other["createProduct"]["id"].as_str().unwrap().to_string();
+    let products = || scalar(&app.state.db, "SELECT COUNT(*) FROM products");
+    let jobs = || scalar(&app.state.db, "SELECT COUNT(*) FROM jobs");
+    let (products_before, jobs_before) = (products().await, jobs().await);
+
+    let refused_inputs = [
+        (json!({ "name": "" }), "BAD_USER_INPUT"),
+        (json!({ "name": "   " }), "BAD_USER_INPUT"),
+        (json!({ "name": "x".repeat(10 * 1024 * 1024) }), "BAD_USER_INPUT"),
+        (json!({ "name": "x".repeat(201) }), "BAD_USER_INPUT"),
+        (json!({ "name": "ok", "description": "d".repeat(10_001) }), "BAD_USER_INPUT"),
+        (json!({ "name": "ok", "sku": "s".repeat(101) }), "BAD_USER_INPUT"),
+        (json!({ "name": "ok", "sku": "" }), "BAD_USER_INPUT"),
+        (json!({ "name": "ok", "attributes": [1, 2] }), "BAD_USER_INPUT"),
+        (json!({ "name": "dup", "sku": "SKU-1" }), "CONFLICT"),
+        (json!({ "name": "dup", "sku": " SKU-1 " }), "CONFLICT"),
+    ];
+    for (input, code) in refused_inputs {
+        let response = app.gql(create, json!({ "input": input })).await;
+        assert_eq!(
+            error_code(&response).as_deref(),
+            Some(code),
+            "{}",
+            &response.to_string()[..300.min(response.to_string().len())]
+        );
+    }
+
+    let update = "mutation($id: ID!, $input: UpdateProductInput!) { updateProduct(id: $id, input: $input) { id } }";
+    for (id, input, code) in [
+        (other_id.as_str(), json!({ "sku": "SKU-1" }), "CONFLICT"),
+        (other_id.as_str(), json!({ "name": "" }), "BAD_USER_INPUT"),
+        (other_id.as_str(), json!({}), "BAD_USER_INPUT"),
+        ("999999", json!({ "name": "ghost" }), "NOT_FOUND"),
+        ("not-an-id", json!({ "name": "ghost" }), "BAD_USER_INPUT"),
+    ] {
+        let response = app.gql(update, json!({ "id": id, "input": input })).await;
+        assert_eq!(error_code(&response).as_deref(), Some(code), "{response:#}");
+    }
+    for (query, code) in [
+        ("{ product(id: \"999999\") { id } }", "NOT_FOUND"),
+        ("{ product(id: \"abc\") { id } }", "BAD_USER_INPUT"),
+        ("{ product(id: \"-5\") { id } }", "BAD_USER_INPUT"),
+        ("{ product(id: \"99999999999999999999999\") { id } }", "BAD_USER_INPUT"),
+        ("{ offer(id: \"424242\") { id } }", "NOT_FOUND"),
+        ("{ products(first: 100000) { nodes { id } } }", "BAD_USER_INPUT"),
+        ("{ products(first: -1) { nodes { id } } }", "BAD_USER_INPUT"),
+        ("{ products(after: \"garbage\") { nodes { id } } }", "BAD_USER_INPUT"),
+        ("mutation { deleteProduct(id: \"999999\") }", "NOT_FOUND"),
+        ("mutation { deleteProduct(id: \"x\") }", "BAD_USER_INPUT"),
+        ("mutation { registerProduct(id: \"999999\") { id } }", "NOT_FOUND"),
+        ("subscription { offerPriceChanged(productId: \"0\") { price } }", "BAD_USER_INPUT"),
+    ] {
+        let response = app.gql(query, json!({})).await;
+        assert_eq!(error_code(&response).as_deref(), Some(code), "{query}: {response:#}");
+    }
+    let period = format!(
+        "{{ product(id: \"{kept_id}\") {{ priceTrend(from: \"2026-02-01T00:00:00Z\", to: \"2026-01-01T00:00:00Z\") {{ prices }} }} }}"
+    );
+    assert_eq!(error_code(&app.gql(&period, json!({})).await).as_deref(), Some("BAD_USER_INPUT"));
+    let too_long = format!(
+        "{{ product(id: \"{kept_id}\") {{ priceTrend(from: \"2025-01-01T00:00:00Z\", to: \"2026-01-01T00:00:00Z\") {{ prices }} }} }}"
+    );
+    assert_eq!(error_code(&app.gql(&too_long, json!({})).await).as_deref(), Some("BAD_USER_INPUT"));
+
+    // A real query nested 50 levels deep (product → offers → product → …) is refused
+    // before it runs (by the parser's recursion limit); so is one just past the depth
+    // limit (GRAPHQL_MAX_DEPTH, 12).
+    let nested = |levels: usize| {
+        let mut selection = String::from("id");
+        for level in 0..levels {
+            selection =
+                if level % 2 == 0 { format!("offers {{ {selection} }}") } else { format!("product {{ {selection} }}") };
+        }
+        format!("{{ product(id: \"{kept_id}\") {{ {selection} }} }}")
+    };
+    for (levels, refusal) in [(50, "recursion depth"), (14, "nested too deep")] {
+        let response = app.gql(&nested(levels), json!({})).await;
+        assert!(response["data"].is_null(), "{response:#}");
+        let message = response["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(refusal), "{levels} levels: {response:#}");
+        assert_eq!(error_code(&response).as_deref(), Some("BAD_USER_INPUT"), "{response:#}");
+    }
+    app.gql_ok(&nested(9), json!({})).await;
+
+    assert_eq!(products().await, products_before);
+    assert_eq!(jobs().await, jobs_before);
+    let kept = app.gql_ok(&format!("{{ product(id: \"{kept_id}\") {{ name sku }} }}"), json!({})).await;
+    assert_eq!(kept["product"], json!({ "name": "kept", "sku": "SKU-1" }));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn products_crud_with_stable_cursors_and_filters() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| {
+        quiet_sync(config);
+        config.jobs.job_workers = 0;
+    })
+    .await;
+    let create = "mutation($input: CreateProductInput!) { createProduct(input: $input) {
+        id sku name description attributes createdAt updatedAt registration { status lastError } offers { id } lowestPrice } }";
+    let created = app
+        .gql_ok(
+            create,
+            json!({ "input": { "name": "  Mesa  ", "description": "oak", "sku": "T-1", "attributes": { "legs": 4 } } }),
+        )
+        .await["createProduct"]
+        .clone();
+    assert_eq!(created["name"], "Mesa");
+    assert_eq!(created["sku"], "T-1");
+    assert_eq!(created["attributes"], json!({ "legs": 4 }));
+    assert_eq!(created["registration"], json!({ "status": "PENDING", "lastError": null }));
+    assert_eq!(created["offers"], json!([]));
+    assert!(created["lowestPrice"].is_null());
+    let id = created["id"].as_str().unwrap().to_string();
+    // The registration job was queued with the product.
+    assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 1);
+
+    let updated = app
+        .gql_ok(
+            "mutation($id: ID!) { updateProduct(id: $id, input: { name: \"Mesa grande\", sku: null, attributes: null }) { name description sku attributes } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(
+        updated["updateProduct"],
+        json!({ "name": "Mesa grande", "description": "oak", "sku": null, "attributes": null })
+    );
+
+    for n in 0..4 {
+        app.gql_ok(create, json!({ "input": { "name": format!("chair {n}"), "sku": format!("C-{n}") } })).await;
+    }
+    let page = "query($after: String) { products(first: 2, after: $after) { totalCount edges { cursor node { name } } pageInfo { hasNextPage endCursor } } }";
+    let first = app.gql_ok(page, json!({ "after": null })).await;
+    assert_eq!(first["products"]["totalCount"], 5);
+    let names = |data: &Value| {
+        data["products"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|edge| edge["node"]["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&first), ["Mesa grande", "chair 0"]);
+    // Rows inserted after the cursor was handed out do not shift the next page.
+    app.gql_ok(create, json!({ "input": { "name": "late chair" } })).await;
+    let cursor = first["products"]["pageInfo"]["endCursor"].clone();
+    let second = app.gql_ok(page, json!({ "after": cursor })).await;
+    assert_eq!(names(&second), ["chair 1", "chair 2"]);
+    let third = app.gql_ok(page, json!({ "after": second["products"]["pageInfo"]["endCursor"] })).await;
+    assert_eq!(names(&third), ["chair 3", "late chair"]);
+    assert_eq!(third["products"]["pageInfo"]["hasNextPage"], false);
+
+    let filtered = app
+        .gql_ok("{ bySearch: products(filter: { search: \"CHAIR\" }) { totalCount } bySku: products(filter: { sku: \"C-2\" }) { nodes { name } } none: products(filter: { search: \"100%\" }) { totalCount } }", json!({}))
+        .await;
+    assert_eq!(filtered["bySearch"]["totalCount"], 5);
+    assert_eq!(filtered["bySku"]["nodes"], json!([{ "name": "chair 2" }]));
+    assert_eq!(filtered["none"]["totalCount"], 0);
+
+    let deleted = app.gql_ok("mutation($id: ID!) { deleteProduct(id: $id) }", json!({ "id": id })).await;
+    assert_eq!(deleted["deleteProduct"], json!(id));
+    let gone = app.gql(&format!("{{ product(id: \"{id}\") {{ id }} }}"), json!({})).await;
+    assert_eq!(error_code(&gone).as_deref(), Some("NOT_FOUND"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn vanished_offers_are_deleted_and_their_history_stays_with_the_product() {
+    use emporium::catalog::{client::RemoteOffer, sync::apply};
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| {
+        quiet_sync(config);
+        config.jobs.job_workers = 0;
+    })
+    .await;
+    let id = create_product(&app, "lamp").await;
+    let product_id: i64 = id.parse().unwrap();
+    let offer = |source: &str, price: i64| RemoteOffer { source_id: source.into(), price, items_in_stock: 3 };
+    let t0 = emporium::db::now_ms() - 10_000;
+
+    assert_eq!(apply(&app.state, product_id, &[offer("x", 100), offer("y", 200)], t0).await.unwrap(), 2);
+    // The same snapshot again, and an older one arriving late: nothing changes.
+    assert_eq!(apply(&app.state, product_id, &[offer("x", 100), offer("y", 200)], t0 + 1).await.unwrap(), 0);
+    assert_eq!(apply(&app.state, product_id, &[offer("x", 1)], t0 - 5).await.unwrap(), 0);
+    // x gets cheaper, y vanishes, z appears.
+    assert_eq!(apply(&app.state, product_id, &[offer("x", 90), offer("z", 300)], t0 + 1000).await.unwrap(), 3);
+    assert_eq!(apply(&app.state, product_id, &[offer("x", 80), offer("z", 300)], t0 + 2000).await.unwrap(), 1);
+
+    let data = app
+        .gql_ok(
+            "query($id: ID!) { product(id: $id) {
+                offers { sourceId price }
+                lowestPrice
+                priceTrend { prices firstPrice lastPrice minPrice maxPrice changePercent }
+                priceHistory { offerSourceId price }
+            } }",
+            json!({ "id": id }),
+        )
+        .await;
+    let product = &data["product"];
+    assert_eq!(product["offers"], json!([{ "sourceId": "x", "price": 80 }, { "sourceId": "z", "price": 300 }]));
+    assert_eq!(product["lowestPrice"], 80);
+    assert_eq!(
+        product["priceTrend"],
+        json!({ "prices": [100, 90, 80], "firstPrice": 100, "lastPrice": 80, "minPrice": 80, "maxPrice": 100, "changePercent": -20.0 })
+    );
+    // y is gone from the offers but its history (including its withdrawal) is kept.
+    let history = product["priceHistory"].as_array().unwrap();
+    assert!(history.contains(&json!({ "offerSourceId": "y", "price": 200 })));
+    assert!(history.contains(&json!({ "offerSourceId": "y", "price": null })));
+    assert_eq!(history.len(), 6);
+
+    // Periods: before anything was recorded there is no data; a period starting after
+    // the first change starts from the price in effect then.
+    let at = |ms: i64| emporium::db::to_datetime(ms).to_rfc3339();
+    let early = app
+        .gql_ok(
+            "query($id: ID!, $from: DateTime, $to: DateTime) { product(id: $id) { priceTrend(from: $from, to: $to) { prices changePercent } } }",
+            json!({ "id": id, "from": at(t0 - 60_000), "to": at(t0 - 1) }),
+        )
+        .await;
+    assert_eq!(early["product"]["priceTrend"], json!({ "prices": [], "changePercent": null }));
+    let late = app
+        .gql_ok(
+            "query($id: ID!, $from: DateTime) { product(id: $id) { priceTrend(from: $from) { prices } offers { sourceId priceTrend(from: $from) { prices } priceHistory(from: $from) { price } } } }",
+            json!({ "id": id, "from": at(t0 + 1500) }),
+        )
+        .await;
+    assert_eq!(late["product"]["priceTrend"]["prices"], json!([90, 80]));
+    assert_eq!(late["product"]["offers"][0]["priceTrend"]["prices"], json!([90, 80]));
+    assert_eq!(late["product"]["offers"][0]["priceHistory"], json!([{ "price": 80 }]));
+    assert_eq!(late["product"]["offers"][1]["priceTrend"]["prices"], json!([300]));
+
+    // Deleting the product deletes its offers and history.
+    app.gql_ok("mutation($id: ID!) { deleteProduct(id: $id) }", json!({ "id": id })).await;
+    assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM offers").await, 0);
+    assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM price_history").await, 0);
+    app.stop().await;
+}
+
+/// Products registered with offers; returns their ids.
+async fn registered_products(app: &TestApp, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        ids.push(create_product(app, &format!("product {n}")).await);
+    }
+    for id in &ids {
+        registered_with_offers(app, id).await;
+    }
+    ids
+}
+
+/// Every product's stored offers equal the simulator's.
+async fn assert_caught_up(env: &TestEnv, app: &TestApp, ids: &[String]) {
+    for id in ids {
+        assert_eq!(stored_offers(app, id).await, sim_offers(env, app, id).await, "offers of product {id}");
+    }
+    assert_no_duplicates(app).await;
+}
+
+async fn offers_health(app: &TestApp) -> Value {
+    let health = health(app).await;
+    assert_eq!(health["checks"]["database"]["status"], "up", "the node stays up: {health:#}");
+    health["checks"]["offers_service"].clone()
+}
+
+async fn wait_offers_health(app: &TestApp, status: &str) -> Value {
+    eventually(WAIT, &format!("offers service {status} in /health"), || async {
+        let check = offers_health(app).await;
+        (check["status"] == status).then_some(check)
+    })
+    .await
+}
+
+async fn wait_last_error(app: &TestApp, id: &str, needle: &str) -> Value {
+    eventually(WAIT, &format!("registration.lastError mentioning `{needle}`"), || async {
+        let product = product(app, id).await;
+        let error = product["registration"]["lastError"].as_str().unwrap_or_default().to_string();
+        error.contains(needle).then_some(product)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn offers_service_down_at_start_delays_registration_then_catches_up() {
+    let env = TestEnv::new().await;
+    env.sim.set_offers_fault(sim::OffersFault::Down);
+    let app = spawn(&env).await;
+    let ids = vec![create_product(&app, "a").await, create_product(&app, "b").await];
+    let pending = wait_last_error(&app, &ids[0], "unavailable").await;
+    assert_eq!(pending["registration"]["status"], "PENDING");
+    let check = wait_offers_health(&app, "degraded").await;
+    assert_eq!(check["token_present"], false);
+    assert!(check["last_error"].as_str().unwrap().contains("503"), "{check:#}");
+
+    env.sim.set_offers_fault(sim::OffersFault::Ok);
+    for id in &ids {
+        let product = registered_with_offers(&app, id).await;
+        assert!(product["registration"]["lastError"].is_null());
+    }
+    env.sim.tick_offers();
+    let report = sync_offers(&app.state).await.unwrap();
+    assert_eq!((report.synced, report.failed), (2, 0));
+    assert_caught_up(&env, &app, &ids).await;
+    let check = wait_offers_health(&app, "up").await;
+    assert_eq!(check["token_present"], true);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn offers_service_down_mid_sync_then_back_on_the_same_port() {
+    let mut env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| {
+        quiet_sync(config);
+        config.catalog.offers_sync_concurrency = 1;
+        config.catalog.offers_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let ids = registered_products(&app, 6).await;
+    env.sim.tick_offers();
+    env.sim.set_offers_fault(sim::OffersFault::Slow(Duration::from_millis(300)));
+
+    let syncing = tokio::spawn({
+        let state = app.state.clone();
+        async move { sync_offers(&state).await }
+    });
+    let calls_before = env.sim.stats().offers_calls;
+    eventually(WAIT, "the sync halfway", || async { (env.sim.stats().offers_calls >= calls_before + 2).then_some(()) })
+        .await;
+    // The service goes away mid-sync: connections are refused from now on.
+    let placeholder = sim::Simulator::start(([127, 0, 0, 1], 0).into(), sim::SimConfig::default()).await.unwrap();
+    let running = std::mem::replace(&mut env.sim, placeholder);
+    let (addr, simulator) = (running.addr(), running.simulator());
+    running.shutdown().await;
+    let report = syncing.await.unwrap().unwrap();
+    assert!(report.synced >= 1 && report.failed >= 1, "{report:?}");
+    assert_eq!(report.synced + report.failed + report.skipped, 6, "{report:?}");
+    wait_offers_health(&app, "degraded").await;
+    let failed =
+        scalar(&app.state.db, "SELECT COUNT(*) FROM products WHERE registration_error LIKE 'offer sync failed%'").await;
+    assert_eq!(failed as u64, report.failed);
+
+    // Back on the same port with its state: the next sync catches up.
+    simulator.set_offers_fault(sim::OffersFault::Ok);
+    let back = simulator.serve_at(addr).await.unwrap();
+    std::mem::replace(&mut env.sim, back).shutdown().await;
+    let report = sync_offers(&app.state).await.unwrap();
+    assert_eq!((report.synced, report.failed, report.aborted), (6, 0, false), "{report:?}");
+    assert_caught_up(&env, &app, &ids).await;
+    assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM products WHERE registration_error IS NOT NULL").await, 0);
+    wait_offers_health(&app, "up").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rejected_token_keeps_the_node_up_without_hammering_and_recovers() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| {
+        quiet_sync(config);
+        config.catalog.offers_unauthorized_probe = Duration::from_secs(1);
+    })
+    .await;
+    let ids = registered_products(&app, 1).await;
+    env.sim.set_offers_fault(sim::OffersFault::Unauthorized);
+    let mut ids = ids;
+    for name in ["x", "y", "z"] {
+        ids.push(create_product(&app, name).await);
+    }
+    let registers_before = env.sim.stats().register_calls;
+    for id in &ids[1..] {
+        let product = wait_last_error(&app, id, "access token").await;
+        assert_eq!(product["registration"]["status"], "PENDING");
+    }
+    let check = wait_offers_health(&app, "degraded").await;
+    assert_eq!(check["state"], "unauthorized", "{check:#}");
+    // Three jobs retrying every 0.1–1 s for 3 s would call about 18 times; the probe
+    // gate lets one call through per second.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let registers = env.sim.stats().register_calls - registers_before;
+    assert!(registers <= 8, "{registers} register calls while the token was rejected");
+    let offers_before = env.sim.stats().offers_calls;
+    let report = sync_offers(&app.state).await.unwrap();
+    assert!(report.aborted, "{report:?}");
+    assert!(env.sim.stats().offers_calls - offers_before <= 1, "the sync probes once, then stops");
+
+    env.sim.set_offers_fault(sim::OffersFault::Ok);
+    for id in &ids {
+        registered_with_offers(&app, id).await;
+    }
+    env.sim.tick_offers();
+    let report = sync_offers(&app.state).await.unwrap();
+    assert_eq!((report.synced, report.failed, report.aborted), (4, 0, false), "{report:?}");
+    assert_caught_up(&env, &app, &ids).await;
+    wait_offers_health(&app, "up").await;
+    assert_eq!(env.sim.stats().auth_calls, 1, "the token is kept, never requested again");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn slow_offers_service_times_out_then_catches_up() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env).await; // OFFERS_TIMEOUT 500ms
+    let ids = registered_products(&app, 2).await;
+    env.sim.set_offers_fault(sim::OffersFault::Slow(Duration::from_secs(2)));
+    let late = create_product(&app, "late").await;
+    wait_last_error(&app, &late, "timed out").await;
+    env.sim.tick_offers();
+    let report = sync_offers(&app.state).await.unwrap();
+    assert_eq!(report.failed, 2, "{report:?}");
+    wait_offers_health(&app, "degraded").await;
+    // The API keeps answering meanwhile.
+    app.gql_ok("{ products { totalCount } }", json!({})).await;
+
+    env.sim.set_offers_fault(sim::OffersFault::Ok);
+    registered_with_offers(&app, &late).await;
+    let report = sync_offers(&app.state).await.unwrap();
+    assert_eq!((report.synced, report.failed), (3, 0), "{report:?}");
+    let mut all = ids;
+    all.push(late);
+    assert_caught_up(&env, &app, &all).await;
+    wait_offers_health(&app, "up").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_answers_are_failures_and_forgotten_products_are_registered_again() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env).await;
+    let ids = registered_products(&app, 2).await;
+    let before: Vec<_> = futures::future::join_all(ids.iter().map(|id| stored_offers(&app, id))).await;
+    env.sim.set_offers_fault(sim::OffersFault::Malformed);
+    env.sim.tick_offers();
+    let report = sync_offers(&app.state).await.unwrap();
+    assert_eq!((report.synced, report.failed), (0, 2), "{report:?}");
+    assert!(report.last_error.as_deref().unwrap_or_default().contains("malformed"), "{report:?}");
+    let check = wait_offers_health(&app, "degraded").await;
+    assert!(check["last_error"].as_str().unwrap_or_default().contains("malformed"), "{check:#}");
+    // Nothing half-applied: the stored offers are the last good ones.
+    let during: Vec<_> = futures::future::join_all(ids.iter().map(|id| stored_offers(&app, id))).await;
+    assert_eq!(before, during);
+
+    // Registered during the fault: the 2xx counts as registered though the service did
+    // not keep it; its first offers fetch fails.
+    let forgotten = create_product(&app, "forgotten").await;
+    eventually(WAIT, "registered despite the garbled answer", || async {
+        (product(&app, &forgotten).await["registration"]["status"] == "REGISTERED").then_some(())
+    })
+    .await;
+
+    env.sim.set_offers_fault(sim::OffersFault::Ok);
+    // The service answers 404 for the forgotten product: registration is queued again.
+    let report = sync_offers(&app.state).await.unwrap();
+    assert_eq!((report.synced, report.reregistered, report.failed), (2, 1, 0), "{report:?}");
+    registered_with_offers(&app, &forgotten).await;
+    let mut all = ids;
+    all.push(forgotten);
+    assert_caught_up(&env, &app, &all).await;
+    wait_offers_health(&app, "up").await;
+    app.stop().await;
+}
+
+/// Runs `query` on a schema whose database connection counts every statement it
+/// executes (sea-orm's metric hook on a real connection); returns the count.
+async fn statements_for(app: &TestApp, query: &str) -> (usize, async_graphql::Response) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let executed = Arc::new(AtomicUsize::new(0));
+    let mut db = emporium::db::connect(&app.state.config.database).await.unwrap();
+    let counter = executed.clone();
+    db.set_metric_callback(move |info| {
+        if std::env::var("SHOW_SQL").is_ok() {
+            eprintln!("SQL: {}", info.statement.sql.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut state = app.state.clone();
+    state.catalog =
+        Arc::new(emporium::catalog::Catalog::new(&db, &state.config, &state.upstreams.offers_url, "counting").unwrap());
+    state.db = db;
+    let schema = emporium::graphql::build(Some(state), &app.state.config.http);
+    let response = schema.execute(query).await;
+    assert!(response.errors.is_empty(), "{:?}", response.errors);
+    (executed.load(Ordering::SeqCst), response)
+}
+
+#[tokio::test]
+async fn listing_products_with_offers_costs_a_constant_number_of_statements() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env).await;
+    let batch: Vec<ProductUpsert> = (0..50).map(|n| item(&format!("sku-{n}"), &format!("product {n}"), None)).collect();
+    let txn = app.state.db.begin().await.unwrap();
+    upsert_by_sku(&app.state, &txn, &batch).await.unwrap();
+    txn.commit().await.unwrap();
+    eventually(Duration::from_secs(60), "50 products with offers", || async {
+        let with_offers = scalar(&app.state.db, "SELECT COUNT(DISTINCT product_id) FROM offers").await;
+        (with_offers == 50).then_some(())
+    })
+    .await;
+    env.sim.tick_offers();
+    sync_offers(&app.state).await.unwrap();
+
+    let query = |first: usize| {
+        format!(
+            "{{ products(first: {first}) {{ nodes {{ name lowestPrice
+                offers {{ price itemsInStock product {{ sku }} priceTrend {{ changePercent }} }}
+                priceTrend {{ prices changePercent }} }} }} }}"
+        )
+    };
+    let (for_50, response) = statements_for(&app, &query(50)).await;
+    let data = response.data.into_json().unwrap();
+    let nodes = data["products"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 50);
+    assert!(nodes.iter().all(|node| !node["offers"].as_array().unwrap().is_empty() && node["lowestPrice"].is_i64()));
+    let (for_5, _) = statements_for(&app, &query(5)).await;
+    // The page, the offers, and the price history (two); an offer's product is the one
+    // it was reached through.
+    assert_eq!(for_50, for_5, "statements grow with the page size");
+    assert_eq!(for_50, 4, "{for_50} statements for one page");
+    // The benchmark's query: the page and the offers.
+    let (plain, response) =
+        statements_for(&app, "{ products(first: 50) { nodes { name offers { price itemsInStock } } } }").await;
+    assert_eq!(response.data.into_json().unwrap()["products"]["nodes"].as_array().unwrap().len(), 50);
+    assert_eq!(plain, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nodes_starting_together_request_one_token() {
+    let env = TestEnv::new().await;
+    // Slow answers widen the window in which both nodes want a token.
+    env.sim.set_offers_fault(sim::OffersFault::Slow(Duration::from_millis(300)));
+    // (Built one after the other: SQLite migrations do not take a cluster-wide lock.)
+    let (a, b) = (spawn(&env).await, spawn(&env).await);
+    let created = futures::future::join_all((0..6).map(|n| {
+        let app = if n % 2 == 0 { &a } else { &b };
+        async move { create_product(app, &format!("p{n}")).await }
+    }))
+    .await;
+    for id in &created {
+        registered_with_offers(&a, id).await;
+    }
+    assert_eq!(env.sim.stats().auth_calls, 1);
+    assert_eq!(scalar(&a.state.db, "SELECT COUNT(*) FROM settings WHERE key = 'offers.access_token'").await, 1);
+    assert_eq!(scalar(&a.state.db, "SELECT COUNT(*) FROM settings WHERE key = 'offers.auth_claim'").await, 0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn registration_survives_a_killed_node() {
+    let env = TestEnv::new().await;
+    env.sim.set_offers_fault(sim::OffersFault::Down);
+    let quiet = [("OFFERS_SYNC_CRON", "0 0 0 1 1 *"), ("OFFERS_TIMEOUT", "500ms")];
+    let node = crate::support::NodeProcess::spawn(&env, &quiet).await;
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(node.url("/graphql"))
+        .json(&json!({ "query": "mutation { createProduct(input: { name: \"durable\" }) { id } }" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["data"]["createProduct"]["id"].as_str().unwrap().to_string();
+    let db = env.db().await;
+    eventually(WAIT, "a failed registration attempt", || async {
+        let attempts = scalar(&db, "SELECT COUNT(*) FROM jobs WHERE attempts >= 1 AND kind = 'catalog.register'").await;
+        (attempts >= 1).then_some(())
+    })
+    .await;
+    node.kill().await;
+
+    env.sim.set_offers_fault(sim::OffersFault::Ok);
+    let app = spawn(&env).await;
+    let product = registered_with_offers(&app, &id).await;
+    assert!(product["registration"]["lastError"].is_null());
+    assert_eq!(env.sim.stats().registered_products, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sync_runs_on_one_node_at_a_time_and_never_overlaps_itself() {
+    let env = TestEnv::new().await;
+    let every_second = |config: &mut Config| {
+        config.catalog.offers_sync_cron = "* * * * * *".into();
+        config.catalog.offers_sync_concurrency = 1;
+        config.catalog.offers_timeout = Duration::from_secs(2);
+    };
+    let a = TestApp::spawn_with(&env, |config| {
+        quiet_sync(config);
+        every_second(config);
+    })
+    .await;
+    registered_products(&a, 3).await;
+    // Each run now takes about 3 × 0.6 s: longer than its one-second period.
+    env.sim.set_offers_fault(sim::OffersFault::Slow(Duration::from_millis(600)));
+    let slow_since = emporium::db::now_ms() + 1000;
+    let b = TestApp::spawn_with(&env, |config| {
+        quiet_sync(config);
+        every_second(config);
+    })
+    .await;
+    let runs = eventually(Duration::from_secs(40), "four slow sync runs", || async {
+        let runs = emporium::jobs::periodic::recent_runs(&a.state.db, "catalog.offers_sync", 100).await.unwrap();
+        let slow = runs.iter().filter(|run| run.started_at > slow_since && run.finished_at.is_some()).count();
+        (slow >= 4).then_some(runs)
+    })
+    .await;
+    let mut runs = runs;
+    runs.sort_by_key(|run| run.started_at);
+    for pair in runs.windows(2) {
+        let (earlier, later) = (&pair[0], &pair[1]);
+        let earlier_end = earlier.finished_at.unwrap_or(i64::MAX);
+        assert!(later.started_at >= earlier_end, "runs overlap: {earlier:?} and {later:?}");
+    }
+    let slow: Vec<_> = runs.iter().filter(|run| run.started_at > slow_since && run.finished_at.is_some()).collect();
+    assert!(slow.iter().all(|run| run.finished_at.unwrap() - run.started_at >= 1500), "{slow:#?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn offer_price_changes_reach_subscribers_on_any_node() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+
+    let env = TestEnv::new().await;
+    let syncing = spawn(&env).await;
+    // With Redis the subscriber sits on another node; embedded, events stay in-process.
+    let other = if env.redis_url.is_some() { Some(spawn(&env).await) } else { None };
+    let listening = other.as_ref().unwrap_or(&syncing);
+    let id = create_product(&syncing, "watched").await;
+    let unrelated = create_product(&syncing, "unrelated").await;
+    registered_with_offers(&syncing, &id).await;
+    registered_with_offers(&syncing, &unrelated).await;
+
+    let mut request = format!("ws://{}/graphql/ws", listening.addr).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    socket.send(Message::Text(json!({ "type": "connection_init" }).to_string().into())).await.unwrap();
+    let ack = socket.next().await.unwrap().unwrap();
+    assert!(ack.to_text().unwrap().contains("connection_ack"), "{ack:?}");
+    let subscription = "subscription($id: ID!) { offerPriceChanged(productId: $id) {
+        productId offerId offerSourceId previousPrice price at } }";
+    socket
+        .send(Message::Text(
+            json!({ "id": "1", "type": "subscribe", "payload": { "query": subscription, "variables": { "id": id } } })
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    // Give the subscription a moment to be registered before changes happen.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    env.sim.tick_offers();
+    let report = sync_offers(&syncing.state).await.unwrap();
+    assert!(report.price_changes >= 2, "{report:?}");
+    let expected: Vec<(String, Option<i64>)> =
+        stored_offers(&syncing, &id).await.into_iter().map(|(source, price, _)| (source, Some(price))).collect();
+
+    // Every change that arrives is about the watched product and matches what is stored.
+    let mut received = 0;
+    let mut wait = WAIT;
+    while let Ok(Some(message)) = tokio::time::timeout(wait, socket.next()).await {
+        let message: Value = serde_json::from_str(message.unwrap().to_text().unwrap()).unwrap();
+        assert_eq!(message["type"], "next", "{message:#}");
+        let change = &message["payload"]["data"]["offerPriceChanged"];
+        assert_eq!(change["productId"], json!(id), "only the watched product: {change:#}");
+        assert_ne!(change["previousPrice"], change["price"]);
+        let source = change["offerSourceId"].as_str().unwrap();
+        let current = expected.iter().find(|(known, _)| known == source).and_then(|(_, price)| *price);
+        assert_eq!(change["price"].as_i64(), current, "{change:#} vs {expected:?}");
+        received += 1;
+        wait = Duration::from_millis(500);
+    }
+    assert!(received >= 1);
+    socket.close(None).await.ok();
+    syncing.stop().await;
+    if let Some(other) = other {
+        other.stop().await;
+    }
+}

@@ -1,0 +1,229 @@
+//! The service frame: health, GraphQL surface, write protection, limits.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::{NodeProcess, TestApp, TestEnv, error_code};
+
+#[tokio::test]
+async fn health_lists_every_dependency_and_is_200() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let response = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    for dependency in ["database", "redis", "object_store", "jobs", "offers_service", "feeds"] {
+        assert!(body["checks"][dependency]["status"].is_string(), "{dependency} missing in {body:#}");
+    }
+    assert_eq!(body["checks"]["database"]["status"], "up");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn mutations_need_a_token_when_api_tokens_is_set() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.api_tokens = vec!["s3cret".into()]).await;
+    let mutation = "mutation { retryJob(id: \"1\") { id } }";
+
+    let response = app.http.post(app.url("/graphql")).json(&json!({ "query": mutation })).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body).as_deref(), Some("UNAUTHENTICATED"));
+
+    // With the token the mutation runs (and fails on its own merits: no such job).
+    let body = app.gql_as(Some("s3cret"), mutation, json!({})).await;
+    assert_eq!(error_code(&body).as_deref(), Some("NOT_FOUND"));
+
+    // Reads stay public.
+    let body = app.gql("{ jobCounts { queued } }", json!({})).await;
+    assert_eq!(body["data"]["jobCounts"]["queued"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn several_nodes_starting_together_migrate_once_and_all_serve() {
+    let env = TestEnv::new().await;
+    let (a, b, c) =
+        tokio::join!(NodeProcess::spawn(&env, &[]), NodeProcess::spawn(&env, &[]), NodeProcess::spawn(&env, &[]));
+    for node in [&a, &b, &c] {
+        let health: Value = reqwest::get(node.url("/health")).await.unwrap().json().await.unwrap();
+        assert_eq!(health["checks"]["database"]["status"], "up", "{health:#}");
+    }
+    for node in [a, b, c] {
+        node.kill().await;
+    }
+}
+
+/// Runs the binary with `env` and returns (exit code, stderr).
+async fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_emporium"));
+    command.args(args).env_clear().env("DATA_DIR", dir.path()).envs(env.iter().copied()).kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(60), command.output()).await.expect("exits in time").unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn assert_one_clear_error(code: Option<i32>, stderr: &str, mentions: &str) {
+    assert_eq!(code, Some(1), "stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line expected, got: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    assert!(lines[0].contains(mentions), "`{mentions}` not in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[tokio::test]
+async fn bad_configuration_fails_with_one_clear_line() {
+    let quiet = ("RUST_LOG", "off");
+    let (code, stderr) = run_binary(&["serve"], &[quiet, ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")]).await;
+    assert_one_clear_error(code, &stderr, "cannot connect to the database");
+
+    let (code, stderr) = run_binary(&["serve"], &[quiet, ("DATABASE_URL", "definitely not a url")]).await;
+    assert_one_clear_error(code, &stderr, "database");
+
+    let (code, stderr) = run_binary(&["serve"], &[quiet, ("REDIS_URL", "redis://127.0.0.1:1")]).await;
+    assert_one_clear_error(code, &stderr, "cannot connect to Redis");
+
+    let (code, stderr) = run_binary(&["serve"], &[quiet, ("FEED_SOURCES", "ftp://x/feed@15s")]).await;
+    assert_one_clear_error(code, &stderr, "feed source");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = run_binary(&["serve"], &[quiet, ("LISTEN", addr.as_str())]).await;
+    assert_one_clear_error(code, &stderr, &format!("cannot listen on {addr}"));
+}
+
+#[tokio::test]
+async fn schema_command_prints_the_sdl() {
+    let (code, _) = run_binary(&["schema"], &[]).await;
+    assert_eq!(code, Some(0));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_emporium")).arg("schema").output().unwrap();
+    let sdl = String::from_utf8(output.stdout).unwrap();
+    assert!(sdl.contains("type Query {"), "{sdl}");
+    assert!(sdl.contains("type Mutation {"), "{sdl}");
+}
+
+#[tokio::test]
+async fn graphiql_for_browsers_queries_over_get_and_no_mutations_over_get() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let page = app.http.get(app.url("/graphql")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().to_lowercase().contains("graphiql"));
+
+    let body: Value =
+        app.http.get(app.url("/graphql?query=%7BjobCounts%7Bqueued%7D%7D")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["data"]["jobCounts"]["queued"], 0, "{body:#}");
+
+    let mutation = "mutation%7BretryJob(id:%221%22)%7Bid%7D%7D";
+    let body: Value =
+        app.http.get(app.url(&format!("/graphql?query={mutation}"))).send().await.unwrap().json().await.unwrap();
+    assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "{body:#}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn overly_deep_queries_are_refused() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    // 50 levels of nesting through the introspection types.
+    let mut query = String::from("name");
+    for _ in 0..25 {
+        query = format!("ofType {{ {query} }}");
+    }
+    let deep = format!("{{ __schema {{ types {{ fields {{ type {{ {query} }} }} }} }} }}");
+    let body = app.gql(&deep, json!({})).await;
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.to_lowercase().contains("nested too deep"), "{body:#}");
+    assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"));
+    assert!(body["data"].is_null());
+
+    let body = app.gql("{ jobCounts { queued ", json!({})).await;
+    assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "syntax errors carry a code too: {body:#}");
+    let body = app.gql("query($id: ID!) { job(id: $id) { id } }", json!({})).await;
+    assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "missing variables too: {body:#}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn cors_preflight_allows_configured_origins_only() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.cors_origins = vec!["https://shop.example".into()]).await;
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/graphql"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type,authorization")
+            .send()
+    };
+    let allowed = preflight("https://shop.example").await.unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://shop.example");
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_expose_requests_latency_and_job_counts() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    app.gql_ok("{ jobCounts { queued } }", json!({})).await;
+    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("emporium_http_requests_total{route=\"/graphql\",method=\"POST\",status=\"200\"}"), "{text}");
+    assert!(text.contains("emporium_http_request_duration_seconds_bucket"), "{text}");
+    assert!(text.contains("emporium_jobs{status=\"failed\"}"), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_node_gracefully() {
+    let env = TestEnv::new().await;
+    let node = NodeProcess::spawn(&env, &[]).await;
+    let status = node.terminate().await;
+    assert!(status.is_some_and(|status| status.success()), "{status:?}");
+}
+
+#[tokio::test]
+async fn health_turns_503_when_a_critical_dependency_dies() {
+    let Ok(redis_server) = which_redis_server() else {
+        eprintln!("skipped: no redis-server binary on this machine");
+        return;
+    };
+    let port = crate::support::free_port();
+    let mut redis = std::process::Command::new(redis_server)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let redis_url = format!("redis://127.0.0.1:{port}");
+    crate::support::eventually(Duration::from_secs(10), "private redis to accept connections", || async {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    })
+    .await;
+
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.redis_url = Some(redis_url.clone())).await;
+    let response = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let response = app.http.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "down");
+    assert_eq!(body["checks"]["redis"]["status"], "down", "{body:#}");
+    assert_eq!(body["checks"]["database"]["status"], "up");
+    app.stop().await;
+}
+
+fn which_redis_server() -> Result<String, ()> {
+    ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .map(str::to_string)
+        .ok_or(())
+}

@@ -1,0 +1,855 @@
+//! The intake pipeline (seed 001), black-box: REST and GraphQL submission, files in the
+//! bucket folders, notices over graphql-ws, failures, path safety, health, and a node
+//! killed in the middle of 10,000 messages.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use emporium::{
+    db::stmt,
+    intake::{BucketRoute, PROCESSED_TOPIC},
+};
+use futures::{SinkExt as _, StreamExt as _};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection, FromQueryResult};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _, http::HeaderValue};
+
+use crate::support::{NodeProcess, TestApp, TestEnv, error_code, eventually};
+
+/// The seed's example message, as a client would send it (the seed's multi-line summary
+/// is not valid JSON, so it is on one line here).
+const SEED_ROMANCE: &str = r#"{
+     "id": "12345",
+     "title": "LoremIpsum",
+     "author": "John Doe",
+     "year": "1960",
+     "genre": "romance",
+     "summary": "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua."
+    }"#;
+
+const SEED_SCIFI: &str = r#"{"id": "67890", "title": "Foundation", "author": "Isaac Asimov", "year": 1951, "genre": "scifi", "summary": "Psychohistory and the fall of an empire."}"#;
+
+const NOTICE_FIELDS: &str = "id messageId title genre bucket key storedAt";
+
+fn message(title: &str, genre: &str, summary: &str) -> String {
+    json!({ "id": format!("m-{summary}"), "title": title, "author": "Tester", "year": "2026", "genre": genre, "summary": summary })
+        .to_string()
+}
+
+async fn post_intake(http: &reqwest::Client, base: &str, body: impl Into<String>) -> reqwest::Response {
+    http.post(format!("{base}/v1/intake"))
+        .header("content-type", "application/json")
+        .body(body.into())
+        .send()
+        .await
+        .expect("intake request")
+}
+
+/// Submits and expects 202; returns our ids.
+async fn submit(http: &reqwest::Client, base: &str, body: impl Into<String>) -> Vec<i64> {
+    let response = post_intake(http, base, body).await;
+    let status = response.status();
+    let answer: Value = response.json().await.expect("json answer");
+    assert_eq!(status, 202, "{answer:#}");
+    answer["ids"].as_array().expect("ids").iter().map(|id| id.as_i64().expect("numeric id")).collect()
+}
+
+#[derive(Debug, FromQueryResult)]
+struct Row {
+    id: i64,
+    status: String,
+    bucket: Option<String>,
+    object_name: String,
+    body: String,
+    reason: Option<String>,
+    processed_at: Option<i64>,
+}
+
+async fn rows(db: &DatabaseConnection) -> Vec<Row> {
+    Row::find_by_statement(stmt(
+        db,
+        "SELECT id, status, bucket, object_name, body, reason, processed_at FROM intake_messages ORDER BY id",
+        [],
+    ))
+    .all(db)
+    .await
+    .expect("rows")
+}
+
+async fn count_by_status(db: &DatabaseConnection) -> HashMap<String, i64> {
+    #[derive(FromQueryResult)]
+    struct Count {
+        status: String,
+        n: i64,
+    }
+    Count::find_by_statement(stmt(db, "SELECT status, COUNT(*) AS n FROM intake_messages GROUP BY status", []))
+        .all(db)
+        .await
+        .expect("counts")
+        .into_iter()
+        .map(|count| (count.status, count.n))
+        .collect()
+}
+
+/// Waits until no message is queued any more and returns the counts.
+async fn settled(db: &DatabaseConnection, timeout: Duration) -> HashMap<String, i64> {
+    eventually(timeout, "every intake message to be processed", || async {
+        let counts = count_by_status(db).await;
+        (counts.get("queued").copied().unwrap_or(0) == 0 && !counts.is_empty()).then_some(counts)
+    })
+    .await
+}
+
+fn objects_dir(env: &TestEnv) -> PathBuf {
+    env.dir.path().join("objects")
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A graphql-ws (graphql-transport-ws) client with one subscription.
+struct Subscriber {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl Subscriber {
+    async fn start(addr: SocketAddr, query: &str) -> Self {
+        let mut request = format!("ws://{addr}/graphql/ws").into_client_request().expect("ws request");
+        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static("graphql-transport-ws"));
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
+        ws.send(Message::Text(json!({ "type": "connection_init" }).to_string().into())).await.expect("init");
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("connection_ack in time");
+            if let Some(Ok(Message::Text(text))) = frame {
+                let message: Value = serde_json::from_str(&text).expect("json frame");
+                if message["type"] == "connection_ack" {
+                    break;
+                }
+            } else {
+                panic!("websocket closed before connection_ack: {frame:?}");
+            }
+        }
+        let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": query } });
+        ws.send(Message::Text(subscribe.to_string().into())).await.expect("subscribe");
+        Self { ws }
+    }
+
+    /// The next event's `data`, or `None` after `timeout` or when the connection ends.
+    async fn next(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let text = match tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?? {
+                Ok(Message::Text(text)) => text,
+                Ok(_) => continue,
+                Err(_) => return None,
+            };
+            let message: Value = serde_json::from_str(&text).expect("json frame");
+            match message["type"].as_str() {
+                Some("next") => {
+                    assert!(message["payload"]["errors"].is_null(), "subscription error: {message:#}");
+                    return Some(message["payload"]["data"].clone());
+                }
+                Some("ping") => {
+                    let _ = self.ws.send(Message::Text(json!({ "type": "pong" }).to_string().into())).await;
+                }
+                Some("error") => panic!("subscription refused: {message:#}"),
+                Some("complete") => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Subscribes to `intakeProcessed` on an in-process node and returns once events flow:
+    /// a probe notice published on the node's event bus has come through.
+    async fn ready(app: &TestApp) -> Self {
+        let query = format!("subscription {{ intakeProcessed {{ {NOTICE_FIELDS} }} }}");
+        let mut subscriber = Self::start(app.addr, &query).await;
+        let probe = json!({ "id": 0, "message_id": null, "title": "probe", "genre": "probe", "bucket": "probe",
+            "object_name": "probe", "processed_at": 0 });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            app.state.events.publish(PROCESSED_TOPIC, &probe).await;
+            if subscriber.next(Duration::from_millis(200)).await.is_some() {
+                return subscriber;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the subscription never received a probe");
+        }
+    }
+
+    /// Notices received within `timeout` of each other, probes left out.
+    async fn drain(&mut self, idle: Duration) -> Vec<Value> {
+        let mut notices = Vec::new();
+        while let Some(data) = self.next(idle).await {
+            if data["intakeProcessed"]["id"] != "0" {
+                notices.push(data["intakeProcessed"].clone());
+            }
+        }
+        notices
+    }
+}
+
+#[tokio::test]
+async fn the_seed_messages_land_in_their_genre_buckets_as_their_exact_json_with_notices() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let mut subscriber = Subscriber::ready(&app).await;
+
+    // One message alone, one in an array: both shapes are accepted.
+    let romance_ids = submit(&app.http, &app.url(""), SEED_ROMANCE).await;
+    let scifi_ids = submit(&app.http, &app.url(""), format!("[{SEED_SCIFI}]")).await;
+    assert_eq!((romance_ids.len(), scifi_ids.len()), (1, 1));
+
+    let db = env.db().await;
+    let counts = settled(&db, Duration::from_secs(30)).await;
+    assert_eq!(counts.get("stored"), Some(&2), "{counts:?}");
+
+    let objects = objects_dir(&env);
+    assert_eq!(std::fs::read_to_string(objects.join("romance/LoremIpsum.json")).unwrap(), SEED_ROMANCE);
+    assert_eq!(std::fs::read_to_string(objects.join("scifi/Foundation.json")).unwrap(), SEED_SCIFI);
+
+    let data = app
+        .gql_ok(
+            "{ intakeMessages(status: STORED) { totalCount nodes { id messageId title genre status bucket key json reason processedAt } } }",
+            json!({}),
+        )
+        .await;
+    let list = &data["intakeMessages"];
+    assert_eq!(list["totalCount"], 2);
+    let first = &list["nodes"][0];
+    assert_eq!(first["id"], romance_ids[0].to_string());
+    assert_eq!(first["messageId"], "12345");
+    assert_eq!(first["status"], "STORED");
+    assert_eq!(first["bucket"], "romance");
+    assert_eq!(first["key"], "LoremIpsum.json");
+    assert_eq!(first["json"], SEED_ROMANCE);
+    assert!(first["reason"].is_null() && first["processedAt"].is_string());
+    let second = &list["nodes"][1];
+    assert_eq!((second["messageId"].as_str(), second["bucket"].as_str()), (Some("67890"), Some("scifi")));
+    assert_eq!(second["key"], "Foundation.json");
+
+    let mut notices = Vec::new();
+    while notices.len() < 2 {
+        let data = subscriber.next(Duration::from_secs(10)).await.expect("a notice for each stored message");
+        if data["intakeProcessed"]["id"] != "0" {
+            notices.push(data["intakeProcessed"].clone());
+        }
+    }
+    notices.sort_by_key(|notice| notice["id"].as_str().unwrap_or_default().parse::<i64>().unwrap_or_default());
+    assert_eq!(notices[0]["messageId"], "12345");
+    assert_eq!((notices[0]["bucket"].as_str(), notices[0]["key"].as_str()), (Some("romance"), Some("LoremIpsum.json")));
+    assert_eq!((notices[1]["bucket"].as_str(), notices[1]["key"].as_str()), (Some("scifi"), Some("Foundation.json")));
+    assert!(subscriber.drain(Duration::from_millis(500)).await.is_empty(), "no further notices");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_submissions_are_refused_whole_and_name_the_field() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.intake.intake_max_body_bytes = 4096).await;
+    let base = app.url("");
+
+    let cases = [
+        (
+            format!("[{}, {{\"title\": \"\", \"genre\": \"romance\"}}]", message("ok", "romance", "1")),
+            "messages[1].title",
+        ),
+        (r#"{"title": "x", "genre": 5}"#.to_string(), "messages[0].genre"),
+        (r#"{"title": "x", "genre": "romance", "year": true}"#.to_string(), "messages[0].year"),
+        (r#"{"title": "x", "genre": "romance", "id": {"nested": 1}}"#.to_string(), "messages[0].id"),
+        (r#"{"genre": "romance"}"#.to_string(), "messages[0].title"),
+        (r#"{"title": "nul\u0000byte", "genre": "romance"}"#.to_string(), "messages[0].title"),
+        ("[]".to_string(), "no messages"),
+        ("not json".to_string(), "not valid JSON"),
+        ("[1, 2]".to_string(), "messages[0]: must be a JSON object"),
+    ];
+    for (body, named) in cases {
+        let response = post_intake(&app.http, &base, body.clone()).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "BAD_USER_INPUT");
+        let text = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(named), "`{text}` should name {named}");
+    }
+
+    let too_big = format!("[{}]", vec![message("big", "romance", &"s".repeat(500)); 10].join(","));
+    let response = post_intake(&app.http, &base, too_big).await;
+    assert_eq!(response.status(), 413);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], "BAD_USER_INPUT");
+
+    // GraphQL applies the same rules.
+    let body = app
+        .gql(
+            "mutation($m: [IntakeMessageInput!]!) { submitIntake(messages: $m) { id } }",
+            json!({ "m": [{ "title": "fine", "genre": "romance" }, { "title": "  ", "genre": "romance" }] }),
+        )
+        .await;
+    assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"));
+    assert!(body["errors"][0]["message"].as_str().unwrap_or_default().contains("messages[1].title"), "{body:#}");
+
+    // Nothing of any refused request was queued.
+    let db = env.db().await;
+    assert!(rows(&db).await.is_empty());
+    let data = app.gql_ok("{ intakeCounts { queued stored failed } jobCounts { queued } }", json!({})).await;
+    assert_eq!(data["intakeCounts"], json!({ "queued": 0, "stored": 0, "failed": 0 }));
+    assert_eq!(data["jobCounts"]["queued"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn writes_need_a_token_when_api_tokens_is_set() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.api_tokens = vec!["s3cret".into()]).await;
+    let response = post_intake(&app.http, &app.url(""), SEED_ROMANCE).await;
+    assert_eq!(response.status(), 401);
+    let response = app.http.post(app.url("/v1/intake")).bearer_auth("s3cret").body(SEED_ROMANCE).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn graphql_submissions_are_written_as_compact_seed_json() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let data = app
+        .gql_ok(
+            "mutation($m: [IntakeMessageInput!]!) { submitIntake(messages: $m) { id messageId status key } }",
+            json!({ "m": [
+                { "id": "g-1", "title": "Dune", "author": "Frank Herbert", "year": "1965", "genre": "SciFi", "summary": "Spice." },
+                { "title": "Emma", "genre": "romance" }
+            ] }),
+        )
+        .await;
+    let submitted = data["submitIntake"].as_array().unwrap();
+    assert_eq!(submitted.len(), 2);
+    assert_eq!(submitted[0]["status"], "QUEUED");
+    assert_eq!(submitted[0]["messageId"], "g-1");
+    assert_eq!(submitted[0]["key"], "Dune.json");
+
+    let db = env.db().await;
+    settled(&db, Duration::from_secs(30)).await;
+    let objects = objects_dir(&env);
+    // Genres match case-insensitively: `SciFi` goes to the scifi bucket.
+    assert_eq!(
+        std::fs::read_to_string(objects.join("scifi/Dune.json")).unwrap(),
+        r#"{"id":"g-1","title":"Dune","author":"Frank Herbert","year":"1965","genre":"SciFi","summary":"Spice."}"#
+    );
+    assert_eq!(
+        std::fs::read_to_string(objects.join("romance/Emma.json")).unwrap(),
+        r#"{"title":"Emma","genre":"romance"}"#
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_genre_is_queued_then_dead_lettered_with_its_reason() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let ids = submit(
+        &app.http,
+        &app.url(""),
+        format!("[{}, {}]", message("Known", "romance", "a"), message("Unknown", "Fantasy", "b")),
+    )
+    .await;
+    let db = env.db().await;
+    let counts = settled(&db, Duration::from_secs(30)).await;
+    assert_eq!((counts.get("stored"), counts.get("failed")), (Some(&1), Some(&1)), "{counts:?}");
+
+    let data = app
+        .gql_ok(
+            "{ intakeMessages(status: FAILED) { totalCount nodes { id title status reason bucket processedAt } } }",
+            json!({}),
+        )
+        .await;
+    let failed = &data["intakeMessages"];
+    assert_eq!(failed["totalCount"], 1);
+    assert_eq!(failed["nodes"][0]["id"], ids[1].to_string());
+    assert_eq!(failed["nodes"][0]["reason"], "no bucket for genre fantasy");
+    assert!(failed["nodes"][0]["bucket"].is_null());
+    assert!(!objects_dir(&env).join("fantasy").exists());
+    let data = app.gql_ok("{ intakeCounts { queued stored failed } }", json!({})).await;
+    assert_eq!(data["intakeCounts"], json!({ "queued": 0, "stored": 1, "failed": 1 }));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn buckets_come_from_the_configured_genre_map() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| {
+        config.intake.intake_buckets = vec![
+            BucketRoute { genre: "romance".into(), bucket: "romance-books".into() },
+            BucketRoute { genre: "horror".into(), bucket: "horror".into() },
+        ];
+    })
+    .await;
+    submit(
+        &app.http,
+        &app.url(""),
+        format!("[{}, {}, {}]", message("R", "romance", "1"), message("H", "horror", "2"), message("S", "scifi", "3")),
+    )
+    .await;
+    let db = env.db().await;
+    settled(&db, Duration::from_secs(30)).await;
+    let objects = objects_dir(&env);
+    assert!(objects.join("romance-books/R.json").is_file());
+    assert!(objects.join("horror/H.json").is_file());
+    let rows = rows(&db).await;
+    assert_eq!(rows[2].status, "failed", "scifi is not configured here");
+    assert_eq!(rows[2].reason.as_deref(), Some("no bucket for genre scifi"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn messages_of_a_genre_are_written_in_submission_order_so_the_later_title_wins() {
+    let env = TestEnv::new().await;
+    // This node only accepts (no workers), one message per job: many jobs wait in one FIFO group.
+    let intake = TestApp::spawn_with(&env, |config| {
+        config.jobs.job_workers = 0;
+        config.intake.intake_batch_size = 1;
+    })
+    .await;
+    let base = intake.url("");
+    let mut expected = HashMap::new();
+    for round in 0..6 {
+        let batch: Vec<String> = (0..4)
+            .map(|i| {
+                let title = ["Same", "Other"][i % 2];
+                let genre = ["romance", "scifi"][(i / 2) % 2];
+                let body = message(title, genre, &format!("round {round} item {i}"));
+                expected.insert(format!("{genre}/{title}.json"), body.clone());
+                body
+            })
+            .collect();
+        submit(&intake.http, &base, format!("[{}]", batch.join(","))).await;
+    }
+    // And a request whose own messages share a title.
+    let last = message("Inner", "romance", "second");
+    submit(&intake.http, &base, format!("[{}, {last}]", message("Inner", "romance", "first"))).await;
+    expected.insert("romance/Inner.json".into(), last);
+
+    // Four workers would run these jobs concurrently if the genre's order were not kept.
+    let workers = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 4).await;
+    let db = env.db().await;
+    let counts = settled(&db, Duration::from_secs(60)).await;
+    assert_eq!(counts.get("stored"), Some(&26), "{counts:?}");
+    let objects = objects_dir(&env);
+    for (path, body) in &expected {
+        assert_eq!(&std::fs::read_to_string(objects.join(path)).unwrap(), body, "{path} holds the latest submission");
+    }
+    workers.stop().await;
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn no_title_writes_outside_its_bucket() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let long = "L".repeat(10_000);
+    let mut long_variant = "L".repeat(9_999);
+    long_variant.push('M');
+    let titles: Vec<String> = [
+        "../escape",
+        "../../../../etc/passwd",
+        "/absolute/path",
+        "C:\\Windows\\win.ini",
+        "back\\slash",
+        "..",
+        ".",
+        "....",
+        ".hidden",
+        "a/b/c",
+        "%2e%2e%2fencoded",
+        "ctrl\u{1}\u{1f}\u{7f}chars",
+        "new\nline\ttab\r",
+        "bidi\u{202e}txt.exe",
+        "~tilde#hash?query*star",
+        " leading space",
+        "Case",
+        "case",
+        "CASE",
+        "Coração 🙂",
+        long.as_str(),
+        long_variant.as_str(),
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    let bodies: Vec<String> =
+        titles.iter().enumerate().map(|(i, title)| message(title, "romance", &i.to_string())).collect();
+    submit(&app.http, &app.url(""), format!("[{}]", bodies.join(","))).await;
+
+    let db = env.db().await;
+    let counts = settled(&db, Duration::from_secs(30)).await;
+    assert_eq!(counts.get("stored"), Some(&(titles.len() as i64)), "{counts:?}");
+
+    // Every file in the whole test folder is either the database or directly in the bucket.
+    let root = env.dir.path();
+    let bucket = objects_dir(&env).join("romance");
+    let files = walk(root);
+    let mut in_bucket = Vec::new();
+    for file in &files {
+        if file.parent() == Some(root.join("data").as_path()) {
+            continue;
+        }
+        assert_eq!(file.parent(), Some(bucket.as_path()), "{} is outside the bucket folder", file.display());
+        in_bucket.push(file.clone());
+    }
+    // One file per title: case variants and long titles stay distinct.
+    assert_eq!(in_bucket.len(), titles.len(), "{in_bucket:#?}");
+    for row in rows(&db).await {
+        let path = bucket.join(&row.object_name);
+        assert!(row.object_name.len() <= 255, "{} bytes", row.object_name.len());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), row.body, "{}", path.display());
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn storage_errors_are_retried_and_end_failed_after_the_last_attempt() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.jobs.job_max_attempts = 3).await;
+    // A regular file where a bucket folder belongs: every write into it fails (even as root).
+    let objects = objects_dir(&env);
+    std::fs::write(objects.join("romance"), "in the way").unwrap();
+    std::fs::write(objects.join("scifi"), "in the way").unwrap();
+    let ids = submit(
+        &app.http,
+        &app.url(""),
+        format!("[{}, {}]", message("Recovers", "romance", "r"), message("Never", "scifi", "s")),
+    )
+    .await;
+
+    let job_of = |id: i64| {
+        let app = &app;
+        async move {
+            let data = app
+                .gql_ok("query($id: ID!) { intakeMessage(id: $id) { jobId } }", json!({ "id": id.to_string() }))
+                .await;
+            data["intakeMessage"]["jobId"].as_str().unwrap().to_string()
+        }
+    };
+    let romance_job = job_of(ids[0]).await;
+    eventually(Duration::from_secs(20), "a failed attempt on the romance job", || async {
+        let data = app.gql_ok("query($id: ID!) { job(id: $id) { lastError } }", json!({ "id": romance_job })).await;
+        data["job"]["lastError"].as_str().map(str::to_string)
+    })
+    .await;
+    std::fs::remove_file(objects.join("romance")).unwrap();
+
+    let db = env.db().await;
+    settled(&db, Duration::from_secs(30)).await;
+    let rows = rows(&db).await;
+    assert_eq!(rows[0].status, "stored", "the romance write succeeds once storage is back");
+    assert!(objects.join("romance/Recovers.json").is_file());
+    assert_eq!(rows[1].status, "failed");
+    let reason = rows[1].reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("storage error after 3 attempts"), "{reason}");
+    let scifi_job = job_of(ids[1]).await;
+    let data = app.gql_ok("query($id: ID!) { job(id: $id) { status attempts } }", json!({ "id": scifi_job })).await;
+    assert_eq!(data["job"], json!({ "status": "FAILED", "attempts": 3 }));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn messages_whose_job_was_lost_are_dead_lettered_by_the_sweep() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
+    let ids = submit(&app.http, &app.url(""), message("Orphan", "romance", "o")).await;
+    let db = env.db().await;
+    // Its job died on the last attempt (what `fail_abandoned` records).
+    db.execute_raw(stmt(
+        &db,
+        "UPDATE jobs SET status = 'failed', last_error = 'worker lost (lease expired) on the last attempt'",
+        [],
+    ))
+    .await
+    .unwrap();
+    emporium::intake::reconcile(&app.state).await.unwrap();
+    let rows = rows(&db).await;
+    assert_eq!(rows[0].id, ids[0]);
+    assert_eq!(rows[0].status, "failed");
+    assert_eq!(rows[0].reason.as_deref(), Some("processing failed: worker lost (lease expired) on the last attempt"));
+    assert!(rows[0].processed_at.is_some());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_rerun_clears_the_staging_file_of_an_interrupted_write() {
+    let env = TestEnv::new().await;
+    let intake = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
+    let body = message("Interrupted", "romance", "i");
+    submit(&intake.http, &intake.url(""), body.clone()).await;
+    // What a node killed inside a write leaves: the job's attempt spent, a staging file.
+    let db = env.db().await;
+    db.execute_raw(stmt(&db, "UPDATE jobs SET attempts = 1", [])).await.unwrap();
+    let bucket = objects_dir(&env).join("romance");
+    std::fs::create_dir_all(&bucket).unwrap();
+    std::fs::write(bucket.join("Interrupted.json#1"), "half a wri").unwrap();
+
+    let worker = TestApp::spawn(&env).await;
+    settled(&db, Duration::from_secs(30)).await;
+    let files = walk(&bucket);
+    assert_eq!(files, vec![bucket.join("Interrupted.json")]);
+    assert_eq!(std::fs::read_to_string(&files[0]).unwrap(), body);
+    worker.stop().await;
+    intake.stop().await;
+}
+
+#[tokio::test]
+async fn lists_page_and_filter() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
+    let bodies: Vec<String> = (0..5).map(|i| message(&format!("P{i}"), "romance", &i.to_string())).collect();
+    let ids = submit(&app.http, &app.url(""), format!("[{}]", bodies.join(","))).await;
+    let page = "query($after: String) { intakeMessages(first: 2, after: $after, status: QUEUED) {
+        totalCount pageInfo { hasNextPage endCursor } nodes { id status } } }";
+    let first = app.gql_ok(page, json!({})).await;
+    assert_eq!(first["intakeMessages"]["totalCount"], 5);
+    assert_eq!(first["intakeMessages"]["nodes"][0]["id"], ids[0].to_string());
+    assert_eq!(first["intakeMessages"]["pageInfo"]["hasNextPage"], true);
+    let cursor = first["intakeMessages"]["pageInfo"]["endCursor"].clone();
+    let second = app.gql_ok(page, json!({ "after": cursor })).await;
+    assert_eq!(second["intakeMessages"]["nodes"][0]["id"], ids[2].to_string());
+    let by_client_id =
+        app.gql_ok(r#"{ intakeMessages(messageId: "m-3") { totalCount nodes { title } } }"#, json!({})).await;
+    assert_eq!(by_client_id["intakeMessages"]["nodes"][0]["title"], "P3");
+    let stored = app.gql_ok("{ intakeMessages(status: STORED) { totalCount } }", json!({})).await;
+    assert_eq!(stored["intakeMessages"]["totalCount"], 0);
+    let bad = app.gql(r#"{ intakeMessages(after: "garbage") { totalCount } }"#, json!({})).await;
+    assert_eq!(error_code(&bad).as_deref(), Some("BAD_USER_INPUT"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn health_reports_the_queue_and_turns_503_when_storage_is_unreachable() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| {
+        config.jobs.job_workers = 0;
+        config.intake.intake_max_wait = Duration::from_millis(1);
+    })
+    .await;
+    let health = |app: &TestApp| {
+        let request = app.http.get(app.url("/health"));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = health(&app).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["checks"]["intake"]["status"], "up");
+    assert_eq!(body["checks"]["intake"]["queue_depth"], 0);
+    assert!(body["checks"]["intake"]["oldest_waiting_age_ms"].is_null());
+    assert_eq!(body["checks"]["intake"]["buckets"], json!({ "romance": "romance", "scifi": "scifi" }));
+
+    let bodies: Vec<String> = (0..3).map(|i| message(&format!("W{i}"), "scifi", &i.to_string())).collect();
+    submit(&app.http, &app.url(""), format!("[{}]", bodies.join(","))).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, body) = health(&app).await;
+    assert_eq!(status, 200, "a backlog is not an outage");
+    let intake = &body["checks"]["intake"];
+    assert_eq!(intake["queue_depth"], 3);
+    assert_eq!(intake["jobs_waiting"], 1);
+    assert!(intake["oldest_waiting_age_ms"].as_i64().unwrap_or(-1) >= 20, "{intake:#}");
+    assert_eq!(intake["status"], "degraded", "older than INTAKE_MAX_WAIT");
+
+    // The object store's folder replaced by a regular file: nothing can be written.
+    let objects = objects_dir(&env);
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::write(&objects, "not a folder").unwrap();
+    let (status, body) = health(&app).await;
+    assert_eq!(status, 503, "{body:#}");
+    assert_eq!(body["checks"]["object_store"]["status"], "down");
+
+    std::fs::remove_file(&objects).unwrap();
+    std::fs::create_dir(&objects).unwrap();
+    let (status, _) = health(&app).await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_submissions_are_each_stored_and_announced_once() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let mut subscriber = Subscriber::ready(&app).await;
+    let clients = 8;
+    let requests = 10;
+    let per_request = 20;
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let http = app.http.clone();
+        let base = app.url("");
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for request in 0..requests {
+                let bodies: Vec<String> = (0..per_request)
+                    .map(|i| {
+                        let genre = ["romance", "scifi"][i % 2];
+                        message(&format!("c{client}-r{request}-{i}"), genre, &format!("{client}/{request}/{i}"))
+                    })
+                    .collect();
+                ids.extend(submit(&http, &base, format!("[{}]", bodies.join(","))).await);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await.unwrap());
+    }
+    let total = clients * requests * per_request;
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), total, "every message got its own id");
+
+    let db = env.db().await;
+    let counts = settled(&db, Duration::from_secs(60)).await;
+    assert_eq!(counts.get("stored"), Some(&(total as i64)), "{counts:?}");
+    let files = walk(&objects_dir(&env));
+    assert_eq!(files.len(), total);
+
+    let notices = subscriber.drain(Duration::from_secs(2)).await;
+    let announced: HashSet<String> = notices.iter().map(|notice| notice["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(notices.len(), total, "one notice per message");
+    assert_eq!(announced.len(), total, "no message announced twice");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn notices_reach_subscribers_on_other_nodes() {
+    let env = TestEnv::new().await;
+    if env.redis_url.is_none() {
+        eprintln!("skipped: cross-node events need REDIS_URL (embedded mode has one node)");
+        return;
+    }
+    // The subscriber's node runs no jobs; another node does the writing.
+    let front = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
+    let worker = TestApp::spawn(&env).await;
+    let mut subscriber = Subscriber::ready(&front).await;
+    submit(
+        &front.http,
+        &front.url(""),
+        format!("[{}, {}]", message("X1", "romance", "1"), message("X2", "scifi", "2")),
+    )
+    .await;
+    let mut keys = Vec::new();
+    while keys.len() < 2 {
+        let data = subscriber.next(Duration::from_secs(15)).await.expect("notices from the other node");
+        if data["intakeProcessed"]["id"] != "0" {
+            keys.push(data["intakeProcessed"]["key"].as_str().unwrap().to_string());
+        }
+    }
+    keys.sort();
+    assert_eq!(keys, ["X1.json", "X2.json"]);
+    worker.stop().await;
+    front.stop().await;
+}
+
+/// Collects `intakeProcessed` notices of a node process in the background.
+fn collect_notices(addr: SocketAddr) -> tokio::task::JoinHandle<Vec<Value>> {
+    tokio::spawn(async move {
+        let query = format!("subscription {{ intakeProcessed {{ {NOTICE_FIELDS} }} }}");
+        let mut subscriber = Subscriber::start(addr, &query).await;
+        let mut notices = Vec::new();
+        while let Some(data) = subscriber.next(Duration::from_secs(3600)).await {
+            notices.push(data["intakeProcessed"].clone());
+        }
+        notices
+    })
+}
+
+#[tokio::test]
+async fn a_node_killed_while_processing_10000_messages_leaves_each_stored_exactly_once() {
+    const TOTAL: usize = 10_000;
+    let env = TestEnv::new().await;
+    // Node A writes slowly enough to be caught in the middle.
+    let node_a = NodeProcess::spawn(&env, &[("INTAKE_WRITE_CONCURRENCY", "2"), ("INTAKE_BATCH_SIZE", "50")]).await;
+    let notices_a = collect_notices(node_a.addr);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let http = reqwest::Client::new();
+    let base = node_a.url("");
+    let mut expected: HashMap<String, String> = HashMap::new();
+    let mut ids = Vec::new();
+    for chunk in 0..10 {
+        let bodies: Vec<String> = (chunk * 1000..(chunk + 1) * 1000)
+            .map(|i| {
+                let genre = ["romance", "scifi"][i % 2];
+                let body = message(&format!("kill-{i:05}"), genre, &format!("body {i}"));
+                expected.insert(format!("{genre}/kill-{i:05}.json"), body.clone());
+                body
+            })
+            .collect();
+        ids.extend(submit(&http, &base, format!("[{}]", bodies.join(","))).await);
+    }
+    assert_eq!(ids.len(), TOTAL);
+
+    let db = env.db().await;
+    let stored_before_kill = eventually(Duration::from_secs(120), "node A to store some messages", || async {
+        let stored = count_by_status(&db).await.get("stored").copied().unwrap_or(0);
+        (stored >= 1000).then_some(stored)
+    })
+    .await;
+    node_a.kill().await;
+    let at_kill = count_by_status(&db).await.get("stored").copied().unwrap_or(0);
+    assert!(
+        at_kill < TOTAL as i64,
+        "node A finished before it was killed ({stored_before_kill} stored); nothing was tested"
+    );
+    eprintln!("node A killed with {at_kill} of {TOTAL} messages stored");
+
+    let node_b = NodeProcess::spawn(&env, &[]).await;
+    let notices_b = collect_notices(node_b.addr);
+    let counts = settled(&db, Duration::from_secs(240)).await;
+    assert_eq!(counts.get("stored"), Some(&(TOTAL as i64)), "{counts:?}");
+
+    // Each file present once, with its message's exact JSON, and nothing else in the store.
+    let objects = objects_dir(&env);
+    let files = walk(&objects);
+    assert_eq!(
+        files.len(),
+        TOTAL,
+        "stray files: {:?}",
+        files.iter().filter(|f| !f.to_string_lossy().ends_with(".json")).take(5).collect::<Vec<_>>()
+    );
+    for file in &files {
+        let relative = file.strip_prefix(&objects).unwrap().to_string_lossy().to_string();
+        let body = expected.get(&relative).unwrap_or_else(|| panic!("unexpected file {relative}"));
+        assert_eq!(&std::fs::read_to_string(file).unwrap(), body, "{relative}");
+    }
+
+    // Stored once: no message was announced by both nodes (or twice by one).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node_b.terminate().await;
+    let mut announced = HashSet::new();
+    let mut notices = notices_a.await.unwrap();
+    notices.extend(notices_b.await.unwrap());
+    assert!(!notices.is_empty(), "the subscribers saw the processing");
+    for notice in &notices {
+        let id = notice["id"].as_str().unwrap().to_string();
+        assert!(announced.insert(id.clone()), "message {id} was announced twice");
+    }
+    let rows = rows(&db).await;
+    assert!(rows.iter().all(|row| row.status == "stored" && row.bucket.is_some() && row.processed_at.is_some()));
+}

@@ -1,0 +1,13 @@
+//! Black-box tests against spawned apps: in-process nodes on loopback, or `emporium`
+//! processes for crash tests. SQLite by default; with `DATABASE_URL` (and `REDIS_URL`)
+//! set, every test gets its own Postgres database (and Redis key prefix).
+
+mod support;
+
+mod catalog;
+mod feed;
+mod foundation;
+mod intake;
+mod jobs;
+mod store;
+mod uploads;

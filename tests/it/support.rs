@@ -1,0 +1,274 @@
+//! The test harness: environments (database, Redis prefix, data folder, simulator),
+//! in-process nodes and node processes, and small HTTP/GraphQL helpers.
+
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use clap::Parser as _;
+use emporium::{
+    app::App,
+    config::{Cli, Config},
+    state::AppState,
+};
+use sea_orm::{ConnectionTrait as _, Database};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::{sync::oneshot, task::JoinHandle};
+
+/// One deployment's shared parts: what several nodes of a test have in common.
+pub struct TestEnv {
+    /// `None` means embedded SQLite under `dir`.
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    pub dir: TempDir,
+    pub sim: sim::RunningSim,
+}
+
+impl TestEnv {
+    /// A fresh environment: a new Postgres database when `DATABASE_URL` is set (else a
+    /// SQLite file in a temp folder), a unique Redis prefix when `REDIS_URL` is set, and a
+    /// simulator with fast ticks that the test drives itself.
+    pub async fn new() -> Self {
+        Self::with_sim(sim::SimConfig {
+            offers_tick: Duration::from_secs(3600),
+            feed_periods: vec![Duration::from_secs(3600); 3],
+            feed_items: 20,
+            seed: Some(7),
+        })
+        .await
+    }
+
+    pub async fn with_sim(sim_config: sim::SimConfig) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let database_url = match std::env::var("DATABASE_URL") {
+            Ok(base) if base.starts_with("postgres") => Some(fresh_postgres_database(&base).await),
+            _ => None,
+        };
+        let redis_url = std::env::var("REDIS_URL").ok().filter(|url| !url.is_empty());
+        let redis_prefix = format!("emporium-test-{}", uuid::Uuid::new_v4().simple());
+        let sim =
+            sim::Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), sim_config).await.expect("simulator starts");
+        Self { database_url, redis_url, redis_prefix, dir, sim }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.database_url.is_some()
+    }
+
+    /// A node configuration for this environment (fast job polling and short leases).
+    pub fn config(&self) -> Config {
+        let mut config = Cli::try_parse_from(["emporium"]).expect("default config").serve;
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.database.database_url = self.database_url.clone();
+        config.database.data_dir = self.dir.path().join("data");
+        config.database.database_max_connections = 8;
+        config.redis_url = self.redis_url.clone();
+        config.redis_prefix = self.redis_prefix.clone();
+        config.object_store_url = Some(format!("file://{}", self.dir.path().join("objects").display()));
+        config.api_tokens = Vec::new();
+        config.jobs.job_poll_interval = Duration::from_millis(50);
+        config.jobs.job_lease = Duration::from_secs(2);
+        config.jobs.job_backoff_base = Duration::from_millis(100);
+        config.jobs.job_backoff_max = Duration::from_secs(1);
+        config.jobs.periodic_lease = Duration::from_secs(2);
+        config.jobs.shutdown_grace = Duration::from_secs(2);
+        config.upstreams.offers_url = Some(self.sim.offers_url());
+        config.upstreams.feed_sources =
+            self.sim.feed_urls().into_iter().map(|(url, period)| format!("{url}@{}s", period.as_secs())).collect();
+        config.log_filter = std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into());
+        config
+    }
+
+    /// The same configuration as environment variables, for node processes.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let config = self.config();
+        let mut vars = vec![
+            ("DATA_DIR".to_string(), config.database.data_dir.display().to_string()),
+            ("OBJECT_STORE_URL".into(), config.object_store_url.clone().unwrap_or_default()),
+            ("REDIS_PREFIX".into(), self.redis_prefix.clone()),
+            ("JOB_POLL_INTERVAL".into(), "50ms".into()),
+            ("JOB_LEASE".into(), "2s".into()),
+            ("JOB_BACKOFF_BASE".into(), "100ms".into()),
+            ("JOB_BACKOFF_MAX".into(), "1s".into()),
+            ("PERIODIC_LEASE".into(), "2s".into()),
+            ("SHUTDOWN_GRACE".into(), "2s".into()),
+            // Many nodes share one test Postgres: keep each pool small.
+            ("DATABASE_MAX_CONNECTIONS".into(), "6".into()),
+            ("OFFERS_URL".into(), self.sim.offers_url()),
+            ("FEED_SOURCES".into(), config.upstreams.feed_sources.join(",")),
+            ("RUST_LOG".into(), std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into())),
+        ];
+        if let Some(url) = &self.database_url {
+            vars.push(("DATABASE_URL".into(), url.clone()));
+        }
+        if let Some(url) = &self.redis_url {
+            vars.push(("REDIS_URL".into(), url.clone()));
+        }
+        vars
+    }
+
+    /// A direct database connection, for assertions on stored rows.
+    pub async fn db(&self) -> sea_orm::DatabaseConnection {
+        let config = self.config();
+        emporium::db::connect(&config.database).await.expect("test database connection")
+    }
+}
+
+/// Creates a uniquely named database next to the one in `base` and returns its URL.
+async fn fresh_postgres_database(base: &str) -> String {
+    let name = format!("emporium_t_{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect(base).await.expect("connect to DATABASE_URL");
+    admin.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create test database");
+    admin.close().await.ok();
+    let mut url = url::Url::parse(base).expect("DATABASE_URL is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// A node running inside the test process.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(env: &TestEnv) -> Self {
+        Self::spawn_with(env, |_| {}).await
+    }
+
+    pub async fn spawn_with(env: &TestEnv, adjust: impl FnOnce(&mut Config)) -> Self {
+        let mut config = env.config();
+        adjust(&mut config);
+        emporium::telemetry::init_logging("text", &config.log_filter);
+        let app = App::build(config).await.expect("app builds");
+        let addr = app.addr();
+        let state = app.state.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = stopped.await;
+        }));
+        Self { addr, state, http: reqwest::Client::new(), stop: Some(stop), task }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Runs a GraphQL operation and returns the whole response body.
+    pub async fn gql(&self, query: &str, variables: Value) -> Value {
+        self.gql_as(None, query, variables).await
+    }
+
+    pub async fn gql_as(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut request = self.http.post(self.url("/graphql")).json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("graphql request").json().await.expect("graphql json")
+    }
+
+    /// Runs an operation that must succeed; returns `data`.
+    pub async fn gql_ok(&self, query: &str, variables: Value) -> Value {
+        let response = self.gql(query, variables).await;
+        assert!(response.get("errors").is_none(), "unexpected errors: {response:#}");
+        response["data"].clone()
+    }
+
+    /// Graceful stop (what SIGTERM does).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.task).await;
+    }
+}
+
+/// The first GraphQL error's `extensions.code`.
+pub fn error_code(response: &Value) -> Option<String> {
+    response["errors"][0]["extensions"]["code"].as_str().map(str::to_string)
+}
+
+/// An `emporium` process, for tests that kill -9 a node.
+pub struct NodeProcess {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl NodeProcess {
+    pub async fn spawn(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_emporium"));
+        command.arg("serve").env_clear().env("LISTEN", addr.to_string()).envs(env.env_vars());
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let child =
+            command.stdout(Stdio::null()).stderr(Stdio::inherit()).kill_on_drop(true).spawn().expect("spawn emporium");
+        let node = Self { addr, child };
+        node.wait_ready().await;
+        node
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}/health", self.addr);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if client.get(&url).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node on {} did not become ready", self.addr);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGKILL: no shutdown, no release of anything it holds.
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then wait for a graceful exit.
+    pub async fn terminate(mut self) -> Option<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.ok().and_then(Result::ok)
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("free port")
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
