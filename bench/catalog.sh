@@ -3,7 +3,7 @@
 #   1. 10,000 products × 5 offers seeded directly into a fresh Postgres database;
 #   2. requests/s of `products(first: 50){ nodes { name offers { price itemsInStock } } }`
 #      through emporium's GraphQL endpoint vs a minimal axum handler serving the same JSON
-#      from one hand-written SQL query (benches/catalog.rs), with wrk, in the same run;
+#      from one hand-written SQL query (benches/helpers/catalog.rs), with wrk, in the same run;
 #   3. one full offer sync of the 10,000 products against the bundled simulator (products/s).
 # Settings: DATABASE_URL (a Postgres URL whose server we may create a database on),
 # BENCH_DURATION (wrk seconds per side, default 15), BENCH_CONNECTIONS (default 32).
@@ -40,8 +40,8 @@ wait_http() {
 
 echo "== building (release)"
 cargo build --release --quiet
-BASELINE_BIN="$(cargo bench --bench catalog --no-run --message-format=json 2>/dev/null \
-  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "catalog" and .executable != null) | .executable' | tail -1)"
+BASELINE_BIN="$(cargo bench --bench helpers --no-run --message-format=json 2>/dev/null \
+  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "helpers" and .executable != null) | .executable' | tail -1)"
 [ -x "$BASELINE_BIN" ] || { echo "could not build the catalog bench helper" >&2; exit 1; }
 
 echo "== seeding ${DB_NAME}: 10,000 products x 5 offers"
@@ -65,7 +65,7 @@ env DATABASE_URL="$DB_URL" LISTEN="127.0.0.1:${EMPORIUM_PORT}" DATA_DIR="$WORK/d
     OFFERS_SYNC_CRON="0 0 0 1 1 *" JOB_WORKERS=0 RUST_LOG=warn \
     target/release/emporium serve >"$WORK/emporium.log" 2>&1 &
 PIDS+=($!)
-"$BASELINE_BIN" baseline "127.0.0.1:${BASELINE_PORT}" "$DB_URL" >"$WORK/baseline.log" 2>&1 &
+"$BASELINE_BIN" catalog-baseline "127.0.0.1:${BASELINE_PORT}" "$DB_URL" >"$WORK/baseline.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:${EMPORIUM_PORT}/health"
 wait_http "http://127.0.0.1:${BASELINE_PORT}/graphql"
@@ -104,4 +104,4 @@ for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 PIDS=()
 
 echo "== offer sync of 10,000 products against the bundled simulator"
-"$BASELINE_BIN" sync "$DB_URL"
+"$BASELINE_BIN" catalog-sync "$DB_URL"

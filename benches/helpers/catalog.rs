@@ -1,10 +1,10 @@
 //! Catalog benchmark helpers, driven by `bench/catalog.sh`.
 //!
-//! - `catalog baseline LISTEN DATABASE_URL`: the reference for the GraphQL catalog query.
+//! - `helpers catalog-baseline LISTEN DATABASE_URL`: the reference for the GraphQL catalog query.
 //!   A minimal axum handler that answers any request to `/graphql` with exactly the JSON
 //!   of `products(first: 50) { nodes { name offers { price itemsInStock } } }`, built
 //!   from one hand-written SQL query.
-//! - `catalog sync DATABASE_URL`: times full offer syncs of every registered product
+//! - `helpers catalog-sync DATABASE_URL`: times full offer syncs of every registered product
 //!   against the bundled simulator (in-process, on loopback), through the same code the
 //!   periodic job runs.
 
@@ -19,20 +19,6 @@ use sea_orm::{
 };
 use serde::Serialize;
 
-fn main() -> anyhow::Result<()> {
-    // `cargo bench` appends `--bench`; anything starting with `--` is not ours.
-    let args: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["baseline", listen, database_url] => runtime.block_on(baseline(listen.parse()?, database_url)),
-        ["sync", database_url] => runtime.block_on(sync(database_url)),
-        _ => {
-            eprintln!("usage: catalog baseline LISTEN DATABASE_URL | catalog sync DATABASE_URL");
-            Ok(())
-        }
-    }
-}
-
 #[derive(Serialize)]
 struct Offer {
     price: i64,
@@ -46,7 +32,7 @@ struct Product {
     offers: Vec<Offer>,
 }
 
-async fn baseline(listen: SocketAddr, database_url: &str) -> anyhow::Result<()> {
+pub async fn baseline(listen: SocketAddr, database_url: &str) -> anyhow::Result<()> {
     let pool = PgPoolOptions::new().max_connections(16).connect(database_url).await?;
     let app = Router::new().route("/graphql", any(first_page)).with_state(pool);
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -79,7 +65,7 @@ async fn first_page(State(pool): State<sqlx::PgPool>) -> Result<Json<serde_json:
     Ok(Json(serde_json::json!({ "data": { "products": { "nodes": nodes } } })))
 }
 
-async fn sync(database_url: &str) -> anyhow::Result<()> {
+pub async fn sync(database_url: &str) -> anyhow::Result<()> {
     let sim = sim::Simulator::start(
         SocketAddr::from(([127, 0, 0, 1], 0)),
         sim::SimConfig {

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Record-store benchmark (issue 4), run from the repo root. Purchases/s with 64
+# concurrent clients against Postgres, in one run:
+#   - emporium: `createPurchase` over GraphQL, driven by wrk;
+#   - reference: pgbench driving the same two statements the service runs in one
+#     transaction (the conditional stock decrement, then the INSERT … SELECT);
+# first on one hot record, then spread over 1,000 records. Last, a sell-out: 64 clients
+# hammer a record holding 500 units through emporium; exactly 500 must be effective.
+# Every phase ends with the oversell check: units sold beyond a record's stock (must be 0).
+# Settings: DATABASE_URL (a Postgres URL whose server we may create a database on),
+# BENCH_DURATION (seconds per measurement, default 10), BENCH_CONNECTIONS (default 64).
+set -euo pipefail
+
+BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+DURATION="${BENCH_DURATION:-10}"
+CLIENTS="${BENCH_CONNECTIONS:-64}"
+DB_NAME="emporium_bench_store"
+DB_URL="${BASE_URL%/*}/${DB_NAME}"
+WORK="$(mktemp -d)"
+PIDS=()
+HOT_STOCK=2000000000 # enough never to run out while measuring
+SPREAD_STOCK=10000000
+SELL_OUT_STOCK=500
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need psql || ! need pgbench || ! need jq; then
+  apt-get update -qq && apt-get install -y -qq wrk postgresql-client postgresql-contrib jq >/dev/null
+fi
+# Debian ships pgbench with the server packages, outside PATH.
+PGBENCH="$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -1)"
+[ -x "$PGBENCH" ] || { echo "pgbench not found" >&2; exit 1; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_http() {
+  for _ in $(seq 1 300); do
+    if curl -s -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2; exit 1
+}
+sql() { psql -qAt -v ON_ERROR_STOP=1 "$DB_URL" -c "$1"; }
+
+echo "== building (release)"
+cargo build --release --quiet
+
+echo "== fresh database ${DB_NAME}: ${CLIENTS} customers, 1 hot record, 1,000 records, 1 sell-out record"
+psql -q "$BASE_URL" -c "DROP DATABASE IF EXISTS ${DB_NAME}" -c "CREATE DATABASE ${DB_NAME}" >/dev/null
+DATABASE_URL="$DB_URL" RUST_LOG=warn target/release/emporium migrate >/dev/null
+psql -q -v ON_ERROR_STOP=1 "$DB_URL" >/dev/null <<SQL
+INSERT INTO customers (name, name_folded, email, email_folded, active, created_at, updated_at)
+SELECT 'Customer ' || g, 'customer ' || g, 'c' || g || '@example.com', 'c' || g || '@example.com', true, 0, 0
+FROM generate_series(1, ${CLIENTS}) AS g;
+-- id 1: the hot record; ids 2..1001: the spread; id 1002: the sell-out.
+INSERT INTO records (title, title_folded, artist, artist_folded, genre, genre_folded, release_year, price, stock, created_at, updated_at)
+SELECT 'Record ' || g, 'record ' || g, 'Artist', 'artist', 'Rock', 'rock', 1970, 1999,
+       CASE WHEN g = 1 THEN ${HOT_STOCK} WHEN g = 1002 THEN ${SELL_OUT_STOCK} ELSE ${SPREAD_STOCK} END, 0, 0
+FROM generate_series(1, 1002) AS g;
+CREATE TABLE bench_initial_stock AS SELECT id, stock FROM records;
+ANALYZE;
+SQL
+
+PORT="$(free_port)"
+env DATABASE_URL="$DB_URL" LISTEN="127.0.0.1:${PORT}" DATA_DIR="$WORK/data" JOB_WORKERS=0 \
+    OFFERS_SYNC_CRON="0 0 0 1 1 *" RUST_LOG=warn \
+    target/release/emporium serve >"$WORK/emporium.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:${PORT}/health"
+POOL="$(target/release/emporium --help | grep -A1 -e '--database-max-connections' | grep -o 'default: [0-9]*' | grep -o '[0-9]*' || echo '?')"
+
+# wrk: one createPurchase per request, for a record drawn from [lo, hi].
+wrk_script() { # lo hi -> lua file
+  cat >"$WORK/purchase-$1-$2.lua" <<LUA
+local counter = 0
+request = function()
+  counter = counter + 1
+  local record = math.random($1, $2)
+  local customer = math.random(1, ${CLIENTS})
+  local body = '{"query":"mutation(\$i: CreatePurchaseInput!) { createPurchase(input: \$i) { id status } }",'
+    .. '"variables":{"i":{"customerId":"' .. customer .. '","recordId":"' .. record .. '","quantity":1}}}'
+  return wrk.format("POST", "/graphql", { ["Content-Type"] = "application/json" }, body)
+end
+response = function(status, headers, body)
+  if status ~= 200 or string.find(body, '"errors"') then
+    io.stderr:write("bad answer: " .. status .. " " .. body .. "\n")
+  end
+end
+LUA
+  echo "$WORK/purchase-$1-$2.lua"
+}
+
+# pgbench: the service's statements, verbatim, in one transaction (prepared, as sqlx does).
+pgbench_script() { # lo hi -> script file
+  cat >"$WORK/purchase-$1-$2.sql" <<SQL
+\set record random($1, $2)
+\set customer random(1, ${CLIENTS})
+BEGIN;
+UPDATE records SET stock = stock - 1, updated_at = 0 WHERE id = :record AND stock >= 1;
+INSERT INTO purchases (customer_id, record_id, quantity, unit_price, total, status, created_at)
+  SELECT c.id, r.id, 1, r.price, r.price * 1, 'EFFECTIVE', 0
+  FROM customers c, records r
+  WHERE c.id = :customer AND c.active AND r.id = :record AND r.price * 1 <= 2147483647
+  RETURNING id, customer_id, record_id, quantity, unit_price, total, status, created_at, cancelled_at;
+COMMIT;
+SQL
+  echo "$WORK/purchase-$1-$2.sql"
+}
+
+emporium_rps() { # lo hi -> purchases/s
+  local script
+  script="$(wrk_script "$1" "$2")"
+  wrk -t2 -c"$CLIENTS" -d2s -s "$script" "http://127.0.0.1:${PORT}" >/dev/null 2>>"$WORK/wrk.err" # warm-up
+  wrk -t2 -c"$CLIENTS" -d"${DURATION}s" -s "$script" "http://127.0.0.1:${PORT}" 2>>"$WORK/wrk.err" \
+    | tee -a "$WORK/wrk.log" | awk '/Requests\/sec/ { print $2 }'
+}
+pgbench_tps() { # lo hi -> transactions/s
+  "$PGBENCH" -n -M prepared -c "$CLIENTS" -j 2 -T "$DURATION" -f "$(pgbench_script "$1" "$2")" "$DB_URL" 2>&1 \
+    | tee -a "$WORK/pgbench.log" | awk '/^tps/ { print $3; exit }'
+}
+oversold() { # units sold beyond what a record held (initial stock + restocks, none here)
+  sql "SELECT COALESCE(SUM(GREATEST(sold - i.stock, 0)), 0) FROM bench_initial_stock i
+       JOIN (SELECT record_id, SUM(quantity) AS sold FROM purchases WHERE status = 'EFFECTIVE' GROUP BY record_id) p
+         ON p.record_id = i.id"
+}
+consistent() { # every record's stock = initial - effective units
+  sql "SELECT COUNT(*) FROM records r JOIN bench_initial_stock i ON i.id = r.id
+       LEFT JOIN (SELECT record_id, SUM(quantity) AS sold FROM purchases WHERE status = 'EFFECTIVE' GROUP BY record_id) p
+         ON p.record_id = r.id
+       WHERE r.stock <> i.stock - COALESCE(p.sold, 0) OR r.stock < 0"
+}
+
+ratio() { python3 -c "print(f'{float(\"$1\") / float(\"$2\"):.2f}')"; }
+declare -A RESULT
+for phase in "hot:1:1" "spread:2:1001"; do
+  IFS=: read -r name lo hi <<<"$phase"
+  echo "== ${name} (records ${lo}..${hi}): ${CLIENTS} clients, ${DURATION}s each"
+  e="$(emporium_rps "$lo" "$hi")"
+  p="$(pgbench_tps "$lo" "$hi")"
+  RESULT[$name]="emporium ${e} purchases/s, pgbench ${p} tx/s, ratio $(ratio "$e" "$p")"
+  echo "   ${RESULT[$name]}; oversold units so far: $(oversold)"
+done
+
+echo "== sell-out: ${CLIENTS} clients against record 1002 holding ${SELL_OUT_STOCK} units, 3s"
+wrk -t2 -c"$CLIENTS" -d3s -s "$(wrk_script 1002 1002)" "http://127.0.0.1:${PORT}" >/dev/null 2>>"$WORK/wrk.err"
+EFFECTIVE="$(sql "SELECT COUNT(*) FROM purchases WHERE record_id = 1002 AND status = 'EFFECTIVE'")"
+OUT="$(sql "SELECT COUNT(*) FROM purchases WHERE record_id = 1002 AND status = 'OUT_OF_STOCK'")"
+LEFT="$(sql "SELECT stock FROM records WHERE id = 1002")"
+
+BAD="$(grep -c 'bad answer' "$WORK/wrk.err" || true)"
+echo
+echo "Postgres, ${CLIENTS} concurrent clients (emporium pool: ${POOL} connections; pgbench: ${CLIENTS})"
+echo "hot record:    ${RESULT[hot]}"
+echo "1,000 records: ${RESULT[spread]}   (goal >= 0.5 for both)"
+echo "sell-out:      ${EFFECTIVE} effective, ${OUT} out of stock, stock left ${LEFT} (expect ${SELL_OUT_STOCK} effective, 0 left)"
+echo "oversold units: $(oversold); records whose stock disagrees with their purchases: $(consistent); failed requests: ${BAD}"
+[ "$(oversold)" = 0 ] && [ "$(consistent)" = 0 ] && [ "$EFFECTIVE" = "$SELL_OUT_STOCK" ] && [ "$LEFT" = 0 ] && [ "$BAD" = 0 ] \
+  || { echo "INTEGRITY CHECK FAILED" >&2; exit 1; }

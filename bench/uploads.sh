@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Upload benchmark (issue 5), run from the repo root, in one run:
+#   1. upload path: POST a generated 1 GiB JSON array (millions of products) to
+#      `POST /v1/products` and, as the reference, to a minimal axum sink that reads and
+#      discards the body (benches/helpers/uploads.rs); MB/s of both, the ratio, and the
+#      node's peak RSS while it hashed, validated and spooled the gigabyte;
+#   2. ingestion: rows/s from an accepted upload to its products in Postgres, against
+#      `psql \copy` of the same rows into a table of the same shape.
+# Settings: DATABASE_URL (a Postgres URL whose server we may create a database on),
+# BENCH_UPLOAD_BYTES (default 1 GiB), BENCH_INGEST_BYTES (default 64 MiB ≈ 270,000 rows),
+# BENCH_DIR (where the generated bodies go, default a temporary folder).
+set -euo pipefail
+
+BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+UPLOAD_BYTES="${BENCH_UPLOAD_BYTES:-1073741824}"
+INGEST_BYTES="${BENCH_INGEST_BYTES:-67108864}"
+DB_NAME="emporium_bench_uploads"
+DB_URL="${BASE_URL%/*}/${DB_NAME}"
+WORK="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/emporium-bench-uploads.XXXXXX")"
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need psql || ! need jq || ! need curl; then
+  apt-get update -qq && apt-get install -y -qq postgresql-client jq curl >/dev/null
+fi
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_http() {
+  for _ in $(seq 1 300); do
+    if curl -s -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  echo "no answer from $1" >&2; exit 1
+}
+mb() { python3 -c "print(f'{$1 / 1e6:.0f}')"; }
+
+echo "== building (release)"
+cargo build --release --quiet
+HELPERS="$(cargo bench --bench helpers --no-run --message-format=json 2>/dev/null \
+  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "helpers" and .executable != null) | .executable' | tail -1)"
+[ -x "$HELPERS" ] || { echo "could not build the bench helpers" >&2; exit 1; }
+
+echo "== generating a $(mb "$UPLOAD_BYTES") MB upload and a $(mb "$INGEST_BYTES") MB ingestion body in $WORK"
+UPLOAD_ITEMS="$("$HELPERS" uploads-generate "$WORK/upload.json" - "$UPLOAD_BYTES" big)"
+INGEST_ITEMS="$("$HELPERS" uploads-generate "$WORK/ingest.json" "$WORK/ingest.csv" "$INGEST_BYTES" rows)"
+UPLOAD_SIZE="$(stat -c %s "$WORK/upload.json")"
+
+fresh_database() {
+  psql -q "$BASE_URL" -c "DROP DATABASE IF EXISTS ${DB_NAME}" -c "CREATE DATABASE ${DB_NAME}" >/dev/null
+  DATABASE_URL="$DB_URL" RUST_LOG=warn target/release/emporium migrate >/dev/null
+  rm -rf "$WORK/data"
+}
+
+start_node() { # workers -> sets PORT and NODE_PID
+  PORT="$(free_port)"
+  env DATABASE_URL="$DB_URL" LISTEN="127.0.0.1:${PORT}" DATA_DIR="$WORK/data" JOB_WORKERS="$1" \
+      OFFERS_SYNC_CRON="0 0 0 1 1 *" RUST_LOG=warn \
+      target/release/emporium serve >>"$WORK/emporium.log" 2>&1 &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  wait_http "http://127.0.0.1:${PORT}/health"
+}
+stop_node() { kill "$NODE_PID"; wait "$NODE_PID" 2>/dev/null || true; }
+post() { # url file -> "bytes_per_second http_code"; the body streams from the file
+  curl -s -X POST -T "$2" -H 'Content-Type: application/json' -H 'Expect:' \
+    -o "$WORK/answer.json" -w '%{speed_upload} %{http_code}\n' "$1"
+}
+
+echo "== upload path: ${UPLOAD_ITEMS} products, ${UPLOAD_SIZE} bytes"
+SINK_PORT="$(free_port)"
+"$HELPERS" uploads-sink "127.0.0.1:${SINK_PORT}" &
+PIDS+=($!)
+wait_http "http://127.0.0.1:${SINK_PORT}/"
+# No workers: the node only receives (hash, validate, spool); ingestion is measured apart.
+fresh_database
+start_node 0
+read -r SINK1 code < <(post "http://127.0.0.1:${SINK_PORT}/v1/products" "$WORK/upload.json")
+[ "$code" = 200 ] || { echo "sink answered $code" >&2; exit 1; }
+read -r EMPORIUM code < <(post "http://127.0.0.1:${PORT}/v1/products" "$WORK/upload.json")
+[ "$code" = 200 ] || { echo "emporium answered $code: $(head -c 500 "$WORK/answer.json")" >&2; exit 1; }
+PEAK_KB="$(awk '/VmHWM/ { print $2 }' "/proc/${NODE_PID}/status")"
+read -r SINK2 code < <(post "http://127.0.0.1:${SINK_PORT}/v1/products" "$WORK/upload.json")
+stop_node
+SINK="$(python3 -c "print(($SINK1 + $SINK2) / 2)")"
+rm -f "$WORK/upload.json"
+
+echo "== ingestion: ${INGEST_ITEMS} products"
+fresh_database # without the gigabyte's upload and its queued ingestion
+start_node 1 # one worker: the ingestion job runs alone (registrations wait behind it)
+STARTED="$(date +%s.%N)"
+read -r _ code < <(post "http://127.0.0.1:${PORT}/v1/products" "$WORK/ingest.json")
+[ "$code" = 200 ] || { echo "emporium answered $code: $(head -c 500 "$WORK/answer.json")" >&2; exit 1; }
+UPLOAD_ID="$(jq -r .upload_id "$WORK/answer.json")"
+ACCEPTED="$(date +%s.%N)"
+while :; do
+  STATUS="$(curl -s "http://127.0.0.1:${PORT}/v1/uploads/${UPLOAD_ID}" | jq -r .status)"
+  case "$STATUS" in
+    succeeded) break ;;
+    failed) echo "ingestion failed: $(curl -s "http://127.0.0.1:${PORT}/v1/uploads/${UPLOAD_ID}")" >&2; exit 1 ;;
+  esac
+  sleep 0.05
+done
+INGESTED="$(date +%s.%N)"
+stop_node
+ROWS="$(psql -qAt "$DB_URL" -c "SELECT COUNT(*) FROM products WHERE sku LIKE 'rows-%'")"
+[ "$ROWS" = "$INGEST_ITEMS" ] || { echo "expected ${INGEST_ITEMS} products, found ${ROWS}" >&2; exit 1; }
+
+# The reference: the same rows into a table of the same shape (its indexes included).
+psql -q -v ON_ERROR_STOP=1 "$DB_URL" -c "CREATE TABLE products_copy (LIKE products INCLUDING ALL)" >/dev/null
+COPY_STARTED="$(date +%s.%N)"
+psql -q -v ON_ERROR_STOP=1 "$DB_URL" \
+  -c "\\copy products_copy (sku, name, description, attributes, registration_status, created_at, updated_at) FROM '$WORK/ingest.csv' WITH (FORMAT csv)"
+COPY_DONE="$(date +%s.%N)"
+COPIED="$(psql -qAt "$DB_URL" -c "SELECT COUNT(*) FROM products_copy")"
+
+python3 - <<PY
+sink, emporium = $SINK / 1e6, $EMPORIUM / 1e6
+print()
+print(f"upload path, {$UPLOAD_SIZE / 2**30:.2f} GiB, ${UPLOAD_ITEMS} products:")
+print(f"  emporium POST /v1/products: {emporium:.0f} MB/s (hash + validate + spool)")
+print(f"  minimal axum sink:          {sink:.0f} MB/s")
+print(f"  ratio {emporium / sink:.2f} (goal >= 0.7); emporium peak RSS {$PEAK_KB / 1024:.0f} MiB (goal < 100 MiB)")
+total, after_accept = $INGESTED - $STARTED, $INGESTED - $ACCEPTED
+copy = $COPY_DONE - $COPY_STARTED
+rows = $INGEST_ITEMS / after_accept
+print(f"ingestion, {$INGEST_ITEMS} products ({$INGEST_BYTES / 2**20:.0f} MiB):")
+print(f"  emporium: {rows:.0f} rows/s (accepted → all rows committed in {after_accept:.1f} s; {total:.1f} s with the POST;")
+print(f"            each product also gets its registration job in the same transaction)")
+print(f"  psql \\\\copy: {$COPIED / copy:.0f} rows/s ({copy:.1f} s)")
+print(f"  ratio {rows / ($COPIED / copy):.2f} (goal >= 0.5)")
+PY

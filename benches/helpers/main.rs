@@ -1,0 +1,34 @@
+//! Helpers of the benchmark scripts in `bench/`: the reference servers and clients each
+//! script compares emporium against in the same run. Built by `cargo bench --no-run`;
+//! run as `helpers <command> …` (each script finds the binary itself).
+
+mod catalog;
+mod intake;
+mod uploads;
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` appends `--bench`; anything starting with `--` is not ours.
+    let args: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match args.as_slice() {
+        ["catalog-baseline", listen, database_url] => {
+            runtime.block_on(catalog::baseline(listen.parse()?, database_url))
+        }
+        ["catalog-sync", database_url] => runtime.block_on(catalog::sync(database_url)),
+        ["uploads-generate", body, csv, bytes, prefix] => uploads::generate(body, csv, bytes.parse()?, prefix),
+        ["uploads-sink", listen] => runtime.block_on(uploads::sink(listen.parse()?)),
+        ["intake-fs", dir, count] => runtime.block_on(intake::write_directly(dir, count.parse()?)),
+        ["intake-submit", base_url, count, batch] => {
+            runtime.block_on(intake::submit_and_wait(base_url, count.parse()?, batch.parse()?))
+        }
+        _ => {
+            eprintln!(
+                "usage: helpers catalog-baseline LISTEN DATABASE_URL | catalog-sync DATABASE_URL\n\
+                 \x20      | uploads-generate BODY CSV|- BYTES SKU_PREFIX | uploads-sink LISTEN\n\
+                 \x20      | intake-fs DIR COUNT | intake-submit BASE_URL COUNT BATCH"
+            );
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! Upload benchmark helpers, driven by `bench/uploads.sh`.
+//!
+//! - `uploads-generate BODY CSV BYTES SKU_PREFIX`: writes a JSON array of products of at
+//!   least BYTES bytes to BODY and, unless CSV is `-`, the rows emporium's ingestion
+//!   makes of it to CSV (the `psql \copy` reference loads those).
+//! - `uploads-sink LISTEN`: the reference for the upload path, an axum handler that reads
+//!   every request body to the end and discards it.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Write as _},
+    net::SocketAddr,
+};
+
+use axum::{Router, body::Body, routing::any};
+use futures::StreamExt as _;
+
+/// Roughly the size of a product of a real catalog feed, in bytes of JSON.
+const DESCRIPTION: &str = "Solid pine table with a natural oil finish, seats six; ships flat-packed \
+with tools and fittings. Dimensions 180 x 90 x 75 cm, weight 38 kg.";
+
+pub fn generate(body_path: &str, csv_path: &str, bytes: u64, prefix: &str) -> anyhow::Result<()> {
+    let mut body = BufWriter::with_capacity(1 << 20, File::create(body_path)?);
+    let mut csv = match csv_path {
+        "-" => None,
+        path => Some(BufWriter::with_capacity(1 << 20, File::create(path)?)),
+    };
+    let mut written = 1u64;
+    let mut items = 0u64;
+    body.write_all(b"[")?;
+    while written < bytes {
+        let n = items;
+        let price = 1000 + n % 99_000;
+        let item = format!(
+            "{}{{\"id\":\"{prefix}-{n}\",\"name\":\"Product {n}\",\"description\":\"{DESCRIPTION}\",\"price\":{price}}}",
+            if items == 0 { "" } else { ",\n" },
+        );
+        body.write_all(item.as_bytes())?;
+        written += item.len() as u64;
+        if let Some(csv) = csv.as_mut() {
+            // sku, name, description, attributes, registration_status, created_at, updated_at
+            writeln!(csv, "{prefix}-{n},Product {n},\"{DESCRIPTION}\",\"{{\"\"price\"\":{price}}}\",pending,0,0")?;
+        }
+        items += 1;
+    }
+    body.write_all(b"]\n")?;
+    body.flush()?;
+    if let Some(mut csv) = csv {
+        csv.flush()?;
+    }
+    println!("{items}");
+    Ok(())
+}
+
+pub async fn sink(listen: SocketAddr) -> anyhow::Result<()> {
+    async fn discard(body: Body) -> String {
+        let mut stream = body.into_data_stream();
+        let mut bytes = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            bytes += chunk.len();
+        }
+        format!("{{\"bytes\":{bytes}}}")
+    }
+    let app = Router::new().fallback(any(discard));
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
