@@ -21,7 +21,7 @@ fn message(n: usize) -> Value {
         "title": format!("Bench title {n}"),
         "author": "John Doe",
         "year": "1960",
-        "genre": if n % 2 == 0 { "romance" } else { "scifi" },
+        "genre": if n.is_multiple_of(2) { "romance" } else { "scifi" },
         "summary": "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua.",
     })
 }

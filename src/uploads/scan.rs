@@ -229,6 +229,34 @@ const PLAIN: [bool; 256] = {
     table
 };
 
+/// The index of the first byte at or after `i` that is not [`PLAIN`] (or `buf.len()`).
+/// Strings are most of a body's bytes, so this tests eight bytes at a time (SWAR): a word
+/// holds no `"`, `\`, control or non-ASCII byte exactly when none of the zero-byte tests
+/// below fires; on the first word where one does, the table finishes the job.
+fn plain_run_end(buf: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Nonzero when some byte of `v` is below `n` (n ≤ 0x80); never misses one.
+    let has_below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGHS;
+    while let Some(bytes) = buf.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(bytes);
+        let word = u64::from_le_bytes(word);
+        let special = has_below(word ^ (ONES * u64::from(b'"')), 1)
+            | has_below(word ^ (ONES * u64::from(b'\\')), 1)
+            | has_below(word, 0x20)
+            | (word & HIGHS);
+        if special != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < buf.len() && PLAIN[usize::from(buf[i])] {
+        i += 1;
+    }
+    i
+}
+
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
@@ -788,10 +816,7 @@ impl BodyScanner {
             // The fast path: a run of plain printable ASCII.
             if PLAIN[usize::from(b)] {
                 let run_start = i;
-                i += 1;
-                while i < len && PLAIN[usize::from(buf[i])] {
-                    i += 1;
-                }
+                i = plain_run_end(buf, i + 1);
                 let run = i - run_start;
                 let before = self.text.chars;
                 self.text.chars = before.saturating_add(u32::try_from(run).unwrap_or(u32::MAX));
@@ -1045,6 +1070,21 @@ mod tests {
         r#"[{"id":"1","name":"n","nested":{"id":{"id":[]},"name":7}}]"#,
         r#"[{"id":"1","name":"n","big":123456789012345678901234567890,"small":1e-400,"max":1.7976931348e308}]"#,
     ];
+
+    #[test]
+    fn plain_runs_end_where_the_byte_table_says() {
+        // Every byte value at every position of a 20-byte window, from every start.
+        for special in 0..=255u8 {
+            for at in 0..20 {
+                let mut buf = vec![b'a'; 20];
+                buf[at] = special;
+                for start in 0..=buf.len() {
+                    let naive = (start..buf.len()).find(|&k| !PLAIN[usize::from(buf[k])]).unwrap_or(buf.len());
+                    assert_eq!(plain_run_end(&buf, start), naive, "byte {special:#04x} at {at}, start {start}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn valid_bodies_are_accepted_with_their_item_count() {
