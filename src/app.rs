@@ -10,7 +10,7 @@ use crate::{
     config::{Config, parse_feed_source},
     db,
     events::EventBus,
-    feed, graphql, http,
+    feed, http,
     jobs::{JobQueue, JobRegistry, Workers, periodic},
     state::{AppState, Upstreams},
     storage::ObjectStorage,
@@ -73,8 +73,7 @@ impl App {
         let workers = Workers::spawn(state.clone(), job_registry(), state.config.jobs.job_workers);
         let mut scheduler = periodic::start(state.clone(), periodic_jobs(&state.config)).await?;
         let feed_pollers = feed::spawn_pollers(&state.feed)?;
-        let schema = graphql::build(Some(state.clone()), &state.config.http);
-        let app = http::router(state.clone(), schema);
+        let app = http::router(state.clone());
 
         tracing::info!(addr = %listener.local_addr()?, node = %state.node_id, "emporium is serving; GraphiQL at /graphql");
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use async_graphql::http::graphiql_source;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse, GraphQLSubscription};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::{
     Extension, Router,
-    extract::{Request, State},
+    extract::{Request, State, WebSocketUpgrade},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{Html, IntoResponse, Response},
@@ -22,7 +22,7 @@ use tower_http::{
 
 use crate::{
     error::AppError,
-    graphql::{self, AppSchema, Caller},
+    graphql::{self, AppSchema, Caller, Transport},
     health,
     state::AppState,
     telemetry,
@@ -32,15 +32,22 @@ use crate::{
 #[derive(Debug, Clone, Copy)]
 pub struct WriteAccess(pub bool);
 
-pub fn router(state: AppState, schema: AppSchema) -> Router {
+/// The schema that serves graphql-ws connections (see [`graphql::Transport`]).
+#[derive(Clone)]
+struct WebSocketSchema(AppSchema);
+
+pub fn router(state: AppState) -> Router {
     let inflight = Arc::new(Semaphore::new(state.config.http.max_inflight_requests.max(1)));
     let timeout = state.config.http.request_timeout;
+    let schema = graphql::build(Some(state.clone()), &state.config.http, Transport::Http);
+    let websocket_schema = graphql::build(Some(state.clone()), &state.config.http, Transport::WebSocket);
 
     let graphql = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, timeout))
-        .route_service("/graphql/ws", GraphQLSubscription::new(schema.clone()))
-        .layer(Extension(schema));
+        .route("/graphql/ws", get(graphql_ws))
+        .layer(Extension(schema))
+        .layer(Extension(WebSocketSchema(websocket_schema)));
 
     // Domain REST routes choose their own body limits and timeouts (uploads stream GBs).
     let domains: Router<AppState> = Router::new().merge(crate::intake::routes()).merge(crate::uploads::routes());
@@ -77,6 +84,25 @@ async fn graphql_post(
     execute(&schema, request, Caller { may_write, via_get: false }).await
 }
 
+/// graphql-ws (and the older subscriptions-transport-ws): subscriptions, and queries or
+/// mutations for clients that send everything over one socket. The connection's write
+/// access comes from the upgrade request's `Authorization` header.
+async fn graphql_ws(
+    Extension(WebSocketSchema(schema)): Extension<WebSocketSchema>,
+    Extension(WriteAccess(may_write)): Extension<WriteAccess>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| {
+            let mut data = async_graphql::Data::default();
+            data.insert(Caller { may_write, via_get: false });
+            GraphQLWebSocket::new(stream, schema, protocol).with_data(data).serve()
+        })
+        .into_response()
+}
+
 /// GraphiQL for browsers, queries for everyone else.
 async fn graphql_get(
     Extension(schema): Extension<AppSchema>,
@@ -95,8 +121,18 @@ async fn graphql_get(
     }
 }
 
+/// Runs one HTTP request with the schema's cross-cutting rules (see
+/// [`graphql::Transport`]): the write check on the parsed document (async-graphql keeps
+/// the parse for the execution), a code on every error.
 async fn execute(schema: &AppSchema, request: GraphQLRequest, caller: Caller) -> Response {
-    let response = schema.execute(request.into_inner().data(caller)).await;
+    let mut request = request.into_inner();
+    // A document that does not parse is left to the execution, which reports where.
+    let refusal = request.parsed_query().ok().and_then(|document| graphql::write_refusal(document, Some(&caller)));
+    let mut response = match refusal {
+        Some(refusal) => async_graphql::Response::from_errors(vec![refusal]),
+        None => schema.execute(request).await,
+    };
+    graphql::give_codes(&mut response.errors);
     let unauthenticated = graphql::is_unauthenticated(&response.errors);
     let mut http = GraphQLResponse::from(response).into_response();
     if unauthenticated {

@@ -7,6 +7,11 @@ use emporium::{
     db, graphql, telemetry,
 };
 
+// A GraphQL request allocates for every field it resolves; glibc's allocator took over a
+// quarter of the catalog query's CPU, mimalloc a fraction of that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -770,7 +770,7 @@ async fn statements_for(app: &TestApp, query: &str) -> (usize, async_graphql::Re
     state.catalog =
         Arc::new(emporium::catalog::Catalog::new(&db, &state.config, &state.upstreams.offers_url, "counting").unwrap());
     state.db = db;
-    let schema = emporium::graphql::build(Some(state), &app.state.config.http);
+    let schema = emporium::graphql::build(Some(state), &app.state.config.http, emporium::graphql::Transport::Http);
     let response = schema.execute(query).await;
     assert!(response.errors.is_empty(), "{:?}", response.errors);
     (executed.load(Ordering::SeqCst), response)

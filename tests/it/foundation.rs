@@ -41,6 +41,63 @@ async fn mutations_need_a_token_when_api_tokens_is_set() {
     app.stop().await;
 }
 
+/// Runs one operation over graphql-ws (graphql-transport-ws) and returns the server's
+/// first answer to it (`next` or `error`), with `token` in the upgrade request.
+async fn over_websocket(app: &TestApp, token: Option<&str>, query: &str) -> Value {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+
+    let mut request = app.url("/graphql/ws").replacen("http", "ws", 1).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    if let Some(token) = token {
+        request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    socket.send(Message::Text(json!({ "type": "connection_init" }).to_string().into())).await.unwrap();
+    let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": query } });
+    socket.send(Message::Text(subscribe.to_string().into())).await.unwrap();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("an answer in time");
+        let Some(Ok(Message::Text(text))) = frame else { panic!("socket closed: {frame:?}") };
+        let message: Value = serde_json::from_str(&text).unwrap();
+        if matches!(message["type"].as_str(), Some("next" | "error")) {
+            return message;
+        }
+    }
+}
+
+/// The `extensions.code` of each error in a graphql-ws answer (`next` carries a response,
+/// `error` a list of errors).
+fn websocket_codes(message: &Value) -> Vec<String> {
+    let errors = match message["type"].as_str() {
+        Some("error") => message["payload"].as_array().cloned().unwrap_or_default(),
+        _ => message["payload"]["errors"].as_array().cloned().unwrap_or_default(),
+    };
+    errors.iter().map(|error| error["extensions"]["code"].as_str().unwrap_or("<none>").to_string()).collect()
+}
+
+#[tokio::test]
+async fn websocket_operations_get_the_same_write_check_and_error_codes() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.api_tokens = vec!["s3cret".into()]).await;
+    let mutation = "mutation { retryJob(id: \"1\") { id } }";
+
+    let refused = over_websocket(&app, None, mutation).await;
+    assert_eq!(websocket_codes(&refused), ["UNAUTHENTICATED"], "{refused:#}");
+    let wrong_token = over_websocket(&app, Some("guess"), mutation).await;
+    assert_eq!(websocket_codes(&wrong_token), ["UNAUTHENTICATED"], "{wrong_token:#}");
+    // With the token the mutation runs (and fails on its own merits: no such job).
+    let allowed = over_websocket(&app, Some("s3cret"), mutation).await;
+    assert_eq!(websocket_codes(&allowed), ["NOT_FOUND"], "{allowed:#}");
+
+    // async-graphql's own errors get a code over the socket as over HTTP.
+    let unknown_field = over_websocket(&app, None, "{ noSuchField }").await;
+    assert_eq!(websocket_codes(&unknown_field), ["BAD_USER_INPUT"], "{unknown_field:#}");
+    let read = over_websocket(&app, None, "{ jobCounts { queued } }").await;
+    assert_eq!(read["payload"]["data"]["jobCounts"]["queued"], 0, "{read:#}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn several_nodes_starting_together_migrate_once_and_all_serve() {
     let env = TestEnv::new().await;
