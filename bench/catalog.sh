@@ -13,40 +13,13 @@ BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 DURATION="${BENCH_DURATION:-15}"
 CONNECTIONS="${BENCH_CONNECTIONS:-32}"
 DB_NAME="emporium_bench_catalog"
-DB_URL="${BASE_URL%/*}/${DB_NAME}"
-WORK="$(mktemp -d)"
-PIDS=()
+source "$(dirname "$0")/lib.sh"
+need_tools wrk:wrk psql:postgresql-client jq:jq curl:curl
 
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need psql || ! need jq; then
-  apt-get update -qq && apt-get install -y -qq wrk postgresql-client jq >/dev/null
-fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_http() {
-  for _ in $(seq 1 300); do
-    if curl -s -o /dev/null "$1"; then return 0; fi
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2; exit 1
-}
-
-echo "== building (release)"
-cargo build --release --quiet
-BASELINE_BIN="$(cargo bench --bench helpers --no-run --message-format=json 2>/dev/null \
-  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "helpers" and .executable != null) | .executable' | tail -1)"
-[ -x "$BASELINE_BIN" ] || { echo "could not build the catalog bench helper" >&2; exit 1; }
+build_release
 
 echo "== seeding ${DB_NAME}: 10,000 products x 5 offers"
-psql -q "$BASE_URL" -c "DROP DATABASE IF EXISTS ${DB_NAME}" -c "CREATE DATABASE ${DB_NAME}" >/dev/null
-DATABASE_URL="$DB_URL" RUST_LOG=warn target/release/emporium migrate >/dev/null
+fresh_database "$DB_NAME"
 psql -q -v ON_ERROR_STOP=1 "$DB_URL" >/dev/null <<'SQL'
 INSERT INTO products (sku, name, description, registration_status, registered_at, created_at, updated_at)
 SELECT 'bench-' || g, 'Product ' || g, 'Benchmark product number ' || g, 'registered', 0, 0, 0
@@ -65,7 +38,7 @@ env DATABASE_URL="$DB_URL" LISTEN="127.0.0.1:${EMPORIUM_PORT}" DATA_DIR="$WORK/d
     OFFERS_SYNC_CRON="0 0 0 1 1 *" JOB_WORKERS=0 RUST_LOG=warn \
     target/release/emporium serve >"$WORK/emporium.log" 2>&1 &
 PIDS+=($!)
-"$BASELINE_BIN" catalog-baseline "127.0.0.1:${BASELINE_PORT}" "$DB_URL" >"$WORK/baseline.log" 2>&1 &
+"$HELPERS" catalog-baseline "127.0.0.1:${BASELINE_PORT}" "$DB_URL" >"$WORK/baseline.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:${EMPORIUM_PORT}/health"
 wait_http "http://127.0.0.1:${BASELINE_PORT}/graphql"
@@ -104,4 +77,4 @@ for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
 PIDS=()
 
 echo "== offer sync of 10,000 products against the bundled simulator"
-"$BASELINE_BIN" catalog-sync "$DB_URL"
+"$HELPERS" catalog-sync "$DB_URL"

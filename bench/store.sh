@@ -15,44 +15,21 @@ BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 DURATION="${BENCH_DURATION:-10}"
 CLIENTS="${BENCH_CONNECTIONS:-64}"
 DB_NAME="emporium_bench_store"
-DB_URL="${BASE_URL%/*}/${DB_NAME}"
-WORK="$(mktemp -d)"
-PIDS=()
+source "$(dirname "$0")/lib.sh"
 HOT_STOCK=2000000000 # enough never to run out while measuring
 SPREAD_STOCK=10000000
 SELL_OUT_STOCK=500
 
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need wrk || ! need psql || ! need pgbench || ! need jq; then
-  apt-get update -qq && apt-get install -y -qq wrk postgresql-client postgresql-contrib jq >/dev/null
-fi
+need_tools wrk:wrk psql:postgresql-client pgbench:postgresql-contrib jq:jq curl:curl
 # Debian ships pgbench with the server packages, outside PATH.
 PGBENCH="$(command -v pgbench || ls /usr/lib/postgresql/*/bin/pgbench 2>/dev/null | sort -V | tail -1)"
 [ -x "$PGBENCH" ] || { echo "pgbench not found" >&2; exit 1; }
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_http() {
-  for _ in $(seq 1 300); do
-    if curl -s -o /dev/null "$1"; then return 0; fi
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2; exit 1
-}
 sql() { psql -qAt -v ON_ERROR_STOP=1 "$DB_URL" -c "$1"; }
 
-echo "== building (release)"
-cargo build --release --quiet
+build_release
 
 echo "== fresh database ${DB_NAME}: ${CLIENTS} customers, 1 hot record, 1,000 records, 1 sell-out record"
-psql -q "$BASE_URL" -c "DROP DATABASE IF EXISTS ${DB_NAME}" -c "CREATE DATABASE ${DB_NAME}" >/dev/null
-DATABASE_URL="$DB_URL" RUST_LOG=warn target/release/emporium migrate >/dev/null
+fresh_database "$DB_NAME"
 psql -q -v ON_ERROR_STOP=1 "$DB_URL" >/dev/null <<SQL
 INSERT INTO customers (name, name_folded, email, email_folded, active, created_at, updated_at)
 SELECT 'Customer ' || g, 'customer ' || g, 'c' || g || '@example.com', 'c' || g || '@example.com', true, 0, 0

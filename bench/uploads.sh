@@ -8,52 +8,26 @@
 #      `psql \copy` of the same rows into a table of the same shape.
 # Settings: DATABASE_URL (a Postgres URL whose server we may create a database on),
 # BENCH_UPLOAD_BYTES (default 1 GiB), BENCH_INGEST_BYTES (default 64 MiB ≈ 270,000 rows),
-# BENCH_DIR (where the generated bodies go, default a temporary folder).
+# BENCH_DIR (where the generated bodies go, default $TMPDIR or /tmp).
 set -euo pipefail
 
 BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 UPLOAD_BYTES="${BENCH_UPLOAD_BYTES:-1073741824}"
 INGEST_BYTES="${BENCH_INGEST_BYTES:-67108864}"
 DB_NAME="emporium_bench_uploads"
-DB_URL="${BASE_URL%/*}/${DB_NAME}"
-WORK="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/emporium-bench-uploads.XXXXXX")"
-PIDS=()
-
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need psql || ! need jq || ! need curl; then
-  apt-get update -qq && apt-get install -y -qq postgresql-client jq curl >/dev/null
-fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_http() {
-  for _ in $(seq 1 300); do
-    if curl -s -o /dev/null "$1"; then return 0; fi
-    sleep 0.1
-  done
-  echo "no answer from $1" >&2; exit 1
-}
+source "$(dirname "$0")/lib.sh"
+need_tools psql:postgresql-client jq:jq curl:curl
 mb() { python3 -c "print(f'{$1 / 1e6:.0f}')"; }
 
-echo "== building (release)"
-cargo build --release --quiet
-HELPERS="$(cargo bench --bench helpers --no-run --message-format=json 2>/dev/null \
-  | jq -r 'select(.reason == "compiler-artifact" and .target.name == "helpers" and .executable != null) | .executable' | tail -1)"
-[ -x "$HELPERS" ] || { echo "could not build the bench helpers" >&2; exit 1; }
+build_release
 
 echo "== generating a $(mb "$UPLOAD_BYTES") MB upload and a $(mb "$INGEST_BYTES") MB ingestion body in $WORK"
 UPLOAD_ITEMS="$("$HELPERS" uploads-generate "$WORK/upload.json" - "$UPLOAD_BYTES" big)"
 INGEST_ITEMS="$("$HELPERS" uploads-generate "$WORK/ingest.json" "$WORK/ingest.csv" "$INGEST_BYTES" rows)"
 UPLOAD_SIZE="$(stat -c %s "$WORK/upload.json")"
 
-fresh_database() {
-  psql -q "$BASE_URL" -c "DROP DATABASE IF EXISTS ${DB_NAME}" -c "CREATE DATABASE ${DB_NAME}" >/dev/null
-  DATABASE_URL="$DB_URL" RUST_LOG=warn target/release/emporium migrate >/dev/null
+fresh_node_state() { # an empty database and object store: no upload of an earlier phase
+  fresh_database "$DB_NAME"
   rm -rf "$WORK/data"
 }
 
@@ -78,7 +52,7 @@ SINK_PORT="$(free_port)"
 PIDS+=($!)
 wait_http "http://127.0.0.1:${SINK_PORT}/"
 # No workers: the node only receives (hash, validate, spool); ingestion is measured apart.
-fresh_database
+fresh_node_state
 start_node 0
 read -r SINK1 code < <(post "http://127.0.0.1:${SINK_PORT}/v1/products" "$WORK/upload.json")
 [ "$code" = 200 ] || { echo "sink answered $code" >&2; exit 1; }
@@ -91,7 +65,7 @@ SINK="$(python3 -c "print(($SINK1 + $SINK2) / 2)")"
 rm -f "$WORK/upload.json"
 
 echo "== ingestion: ${INGEST_ITEMS} products"
-fresh_database # without the gigabyte's upload and its queued ingestion
+fresh_node_state # without the gigabyte's upload and its queued ingestion
 start_node 1 # one worker: the ingestion job runs alone (registrations wait behind it)
 STARTED="$(date +%s.%N)"
 read -r _ code < <(post "http://127.0.0.1:${PORT}/v1/products" "$WORK/ingest.json")

@@ -14,7 +14,7 @@ use axum::{Json, Router, extract::State, routing::any};
 use clap::Parser as _;
 use futures::StreamExt as _;
 use sea_orm::{
-    ConnectionTrait as _, FromQueryResult,
+    ConnectionTrait as _,
     sqlx::{self, postgres::PgPoolOptions},
 };
 use serde::Serialize;
@@ -91,20 +91,7 @@ pub async fn sync(database_url: &str) -> anyhow::Result<()> {
 
     // The seeded products are registered in our database; register them with this fresh
     // simulator too (not timed), so the sync finds their offers.
-    #[derive(FromQueryResult)]
-    struct Id {
-        id: i64,
-    }
-    let ids: Vec<i64> = Id::find_by_statement(emporium::db::stmt(
-        &state.db,
-        "SELECT id FROM products WHERE registration_status = 'registered' ORDER BY id",
-        [],
-    ))
-    .all(&state.db)
-    .await?
-    .into_iter()
-    .map(|row| row.id)
-    .collect();
+    let ids = emporium::catalog::sync::registered_product_ids(&state.db).await?;
     let (client, db) = (&state.catalog.offers, &state.db);
     client.token(db).await?;
     let failures = futures::stream::iter(ids.iter().copied())

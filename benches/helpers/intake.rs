@@ -1,9 +1,9 @@
 //! Intake benchmark helpers, driven by `bench/intake.sh`.
 //!
-//! - `intake-submit BASE_URL COUNT BATCH`: submits COUNT messages in the seed's shape to
+//! - `intake-submit BASE_URL COUNT BATCH RUN`: submits COUNT messages (titles named after RUN) in the seed's shape to
 //!   `POST /v1/intake`, BATCH per request, then polls `intakeCounts` until every one is
 //!   `STORED`; prints the messages/s from the first submission to the last `STORED`.
-//! - `intake-fs DIR COUNT`: the reference, writing the same COUNT files (same names, same
+//! - `intake-fs DIR COUNT RUN`: the reference, writing the same COUNT files (same names, same
 //!   bytes) straight to DIR/<bucket>/ with tokio::fs, as concurrently as emporium's
 //!   writers (`INTAKE_WRITE_CONCURRENCY`, 16 by default); prints files/s.
 
@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 
 const WRITE_CONCURRENCY: usize = 16;
 
-/// Message `n`, half romance and half scifi, each with its own title.
-fn message(n: usize) -> Value {
+/// Message `n` of run `run`, half romance and half scifi, each with its own title.
+fn message(run: &str, n: usize) -> Value {
     json!({
-        "id": format!("bench-{n}"),
-        "title": format!("Bench title {n}"),
+        "id": format!("bench-{run}-{n}"),
+        "title": format!("Bench {run} title {n}"),
         "author": "John Doe",
         "year": "1960",
         "genre": if n.is_multiple_of(2) { "romance" } else { "scifi" },
@@ -26,7 +26,7 @@ fn message(n: usize) -> Value {
     })
 }
 
-pub async fn submit_and_wait(base_url: &str, count: usize, batch: usize) -> anyhow::Result<()> {
+pub async fn submit_and_wait(base_url: &str, count: usize, batch: usize, run: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     let stored = || async {
         let answer: Value = http
@@ -43,7 +43,7 @@ pub async fn submit_and_wait(base_url: &str, count: usize, batch: usize) -> anyh
     let before = stored().await?;
     let started = Instant::now();
     for first in (0..count).step_by(batch) {
-        let messages: Vec<Value> = (first..(first + batch).min(count)).map(message).collect();
+        let messages: Vec<Value> = (first..(first + batch).min(count)).map(|n| message(run, n)).collect();
         let response = http.post(format!("{base_url}/v1/intake")).json(&messages).send().await?;
         anyhow::ensure!(
             response.status() == 202,
@@ -63,14 +63,14 @@ pub async fn submit_and_wait(base_url: &str, count: usize, batch: usize) -> anyh
     Ok(())
 }
 
-pub async fn write_directly(dir: &str, count: usize) -> anyhow::Result<()> {
+pub async fn write_directly(dir: &str, count: usize, run: &str) -> anyhow::Result<()> {
     for bucket in ["romance", "scifi"] {
         tokio::fs::create_dir_all(format!("{dir}/{bucket}")).await?;
     }
     let started = Instant::now();
     let failures = futures::stream::iter(0..count)
         .map(|n| async move {
-            let message = message(n);
+            let message = message(run, n);
             let bucket = message["genre"].as_str().unwrap_or("scifi").to_string();
             let title = message["title"].as_str().unwrap_or_default().to_string();
             let bytes = serde_json::to_vec(&message).unwrap_or_default();

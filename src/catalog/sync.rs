@@ -101,20 +101,7 @@ pub struct PriceChanges {
 pub async fn sync_offers(state: &AppState) -> anyhow::Result<SyncReport> {
     let started = Instant::now();
     let mut report = SyncReport { started_at: now_ms(), ..SyncReport::default() };
-    #[derive(FromQueryResult)]
-    struct Id {
-        id: i64,
-    }
-    let ids: Vec<i64> = Id::find_by_statement(stmt(
-        &state.db,
-        "SELECT id FROM products WHERE registration_status = 'registered' ORDER BY id",
-        [],
-    ))
-    .all(&state.db)
-    .await?
-    .into_iter()
-    .map(|row| row.id)
-    .collect();
+    let ids = registered_product_ids(&state.db).await?;
     report.products = ids.len() as u64;
 
     let config = &state.config.catalog;
@@ -200,6 +187,17 @@ pub async fn sync_offers(state: &AppState) -> anyhow::Result<SyncReport> {
         tracing::warn!(error = %error, "recording the sync report failed");
     }
     Ok(report)
+}
+
+/// The products the sync covers: those registered with the offers service, by id.
+pub async fn registered_product_ids(db: &impl sea_orm::ConnectionTrait) -> Result<Vec<i64>, sea_orm::DbErr> {
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: i64,
+    }
+    let sql = "SELECT id FROM products WHERE registration_status = 'registered' ORDER BY id";
+    let rows = Id::find_by_statement(stmt(db, sql, [])).all(db).await?;
+    Ok(rows.into_iter().map(|row| row.id).collect())
 }
 
 /// What the sync did with one product.
