@@ -85,20 +85,29 @@ async fn graphql_post(
 }
 
 /// graphql-ws (and the older subscriptions-transport-ws): subscriptions, and queries or
-/// mutations for clients that send everything over one socket. The connection's write
-/// access comes from the upgrade request's `Authorization` header.
+/// mutations for clients that send everything over one socket. The connection may write
+/// when the upgrade request's `Authorization` header allows it, or — browsers cannot set
+/// headers on a WebSocket — the `Authorization` field of the `connection_init` payload.
 async fn graphql_ws(
+    State(state): State<AppState>,
     Extension(WebSocketSchema(schema)): Extension<WebSocketSchema>,
-    Extension(WriteAccess(may_write)): Extension<WriteAccess>,
+    Extension(WriteAccess(header_allows)): Extension<WriteAccess>,
     protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let tokens = state.config.api_tokens.clone();
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |stream| {
-            let mut data = async_graphql::Data::default();
-            data.insert(Caller { may_write, via_get: false });
-            GraphQLWebSocket::new(stream, schema, protocol).with_data(data).serve()
+            GraphQLWebSocket::new(stream, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let from_payload = payload.get("Authorization").and_then(serde_json::Value::as_str);
+                    let may_write = header_allows || from_payload.is_some_and(|value| bearer_allows(&tokens, value));
+                    let mut data = async_graphql::Data::default();
+                    data.insert(Caller { may_write, via_get: false });
+                    Ok(data)
+                })
+                .serve()
         })
         .into_response()
 }
@@ -170,15 +179,15 @@ pub async fn require_write(request: Request, next: Next) -> Response {
 }
 
 fn may_write(tokens: &[String], headers: &HeaderMap) -> bool {
-    if tokens.is_empty() {
-        return true;
-    }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    presented
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
+    tokens.is_empty() || authorization.is_some_and(|value| bearer_allows(tokens, value))
+}
+
+/// Whether an `Authorization` value (`Bearer <token>`) names one of `tokens`.
+fn bearer_allows(tokens: &[String], authorization: &str) -> bool {
+    authorization
+        .strip_prefix("Bearer ")
+        .map(str::trim)
         .is_some_and(|presented| tokens.iter().any(|token| constant_time_eq(token.as_bytes(), presented.as_bytes())))
 }
 

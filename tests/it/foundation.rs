@@ -41,19 +41,35 @@ async fn mutations_need_a_token_when_api_tokens_is_set() {
     app.stop().await;
 }
 
+/// Where a graphql-ws client puts its token.
+#[derive(Clone, Copy)]
+enum TokenIn {
+    UpgradeHeader,
+    InitPayload,
+}
+
 /// Runs one operation over graphql-ws (graphql-transport-ws) and returns the server's
 /// first answer to it (`next` or `error`), with `token` in the upgrade request.
 async fn over_websocket(app: &TestApp, token: Option<&str>, query: &str) -> Value {
+    over_websocket_with(app, token, TokenIn::UpgradeHeader, query).await
+}
+
+async fn over_websocket_with(app: &TestApp, token: Option<&str>, token_in: TokenIn, query: &str) -> Value {
     use futures::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
 
     let mut request = app.url("/graphql/ws").replacen("http", "ws", 1).into_client_request().unwrap();
     request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
-    if let Some(token) = token {
-        request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let mut init = json!({ "type": "connection_init" });
+    match (token, token_in) {
+        (Some(token), TokenIn::UpgradeHeader) => {
+            request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        (Some(token), TokenIn::InitPayload) => init["payload"] = json!({ "Authorization": format!("Bearer {token}") }),
+        (None, _) => {}
     }
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    socket.send(Message::Text(json!({ "type": "connection_init" }).to_string().into())).await.unwrap();
+    socket.send(Message::Text(init.to_string().into())).await.unwrap();
     let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": query } });
     socket.send(Message::Text(subscribe.to_string().into())).await.unwrap();
     loop {
@@ -89,6 +105,11 @@ async fn websocket_operations_get_the_same_write_check_and_error_codes() {
     // With the token the mutation runs (and fails on its own merits: no such job).
     let allowed = over_websocket(&app, Some("s3cret"), mutation).await;
     assert_eq!(websocket_codes(&allowed), ["NOT_FOUND"], "{allowed:#}");
+    // Browsers cannot set headers on a WebSocket: the token may come in `connection_init`.
+    let in_payload = over_websocket_with(&app, Some("s3cret"), TokenIn::InitPayload, mutation).await;
+    assert_eq!(websocket_codes(&in_payload), ["NOT_FOUND"], "{in_payload:#}");
+    let wrong_in_payload = over_websocket_with(&app, Some("guess"), TokenIn::InitPayload, mutation).await;
+    assert_eq!(websocket_codes(&wrong_in_payload), ["UNAUTHENTICATED"], "{wrong_in_payload:#}");
 
     // async-graphql's own errors get a code over the socket as over HTTP.
     let unknown_field = over_websocket(&app, None, "{ noSuchField }").await;
