@@ -32,15 +32,11 @@ SELECT product_id, source_id, price, 0 FROM offers;
 ANALYZE;
 SQL
 
-EMPORIUM_PORT="$(free_port)"
+start_node "$WORK/data" DATABASE_URL="$DB_URL" JOB_WORKERS=0
+EMPORIUM_PORT="$PORT"
 BASELINE_PORT="$(free_port)"
-env DATABASE_URL="$DB_URL" LISTEN="127.0.0.1:${EMPORIUM_PORT}" DATA_DIR="$WORK/data" \
-    OFFERS_SYNC_CRON="0 0 0 1 1 *" JOB_WORKERS=0 RUST_LOG=warn \
-    target/release/emporium serve >"$WORK/emporium.log" 2>&1 &
-PIDS+=($!)
 "$HELPERS" catalog-baseline "127.0.0.1:${BASELINE_PORT}" "$DB_URL" >"$WORK/baseline.log" 2>&1 &
 PIDS+=($!)
-wait_http "http://127.0.0.1:${EMPORIUM_PORT}/health"
 wait_http "http://127.0.0.1:${BASELINE_PORT}/graphql"
 
 QUERY='{"query":"{ products(first: 50) { nodes { name offers { price itemsInStock } } } }"}'

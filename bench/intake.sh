@@ -29,17 +29,10 @@ read -r DIRECT DIRECT_S < <(for round in 1 2 3; do
 done | best)
 
 emporium_round() { # round -> "messages/s seconds accepted-after", from a fresh node
-  local port pid
-  port="$(free_port)"
-  env LISTEN="127.0.0.1:${port}" DATA_DIR="$WORK/data-$1" OFFERS_SYNC_CRON="0 0 0 1 1 *" RUST_LOG=warn \
-    target/release/emporium serve >>"$WORK/emporium.log" 2>&1 &
-  pid=$!
-  PIDS+=("$pid")
-  wait_http "http://127.0.0.1:${port}/health" >&2
+  start_node "$WORK/data-$1" >&2
   sync
-  "$HELPERS" intake-submit "http://127.0.0.1:${port}" "$COUNT" "$BATCH" "$1"
-  kill "$pid"
-  wait "$pid" 2>/dev/null || true
+  "$HELPERS" intake-submit "http://127.0.0.1:${PORT}" "$COUNT" "$BATCH" "$1"
+  stop_node
   local files
   files="$(find "$WORK/data-$1/objects" -name '*.json' | wc -l)"
   [ "$files" -eq "$COUNT" ] || { echo "round $1: ${files} files in the buckets, expected ${COUNT}" >&2; exit 1; }

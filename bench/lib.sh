@@ -44,6 +44,21 @@ build_release() {
   [ -x "$HELPERS" ] || { echo "could not build the bench helpers (benches/helpers/)" >&2; exit 1; }
 }
 
+# start_node DATA_DIR [NAME=value …]: starts `emporium serve` (release) on a free loopback
+# port, without the offer sync's schedule, logging to $WORK/emporium.log, and waits for
+# /health; sets PORT and NODE_PID. The settings given override the defaults here.
+start_node() {
+  local data_dir=$1
+  shift
+  PORT="$(free_port)"
+  env LISTEN="127.0.0.1:${PORT}" DATA_DIR="$data_dir" OFFERS_SYNC_CRON="0 0 0 1 1 *" RUST_LOG=warn "$@" \
+    target/release/emporium serve >>"$WORK/emporium.log" 2>&1 &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  wait_http "http://127.0.0.1:${PORT}/health"
+}
+stop_node() { kill "$NODE_PID"; wait "$NODE_PID" 2>/dev/null || true; }
+
 # fresh_database NAME: drops and creates NAME on the server of BASE_URL, migrated; sets DB_URL.
 fresh_database() {
   DB_URL="${BASE_URL%/*}/$1"

@@ -43,12 +43,7 @@ CREATE TABLE bench_initial_stock AS SELECT id, stock FROM records;
 ANALYZE;
 SQL
 
-PORT="$(free_port)"
-env DATABASE_URL="$DB_URL" LISTEN="127.0.0.1:${PORT}" DATA_DIR="$WORK/data" JOB_WORKERS=0 \
-    OFFERS_SYNC_CRON="0 0 0 1 1 *" RUST_LOG=warn \
-    target/release/emporium serve >"$WORK/emporium.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:${PORT}/health"
+start_node "$WORK/data" DATABASE_URL="$DB_URL" JOB_WORKERS=0
 POOL="$(target/release/emporium --help | grep -A1 -e '--database-max-connections' | grep -o 'default: [0-9]*' | grep -o '[0-9]*' || echo '?')"
 
 # wrk: one createPurchase per request, for a record drawn from [lo, hi].

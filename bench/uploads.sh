@@ -31,16 +31,6 @@ fresh_node_state() { # an empty database and object store: no upload of an earli
   rm -rf "$WORK/data"
 }
 
-start_node() { # workers -> sets PORT and NODE_PID
-  PORT="$(free_port)"
-  env DATABASE_URL="$DB_URL" LISTEN="127.0.0.1:${PORT}" DATA_DIR="$WORK/data" JOB_WORKERS="$1" \
-      OFFERS_SYNC_CRON="0 0 0 1 1 *" RUST_LOG=warn \
-      target/release/emporium serve >>"$WORK/emporium.log" 2>&1 &
-  NODE_PID=$!
-  PIDS+=("$NODE_PID")
-  wait_http "http://127.0.0.1:${PORT}/health"
-}
-stop_node() { kill "$NODE_PID"; wait "$NODE_PID" 2>/dev/null || true; }
 post() { # url file -> "bytes_per_second http_code"; the body streams from the file
   curl -s -X POST -T "$2" -H 'Content-Type: application/json' -H 'Expect:' \
     -o "$WORK/answer.json" -w '%{speed_upload} %{http_code}\n' "$1"
@@ -53,7 +43,7 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:${SINK_PORT}/"
 # No workers: the node only receives (hash, validate, spool); ingestion is measured apart.
 fresh_node_state
-start_node 0
+start_node "$WORK/data" DATABASE_URL="$DB_URL" JOB_WORKERS=0
 read -r SINK1 code < <(post "http://127.0.0.1:${SINK_PORT}/v1/products" "$WORK/upload.json")
 [ "$code" = 200 ] || { echo "sink answered $code" >&2; exit 1; }
 read -r EMPORIUM code < <(post "http://127.0.0.1:${PORT}/v1/products" "$WORK/upload.json")
@@ -66,7 +56,7 @@ rm -f "$WORK/upload.json"
 
 echo "== ingestion: ${INGEST_ITEMS} products"
 fresh_node_state # without the gigabyte's upload and its queued ingestion
-start_node 1 # one worker: the ingestion job runs alone (registrations wait behind it)
+start_node "$WORK/data" DATABASE_URL="$DB_URL" JOB_WORKERS=1 # one worker: the ingestion job runs alone (registrations wait behind it)
 STARTED="$(date +%s.%N)"
 read -r _ code < <(post "http://127.0.0.1:${PORT}/v1/products" "$WORK/ingest.json")
 [ "$code" = 200 ] || { echo "emporium answered $code: $(head -c 500 "$WORK/answer.json")" >&2; exit 1; }

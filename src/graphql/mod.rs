@@ -7,13 +7,12 @@ mod system;
 
 use std::sync::Arc;
 
-use futures::{StreamExt as _, stream::BoxStream};
-
 use async_graphql::{
     MergedObject, MergedSubscription, Positioned, Response, Schema, ServerError, ServerResult, Variables,
     extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextRequest, NextSubscribe},
     parser::types::{ExecutableDocument, OperationType},
 };
+use futures::{StreamExt as _, stream::BoxStream};
 
 use crate::{config::HttpConfig, error::AppError, state::AppState};
 
@@ -58,7 +57,7 @@ pub struct Caller {
 /// document runs, a code on every error after) are applied by `http::execute` around
 /// each HTTP request, so the HTTP schema carries no extension: with any extension
 /// installed, async-graphql resolves every field through its instrumented path (a
-/// `ResolveInfo` and a boxed hook chain per field), which cost a fifth of the catalog
+/// `ResolveInfo` and a boxed hook chain per field), which cost a third of the catalog
 /// query's time. Over a WebSocket, operations run inside async-graphql, so that schema
 /// applies the same two rules as extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
