@@ -22,8 +22,12 @@
 //! later submission's content is the one left in the bucket. Batches keep that order cheap:
 //! one claim, one read and one status update per batch instead of per message, and inside a
 //! batch different titles are written concurrently (`INTAKE_WRITE_CONCURRENCY`) while equal
-//! titles are written in order. Different genres proceed in parallel. (Two genres mapped
-//! to the same bucket are ordered independently of each other.)
+//! titles are written in order. A running job also writes the messages of the jobs queued
+//! behind it in its group (up to 2,000, in their order): none of them could run before it
+//! anyway, so a backlog drains in large batches and those jobs later find little or nothing
+//! left. A message stays its own job's: only that job's last failed attempt fails it.
+//! Different genres proceed in parallel. (Two genres mapped to the same bucket are ordered
+//! independently of each other.)
 //!
 //! **Content.** The object is the message's JSON exactly as submitted (the bytes of that
 //! object in the request body). Messages submitted through GraphQL have no such bytes; they

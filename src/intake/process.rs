@@ -43,16 +43,13 @@ struct Pending {
 /// keys (an object write replaces the object atomically) and only the messages still
 /// `queued` change state, so each message is stored and announced once.
 pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) -> Result<(), JobError> {
-    let pending = Pending::find_by_statement(stmt(
+    let mut pending = Pending::find_by_statement(stmt(
         &state.db,
         "SELECT id, object_name, body FROM intake_messages WHERE job_id = $1 AND status = $2 ORDER BY id",
         [ctx.id.into(), IntakeStatus::Queued.as_str().into()],
     ))
     .all(&state.db)
     .await?;
-    if pending.is_empty() {
-        return Ok(());
-    }
 
     // Unknown genre: a dead letter, not a job failure; retrying cannot invent a bucket.
     let Some(bucket) = state.config.intake.bucket_for(&batch.genre).map(str::to_string) else {
@@ -60,6 +57,10 @@ pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) ->
         metrics::counter!("emporium_intake_failed_total", "reason" => "no_bucket").increment(failed);
         return Ok(());
     };
+    pending.extend(queued_behind(&state, &ctx, &batch.genre).await?);
+    if pending.is_empty() {
+        return Ok(());
+    }
 
     if ctx.attempt > 1 {
         clear_interrupted_writes(&state, &bucket, &pending).await;
@@ -82,6 +83,39 @@ pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) ->
         }
         Some(error) => Err(JobError::Retry(error.context(format!("writing to bucket {bucket}")))),
     }
+}
+
+/// Most messages a job takes from the jobs queued behind it in its group.
+const TAKEN_FROM_BEHIND: i64 = 2_000;
+
+/// The queued messages of the jobs waiting behind this one in its genre's FIFO group, in
+/// their order (job, then message), up to [`TAKEN_FROM_BEHIND`]. None of those jobs can run
+/// while this one holds the group, so writing their messages now keeps the genre's order and
+/// drains a backlog in large batches; when their turn comes they find fewer (or no)
+/// messages still queued. Each message still belongs to its own job: only that job fails
+/// it, and only with its own attempts.
+async fn queued_behind(state: &AppState, ctx: &JobContext, genre: &str) -> Result<Vec<Pending>, sea_orm::DbErr> {
+    Pending::find_by_statement(stmt(
+        &state.db,
+        "SELECT m.id, m.object_name, m.body FROM intake_messages m JOIN jobs j ON j.id = m.job_id
+         WHERE j.ordering_key = $1 AND j.id > $2 AND j.status = $3 AND m.status = $4
+         ORDER BY j.id, m.id
+         LIMIT $5",
+        [
+            ordering_key(genre).into(),
+            ctx.id.into(),
+            crate::jobs::QUEUED.into(),
+            IntakeStatus::Queued.as_str().into(),
+            TAKEN_FROM_BEHIND.into(),
+        ],
+    ))
+    .all(&state.db)
+    .await
+}
+
+/// The FIFO group of a genre's store jobs.
+pub fn ordering_key(genre: &str) -> String {
+    format!("intake:{genre}")
 }
 
 /// Where a message's object lives: `<bucket>/<object name>` under the store's root. Both

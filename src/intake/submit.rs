@@ -9,7 +9,7 @@ use super::{
     config::genre_key,
     model::{IntakeStatus, MessageRow},
     names::object_name,
-    process::{STORE_KIND, StoreBatch},
+    process::{STORE_KIND, StoreBatch, ordering_key},
 };
 use crate::{
     db::{now_ms, stmt},
@@ -241,9 +241,7 @@ pub async fn queue(state: &AppState, messages: Vec<NewMessage>) -> AppResult<Vec
     }
     let jobs: Vec<NewJob> = plans
         .iter()
-        .map(|(genre, _)| {
-            NewJob::new(STORE_KIND, &StoreBatch { genre: genre.clone() }).ordered_by(format!("intake:{genre}"))
-        })
+        .map(|(genre, _)| NewJob::new(STORE_KIND, &StoreBatch { genre: genre.clone() }).ordered_by(ordering_key(genre)))
         .collect();
 
     let now = now_ms();

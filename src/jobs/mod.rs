@@ -212,7 +212,9 @@ impl JobQueue {
         let lock = if self.db.get_database_backend() == DbBackend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
         // A job is due when queued and its time has come, or when its holder's lease ran
         // out (the holder died) and it has attempts left. A job in a FIFO group waits
-        // until every older job of its group has finished (succeeded or failed).
+        // until every older job of its group has finished (succeeded or failed); that test
+        // is one probe of the partial index `jobs_unfinished_by_group`, whose WHERE clause
+        // it must keep matching word for word.
         let sql = format!(
             "WITH picked AS (
                 SELECT j.id FROM jobs j

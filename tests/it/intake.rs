@@ -572,6 +572,55 @@ async fn storage_errors_are_retried_and_end_failed_after_the_last_attempt() {
 }
 
 #[tokio::test]
+async fn a_message_written_by_the_job_ahead_of_its_own_is_failed_only_by_its_own_job() {
+    let env = TestEnv::new().await;
+    // Queue two romance messages as two jobs of one FIFO group while no worker runs: the
+    // first job then takes the second's message too (it drains the group's backlog).
+    let intake = TestApp::spawn_with(&env, |config| {
+        config.jobs.job_workers = 0;
+        config.jobs.job_max_attempts = 2;
+        config.intake.intake_batch_size = 1;
+    })
+    .await;
+    let objects = objects_dir(&env);
+    std::fs::write(objects.join("romance"), "in the way").unwrap();
+    let first = message("First", "romance", "1");
+    let second = message("Second", "romance", "2");
+    let ids = submit(&intake.http, &intake.url(""), format!("[{first}, {second}]")).await;
+    let status = |id: i64| {
+        let intake = &intake;
+        async move {
+            let data = intake
+                .gql_ok("query($id: ID!) { intakeMessage(id: $id) { status jobId } }", json!({ "id": id.to_string() }))
+                .await;
+            data["intakeMessage"].clone()
+        }
+    };
+    assert_ne!(status(ids[0]).await["jobId"], status(ids[1]).await["jobId"], "one job per message");
+
+    // Slow retries, so the second job's own attempts are still ahead when the first job gives up.
+    let workers = TestApp::spawn_with(&env, |config| {
+        config.jobs.job_backoff_base = Duration::from_secs(2);
+        config.jobs.job_backoff_max = Duration::from_secs(2);
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the first message to fail", || async {
+        (status(ids[0]).await["status"] == "FAILED").then_some(())
+    })
+    .await;
+    assert_eq!(status(ids[1]).await["status"], "QUEUED", "the second message still has its own job's attempts");
+    std::fs::remove_file(objects.join("romance")).unwrap();
+    eventually(Duration::from_secs(30), "the second message to be stored by its own job", || async {
+        (status(ids[1]).await["status"] == "STORED").then_some(())
+    })
+    .await;
+    assert_eq!(std::fs::read_to_string(objects.join("romance/Second.json")).unwrap(), second);
+    assert!(!objects.join("romance/First.json").exists(), "the failed message was never written");
+    workers.stop().await;
+    intake.stop().await;
+}
+
+#[tokio::test]
 async fn messages_whose_job_was_lost_are_dead_lettered_by_the_sweep() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
