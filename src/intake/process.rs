@@ -32,6 +32,7 @@ pub struct StoreBatch {
 #[derive(Debug, FromQueryResult)]
 struct Pending {
     id: i64,
+    job_id: i64,
     object_name: String,
     body: String,
 }
@@ -45,7 +46,7 @@ struct Pending {
 pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) -> Result<(), JobError> {
     let mut pending = Pending::find_by_statement(stmt(
         &state.db,
-        "SELECT id, object_name, body FROM intake_messages WHERE job_id = $1 AND status = $2 ORDER BY id",
+        "SELECT id, job_id, object_name, body FROM intake_messages WHERE job_id = $1 AND status = $2 ORDER BY id",
         [ctx.id.into(), IntakeStatus::Queued.as_str().into()],
     ))
     .all(&state.db)
@@ -61,6 +62,8 @@ pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) ->
     if pending.is_empty() {
         return Ok(());
     }
+    let mut jobs_behind: Vec<i64> = pending.iter().map(|message| message.job_id).filter(|&job| job != ctx.id).collect();
+    jobs_behind.dedup();
 
     if ctx.attempt > 1 {
         clear_interrupted_writes(&state, &bucket, &pending).await;
@@ -68,6 +71,7 @@ pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) ->
     let concurrency = state.config.intake.intake_write_concurrency as usize;
     let (written, error) = write_in_order(&state, &bucket, pending, concurrency).await;
     let notices = mark_stored(&state, &bucket, &written).await?;
+    finish_drained(&state, jobs_behind).await?;
     metrics::counter!("emporium_intake_stored_total").increment(notices.len() as u64);
     for notice in &notices {
         state.events.publish(PROCESSED_TOPIC, notice).await;
@@ -97,7 +101,7 @@ const TAKEN_FROM_BEHIND: i64 = 2_000;
 async fn queued_behind(state: &AppState, ctx: &JobContext, genre: &str) -> Result<Vec<Pending>, sea_orm::DbErr> {
     Pending::find_by_statement(stmt(
         &state.db,
-        "SELECT m.id, m.object_name, m.body FROM intake_messages m JOIN jobs j ON j.id = m.job_id
+        "SELECT m.id, m.job_id, m.object_name, m.body FROM intake_messages m JOIN jobs j ON j.id = m.job_id
          WHERE j.ordering_key = $1 AND j.id > $2 AND j.status = $3 AND m.status = $4
          ORDER BY j.id, m.id
          LIMIT $5",
@@ -111,6 +115,35 @@ async fn queued_behind(state: &AppState, ctx: &JobContext, genre: &str) -> Resul
     ))
     .all(&state.db)
     .await
+}
+
+/// Of the jobs behind this one whose messages it took, those with none left queued have
+/// nothing to do: finish them now rather than let each be claimed, find nothing and finish.
+/// (No message joins a job after its submission, and none of them can start while this job
+/// holds the group.)
+async fn finish_drained(state: &AppState, jobs: Vec<i64>) -> Result<(), sea_orm::DbErr> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    #[derive(FromQueryResult)]
+    struct JobId {
+        job_id: i64,
+    }
+    let mut values: Vec<Value> = vec![IntakeStatus::Queued.as_str().into()];
+    values.extend(jobs.iter().map(|&job| Value::from(job)));
+    let sql = format!(
+        "SELECT DISTINCT job_id FROM intake_messages WHERE status = $1 AND job_id IN ({})",
+        (2..=values.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+    );
+    let unfinished: Vec<i64> = JobId::find_by_statement(stmt(&state.db, &sql, values))
+        .all(&state.db)
+        .await?
+        .into_iter()
+        .map(|row| row.job_id)
+        .collect();
+    let drained: Vec<i64> = jobs.into_iter().filter(|job| !unfinished.contains(job)).collect();
+    state.jobs.finish_unstarted(&state.db, &drained).await?;
+    Ok(())
 }
 
 /// The FIFO group of a genre's store jobs.

@@ -151,6 +151,23 @@ impl JobQueue {
         Ok(ids)
     }
 
+    /// Marks jobs that are queued and never started as succeeded: another job did their
+    /// work (an intake job drains the messages of the jobs behind it in its group). Jobs
+    /// that started meanwhile are left alone. Returns how many were finished.
+    pub async fn finish_unstarted(&self, conn: &impl ConnectionTrait, ids: &[i64]) -> Result<u64, sea_orm::DbErr> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut values: Vec<Value> = vec![now_ms().into()];
+        values.extend(ids.iter().map(|&id| Value::from(id)));
+        let sql = format!(
+            "UPDATE jobs SET status = '{SUCCEEDED}', finished_at = $1, updated_at = $1
+             WHERE status = '{QUEUED}' AND attempts = 0 AND id IN ({})",
+            (2..=values.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+        );
+        execute(conn, &sql, values).await
+    }
+
     pub async fn get(&self, id: i64) -> Result<Option<JobRecord>, sea_orm::DbErr> {
         JobRecord::find_by_statement(stmt(&self.db, "SELECT * FROM jobs WHERE id = $1", [id.into()]))
             .one(&self.db)
