@@ -76,20 +76,9 @@ impl App {
         let app = http::router(state.clone());
 
         tracing::info!(addr = %listener.local_addr()?, node = %state.node_id, "emporium is serving; GraphiQL at /graphql");
-        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopped_tx.send(());
-        });
         // Open websockets (subscriptions) would keep a graceful shutdown waiting forever:
         // after the grace period the server stops regardless.
-        let grace = state.config.jobs.shutdown_grace;
-        tokio::select! {
-            result = server => result.context("the HTTP server failed")?,
-            () = async { let _ = stopped_rx.await; tokio::time::sleep(grace + Duration::from_secs(1)).await } => {
-                tracing::warn!("in-flight connections still open after the grace period; closing them");
-            }
-        }
+        http::serve(listener, app, shutdown, state.config.jobs.shutdown_grace + Duration::from_secs(1)).await;
         tracing::info!("shutting down: finishing running jobs");
         feed_pollers.shutdown();
         let _ = scheduler.shutdown().await;

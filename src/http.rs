@@ -2,7 +2,7 @@
 //! routes, `/health`, `/metrics`, and the cross-cutting layers (metrics, tracing, CORS,
 //! write protection, load shedding).
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Duration};
 
 use async_graphql::http::graphiql_source;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
@@ -14,7 +14,10 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::get,
 };
-use tokio::sync::Semaphore;
+use hyper::server::conn::http1;
+use hyper_util::{rt::TokioIo, service::TowerToHyperService};
+use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
     trace::TraceLayer,
@@ -59,8 +62,8 @@ pub fn router(state: AppState) -> Router {
 
     // The feed gateway answers from memory at static-file speed: it is merged after the
     // per-request tracing, metrics and write-access layers (it counts its own requests with
-    // pre-registered handles and only reads), but stays inside load shedding.
-    let mut feed = crate::feed::routes(state.feed.clone()).layer(middleware::from_fn_with_state(inflight, shed_load));
+    // pre-registered handles and only reads), and takes its request slot itself.
+    let mut feed = crate::feed::routes(state.feed.clone(), inflight);
     if !state.config.cors_origins.is_empty() {
         feed = feed.layer(cors(&state.config.cors_origins));
     }
@@ -196,15 +199,67 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Serves `app` on `listener` over HTTP/1.1 (with upgrades, for graphql-ws) until
+/// `shutdown` resolves; then stops accepting, lets open connections finish their requests,
+/// and returns after `grace` at the latest (an open websocket would wait forever).
+///
+/// Not `axum::serve`: its HTTP/1-or-2 detection and per-connection plumbing cost the feed
+/// about 5% of its requests per second (bench/feed.sh), and nothing here speaks h2c.
+pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>, grace: Duration) {
+    let stopping = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of file descriptors, or the like: back off instead of spinning.
+                    tracing::warn!(error = %error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let stopping = stopping.clone();
+        let service = TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stopping.cancelled() => {
+                    // Finish the request in progress, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    stopping.cancel();
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        tracing::warn!("connections still open after the grace period; leaving them");
+    }
+}
+
 /// Beyond `MAX_INFLIGHT_REQUESTS` concurrent requests, answer 503 at once instead of queueing.
 async fn shed_load(State(slots): State<Arc<Semaphore>>, request: Request, next: Next) -> Response {
     match slots.try_acquire() {
         Ok(_permit) => next.run(request).await,
-        Err(_) => {
-            metrics::counter!("emporium_http_shed_total").increment(1);
-            AppError::unavailable("this node is at its request limit; retry shortly", Some(1)).into_response()
-        }
+        Err(_) => shed(),
     }
+}
+
+/// The answer to a request beyond `MAX_INFLIGHT_REQUESTS`.
+pub fn shed() -> Response {
+    metrics::counter!("emporium_http_shed_total").increment(1);
+    AppError::unavailable("this node is at its request limit; retry shortly", Some(1)).into_response()
 }
 
 fn cors(origins: &[String]) -> CorsLayer {
