@@ -73,7 +73,7 @@ impl App {
         let workers = Workers::spawn(state.clone(), job_registry(), state.config.jobs.job_workers);
         let mut scheduler = periodic::start(state.clone(), periodic_jobs(&state.config)).await?;
         let feed_pollers = feed::spawn_pollers(&state.feed)?;
-        let app = http::router(state.clone());
+        let app = http::app(state.clone());
 
         tracing::info!(addr = %listener.local_addr()?, node = %state.node_id, "emporium is serving; GraphiQL at /graphql");
         // Open websockets (subscriptions) would keep a graceful shutdown waiting forever:

@@ -2,7 +2,7 @@
 //! routes, `/health`, `/metrics`, and the cross-cutting layers (metrics, tracing, CORS,
 //! write protection, load shedding).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
 use async_graphql::http::graphiql_source;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
@@ -14,7 +14,12 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::get,
 };
-use hyper::server::conn::http1;
+use futures::future::Either;
+use hyper::{
+    body::Incoming,
+    server::conn::http1,
+    service::{Service as _, service_fn},
+};
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -25,6 +30,7 @@ use tower_http::{
 
 use crate::{
     error::AppError,
+    feed::FeedRoute,
     graphql::{self, AppSchema, Caller, Transport},
     health,
     state::AppState,
@@ -39,7 +45,16 @@ pub struct WriteAccess(pub bool);
 #[derive(Clone)]
 struct WebSocketSchema(AppSchema);
 
-pub fn router(state: AppState) -> Router {
+/// What a node serves: its router, and the feed route, which the server answers before
+/// routing when it can (no CORS layer to pass through): routing and the router's layers
+/// would cost it a tenth of its speed.
+#[derive(Clone)]
+pub struct App {
+    router: Router,
+    feed_first: Option<FeedRoute>,
+}
+
+pub fn app(state: AppState) -> App {
     let inflight = Arc::new(Semaphore::new(state.config.http.max_inflight_requests.max(1)));
     let timeout = state.config.http.request_timeout;
     let schema = graphql::build(Some(state.clone()), &state.config.http, Transport::Http);
@@ -63,12 +78,14 @@ pub fn router(state: AppState) -> Router {
     // The feed gateway answers from memory at static-file speed: it is merged after the
     // per-request tracing, metrics and write-access layers (it counts its own requests with
     // pre-registered handles and only reads), and takes its request slot itself.
-    let mut feed = crate::feed::routes(state.feed.clone(), inflight);
+    let feed = FeedRoute::new(state.feed.clone(), inflight);
+    let feed_first = state.config.cors_origins.is_empty().then(|| feed.clone());
+    let mut feed = feed.routes();
     if !state.config.cors_origins.is_empty() {
         feed = feed.layer(cors(&state.config.cors_origins));
     }
 
-    Router::new()
+    let router = Router::new()
         .merge(shed)
         .route("/health", get(health::handler))
         .layer(middleware::from_fn_with_state(state.clone(), write_access))
@@ -76,7 +93,8 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
         .layer(middleware::from_fn(telemetry::track_http))
         .merge(feed)
-        .with_state(state)
+        .with_state(state);
+    App { router, feed_first }
 }
 
 async fn graphql_post(
@@ -205,7 +223,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 ///
 /// Not `axum::serve`: its HTTP/1-or-2 detection and per-connection plumbing cost the feed
 /// about 5% of its requests per second (bench/feed.sh), and nothing here speaks h2c.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>, grace: Duration) {
+pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output = ()>, grace: Duration) {
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -223,7 +241,14 @@ pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Out
             () = &mut shutdown => break,
         };
         let stopping = stopping.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let router = TowerToHyperService::new(app.router.clone());
+        let feed_first = app.feed_first.clone();
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
+            match feed_first.as_ref().and_then(|feed| feed.answer(&request)) {
+                Some(response) => Either::Left(std::future::ready(Ok::<_, Infallible>(response))),
+                None => Either::Right(router.call(request)),
+            }
+        });
         connections.spawn(async move {
             let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
             let mut connection = std::pin::pin!(connection);

@@ -15,7 +15,7 @@ use axum::{
     Router,
     body::Body,
     extract::{Request, State},
-    http::{HeaderValue, Method, StatusCode, header},
+    http::{self, HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -30,50 +30,74 @@ use crate::error::AppError;
 /// keeps its slot until the last piece has been taken (a 1,000-item feed is one piece).
 const CHUNK: usize = 64 * 1024;
 
-/// What the route needs: the gateway, and the node's request slots (`MAX_INFLIGHT_REQUESTS`),
+/// The feed route: the gateway, and the node's request slots (`MAX_INFLIGHT_REQUESTS`),
 /// taken here rather than by the load-shedding middleware, which would cost this route a
-/// tenth of its speed.
+/// tenth of its speed. The server also calls [`FeedRoute::answer`] before routing at all.
 #[derive(Clone)]
-struct FeedRoute {
+pub struct FeedRoute {
     gateway: Gateway,
     inflight: Arc<Semaphore>,
 }
 
-/// The feed route, with its own small state: a request clones two `Arc`s, not the whole
-/// `AppState`.
-pub fn routes<S: Clone + Send + Sync + 'static>(gateway: Gateway, inflight: Arc<Semaphore>) -> Router<S> {
-    Router::new().route("/v1/feed", get(serve_feed)).with_state(FeedRoute { gateway, inflight })
+pub const PATH: &str = "/v1/feed";
+
+impl FeedRoute {
+    pub fn new(gateway: Gateway, inflight: Arc<Semaphore>) -> Self {
+        Self { gateway, inflight }
+    }
+
+    /// The router for this route: a request clones two `Arc`s, not the whole `AppState`.
+    pub fn routes<S: Clone + Send + Sync + 'static>(self) -> Router<S> {
+        Router::new().route(PATH, get(serve_feed)).with_state(self)
+    }
+
+    /// The answer to `request` when it is a `GET` or `HEAD` of the feed, else `None`.
+    pub fn answer<B>(&self, request: &http::Request<B>) -> Option<Response> {
+        let head = match *request.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => return None,
+        };
+        (request.uri().path() == PATH).then(|| self.respond(head, request.headers()))
+    }
+
+    fn respond(&self, head: bool, headers: &HeaderMap) -> Response {
+        let FeedRoute { gateway, inflight } = self;
+        let Ok(request_slot) = inflight.clone().try_acquire_owned() else {
+            return crate::http::shed();
+        };
+        let counters = RequestCounters::get();
+        let Some(client_slot) = gateway.try_client_slot() else {
+            counters.count(head, Outcome::Rejected);
+            metrics::counter!("emporium_feed_clients_rejected_total").increment(1);
+            let message = format!("the feed serves at most {} clients at once; retry shortly", gateway.max_clients());
+            return AppError::unavailable(message, Some(1)).into_response();
+        };
+        let served = gateway.served_guard();
+        let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|tags| etag_matches(tags, &served.etag));
+        let (status, body) = if fresh {
+            counters.count(head, Outcome::NotModified);
+            (StatusCode::NOT_MODIFIED, Body::empty())
+        } else {
+            counters.count(head, Outcome::Ok);
+            (
+                StatusCode::OK,
+                Body::new(FeedBody { rest: served.body.clone(), slots: Some([client_slot, request_slot]) }),
+            )
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::ETAG, served.etag.clone());
+        // Caches may keep it but must ask again (a 304 is cheap): the feed changes any time.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    }
 }
 
-async fn serve_feed(State(FeedRoute { gateway, inflight }): State<FeedRoute>, request: Request) -> Response {
-    let Ok(request_slot) = inflight.try_acquire_owned() else {
-        return crate::http::shed();
-    };
-    let counters = RequestCounters::get();
-    let head = request.method() == Method::HEAD;
-    let Some(client_slot) = gateway.try_client_slot() else {
-        counters.count(head, Outcome::Rejected);
-        metrics::counter!("emporium_feed_clients_rejected_total").increment(1);
-        let message = format!("the feed serves at most {} clients at once; retry shortly", gateway.max_clients());
-        return AppError::unavailable(message, Some(1)).into_response();
-    };
-    let served = gateway.served_guard();
-    let fresh = request.headers().get(header::IF_NONE_MATCH).is_some_and(|tags| etag_matches(tags, &served.etag));
-    let (status, body) = if fresh {
-        counters.count(head, Outcome::NotModified);
-        (StatusCode::NOT_MODIFIED, Body::empty())
-    } else {
-        counters.count(head, Outcome::Ok);
-        (StatusCode::OK, Body::new(FeedBody { rest: served.body.clone(), slots: Some([client_slot, request_slot]) }))
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::ETAG, served.etag.clone());
-    // Caches may keep it but must ask again (a 304 is cheap): the feed changes any time.
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+async fn serve_feed(State(route): State<FeedRoute>, request: Request) -> Response {
+    route.respond(request.method() == Method::HEAD, request.headers())
 }
 
 /// `If-None-Match` matches: `*`, or one of the listed tags equal to ours (weak comparison,

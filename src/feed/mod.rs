@@ -34,7 +34,7 @@ use serde_json::json;
 
 pub use gateway::{Gateway, PollFailure, Source, SourceStatus, SourceView};
 pub use graphql::FeedQuery;
-pub use http::routes;
+pub use http::FeedRoute;
 pub use poller::{PollError, Pollers, parse_items, spawn_pollers};
 
 use crate::{

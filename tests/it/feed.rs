@@ -234,6 +234,26 @@ async fn etag_and_if_none_match_give_304_until_the_feed_changes() {
 }
 
 #[tokio::test]
+async fn the_feed_answers_get_and_head_and_leaves_other_methods_to_the_router() {
+    let env = env(1).await;
+    let content = items("h", 0..3);
+    env.sim.set_feed_items(0, content.clone());
+    let app = app(&env, &[1], &[], |_| {}).await;
+    eventually(Duration::from_secs(5), "the feed", || feed_is(&app, &content)).await;
+
+    let (_, etag, _) = get_feed(&app).await;
+    let head = app.http.head(app.url("/v1/feed?any=query")).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers().get(header::ETAG).and_then(|tag| tag.to_str().ok()), etag.as_deref());
+    assert!(head.bytes().await.unwrap().is_empty(), "HEAD has no body");
+    let post = app.http.post(app.url("/v1/feed")).body("[]").send().await.unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let elsewhere = app.http.get(app.url("/v1/feed/")).send().await.unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn concurrent_readers_always_get_a_body_with_its_own_etag() {
     let env = env(1).await;
     let first = items("v", 0..100);

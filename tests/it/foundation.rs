@@ -241,6 +241,10 @@ async fn cors_preflight_allows_configured_origins_only() {
     assert_eq!(allowed.headers()["access-control-allow-origin"], "https://shop.example");
     let refused = preflight("https://evil.example").await.unwrap();
     assert!(refused.headers().get("access-control-allow-origin").is_none());
+    // The feed too: with origins configured it is served through the CORS layer.
+    let feed = app.http.get(app.url("/v1/feed")).header("origin", "https://shop.example").send().await.unwrap();
+    assert_eq!(feed.status(), 200);
+    assert_eq!(feed.headers()["access-control-allow-origin"], "https://shop.example");
     app.stop().await;
 }
 
