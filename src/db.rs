@@ -86,6 +86,11 @@ pub fn stmt(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item
     Statement::from_sql_and_values(backend, sql, values)
 }
 
+/// `$first, $first+1, …`: `count` placeholders for an `IN (…)` list.
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
 /// SQLite finds each `$N` placeholder's number by name with a linear scan of the
 /// statement's parameter list, so binding a 600-parameter insert takes 600² steps (18% of
 /// an intake submission's CPU). Anonymous `?` placeholders bind by position: the `$N` of

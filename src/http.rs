@@ -1,6 +1,6 @@
 //! The HTTP surface: GraphQL (POST/GET, GraphiQL, graphql-ws), the domains' REST
-//! routes, `/health`, `/metrics`, and the cross-cutting layers (metrics, tracing, CORS,
-//! write protection, load shedding).
+//! routes, `/health`, `/metrics`, the cross-cutting layers (metrics, tracing, CORS,
+//! write protection, load shedding), and the HTTP/1.1 server that runs them.
 
 use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 
@@ -79,11 +79,11 @@ pub fn app(state: AppState) -> App {
     // per-request tracing, metrics and write-access layers (it counts its own requests with
     // pre-registered handles and only reads), and takes its request slot itself.
     let feed = FeedRoute::new(state.feed.clone(), inflight);
-    let feed_first = state.config.cors_origins.is_empty().then(|| feed.clone());
-    let mut feed = feed.routes();
-    if !state.config.cors_origins.is_empty() {
-        feed = feed.layer(cors(&state.config.cors_origins));
-    }
+    let (feed, feed_first) = if state.config.cors_origins.is_empty() {
+        (feed.clone().routes(), Some(feed))
+    } else {
+        (feed.routes().layer(cors(&state.config.cors_origins)), None)
+    };
 
     let router = Router::new()
         .merge(shed)

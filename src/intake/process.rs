@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{IntakeStatus, Notice, PROCESSED_TOPIC};
 use crate::{
-    db::{now_ms, stmt},
+    db::{now_ms, placeholders, stmt},
     jobs::{JobContext, JobError},
     state::AppState,
 };
@@ -133,7 +133,7 @@ async fn finish_drained(state: &AppState, jobs: Vec<i64>) -> Result<(), sea_orm:
     values.extend(jobs.iter().map(|&job| Value::from(job)));
     let sql = format!(
         "SELECT DISTINCT job_id FROM intake_messages WHERE status = $1 AND job_id IN ({})",
-        (2..=values.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+        placeholders(2, jobs.len())
     );
     let unfinished: Vec<i64> = JobId::find_by_statement(stmt(&state.db, &sql, values))
         .all(&state.db)

@@ -24,7 +24,7 @@ pub use worker::{JobContext, JobError, JobRegistry, Workers};
 
 use crate::{
     config::JobsConfig,
-    db::{duration_ms, execute, now_ms, stmt},
+    db::{duration_ms, execute, now_ms, placeholders, stmt},
 };
 
 pub const QUEUED: &str = "queued";
@@ -163,7 +163,7 @@ impl JobQueue {
         let sql = format!(
             "UPDATE jobs SET status = '{SUCCEEDED}', finished_at = $1, updated_at = $1
              WHERE status = '{QUEUED}' AND attempts = 0 AND id IN ({})",
-            (2..=values.len()).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+            placeholders(2, ids.len())
         );
         execute(conn, &sql, values).await
     }
