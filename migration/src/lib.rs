@@ -10,7 +10,7 @@ mod m20261121_000002_catalog;
 mod m20261121_000003_store;
 mod m20261121_000004_uploads;
 mod m20261121_000005_intake;
-mod m20261122_000006_unfinished_jobs_index;
+mod m20261121_000006_unfinished_jobs_index;
 
 pub struct Migrator;
 
@@ -23,7 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000003_store::Migration),
             Box::new(m20261121_000004_uploads::Migration),
             Box::new(m20261121_000005_intake::Migration),
-            Box::new(m20261122_000006_unfinished_jobs_index::Migration),
+            Box::new(m20261121_000006_unfinished_jobs_index::Migration),
         ]
     }
 }

@@ -230,8 +230,8 @@ impl JobQueue {
         // A job is due when queued and its time has come, or when its holder's lease ran
         // out (the holder died) and it has attempts left. A job in a FIFO group waits
         // until every older job of its group has finished (succeeded or failed); that test
-        // is one probe of the partial index `jobs_unfinished_by_group`, whose WHERE clause
-        // it must keep matching word for word.
+        // is one probe of the partial index `jobs_unfinished_by_group`, whose conditions it
+        // must keep implying (the same status list; the key equality implies NOT NULL).
         let sql = format!(
             "WITH picked AS (
                 SELECT j.id FROM jobs j

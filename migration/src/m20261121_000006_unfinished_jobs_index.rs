@@ -2,7 +2,9 @@
 //! group is still unfinished. Through `(ordering_key, id)` that walks every older job,
 //! finished ones included, which grows with the group's history (a busy intake genre keeps
 //! thousands of succeeded jobs for the retention period). A partial index over the
-//! unfinished jobs alone makes it one probe. Same SQL on SQLite and Postgres.
+//! unfinished jobs of FIFO groups alone makes it one probe, and costs nothing to the many
+//! jobs without a group (one registration job per uploaded product). Same SQL on SQLite
+//! and Postgres.
 
 use sea_orm_migration::prelude::*;
 
@@ -15,7 +17,8 @@ impl MigrationTrait for Migration {
         manager
             .get_connection()
             .execute_unprepared(
-                "CREATE INDEX jobs_unfinished_by_group ON jobs (ordering_key, id) WHERE status IN ('queued', 'running')",
+                "CREATE INDEX jobs_unfinished_by_group ON jobs (ordering_key, id)
+                 WHERE status IN ('queued', 'running') AND ordering_key IS NOT NULL",
             )
             .await?;
         Ok(())
