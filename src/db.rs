@@ -86,9 +86,18 @@ pub fn stmt(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item
     Statement::from_sql_and_values(backend, sql, values)
 }
 
-/// `$first, $first+1, …`: `count` placeholders for an `IN (…)` list.
-pub fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+/// `$n, $n+1, …` placeholders for `items` (an `IN (…)` list), numbered after the `values`
+/// already bound, and the values with the items appended.
+pub fn in_list<V: Clone + Into<Value>>(mut values: Vec<Value>, items: &[V]) -> (String, Vec<Value>) {
+    let placeholders = items
+        .iter()
+        .map(|item| {
+            values.push(item.clone().into());
+            format!("${}", values.len())
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    (placeholders, values)
 }
 
 /// SQLite finds each `$N` placeholder's number by name with a linear scan of the

@@ -586,7 +586,7 @@ impl Loader<i64> for OffersByProduct {
     type Error = LoadError;
 
     async fn load(&self, keys: &[i64]) -> std::result::Result<HashMap<i64, Self::Value>, Self::Error> {
-        let (ids, values) = super::in_list(Vec::new(), keys);
+        let (ids, values) = crate::db::in_list(Vec::new(), keys);
         let rows = OfferRow::find_by_statement(stmt(
             &self.0,
             &format!("SELECT {OFFER_COLUMNS} FROM offers WHERE product_id IN ({ids}) ORDER BY product_id, price, id"),
@@ -610,7 +610,7 @@ impl Loader<i64> for ProductsById {
     type Error = LoadError;
 
     async fn load(&self, keys: &[i64]) -> std::result::Result<HashMap<i64, Self::Value>, Self::Error> {
-        let (ids, values) = super::in_list(Vec::new(), keys);
+        let (ids, values) = crate::db::in_list(Vec::new(), keys);
         let rows = ProductRow::find_by_statement(stmt(
             &self.0,
             &format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({ids})"),

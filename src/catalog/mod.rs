@@ -27,7 +27,7 @@ pub mod trend;
 
 use std::time::Duration;
 
-use sea_orm::{DatabaseConnection, Value};
+use sea_orm::DatabaseConnection;
 use serde_json::json;
 
 pub use client::OffersClient;
@@ -139,17 +139,4 @@ pub async fn health(state: &AppState) -> Check {
             "this_node": local,
         }),
     )
-}
-
-/// `$n, $n+1, …` placeholders for `ids`, numbered after the `values` already bound.
-pub(crate) fn in_list(mut values: Vec<Value>, ids: &[i64]) -> (String, Vec<Value>) {
-    let placeholders = ids
-        .iter()
-        .map(|id| {
-            values.push((*id).into());
-            format!("${}", values.len())
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    (placeholders, values)
 }

@@ -354,7 +354,8 @@ pub async fn apply(
         ids.extend(upserted.into_iter().map(|row| (row.source_id, row.id)));
     }
     if !vanished.is_empty() {
-        let (placeholders, values) = super::in_list(Vec::new(), &vanished.iter().map(|row| row.id).collect::<Vec<_>>());
+        let (placeholders, values) =
+            crate::db::in_list(Vec::new(), &vanished.iter().map(|row| row.id).collect::<Vec<_>>());
         txn.execute_raw(stmt(&txn, &format!("DELETE FROM offers WHERE id IN ({placeholders})"), values)).await?;
     }
     if !changes.is_empty() {

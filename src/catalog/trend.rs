@@ -172,7 +172,7 @@ pub async fn load_histories(
     if product_ids.is_empty() {
         return Ok(histories);
     }
-    let (before_ids, before_values) = super::in_list(vec![from.into()], product_ids);
+    let (before_ids, before_values) = crate::db::in_list(vec![from.into()], product_ids);
     let before = HistoryRow::find_by_statement(stmt(
         db,
         &format!(
@@ -190,7 +190,7 @@ pub async fn load_histories(
     ))
     .all(db)
     .await?;
-    let (during_ids, during_values) = super::in_list(vec![from.into(), to.into()], product_ids);
+    let (during_ids, during_values) = crate::db::in_list(vec![from.into(), to.into()], product_ids);
     let during = HistoryRow::find_by_statement(stmt(
         db,
         &format!(

@@ -1,7 +1,7 @@
 //! Processing: the durable job that writes a batch of one genre's messages to its bucket,
 //! records their notices, and the sweep that dead-letters messages whose job was lost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt as _;
 use object_store::{
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{IntakeStatus, Notice, PROCESSED_TOPIC};
 use crate::{
-    db::{now_ms, placeholders, stmt},
+    db::{in_list, now_ms, stmt},
     jobs::{JobContext, JobError},
     state::AppState,
 };
@@ -129,13 +129,9 @@ async fn finish_drained(state: &AppState, jobs: Vec<i64>) -> Result<(), sea_orm:
     struct JobId {
         job_id: i64,
     }
-    let mut values: Vec<Value> = vec![IntakeStatus::Queued.as_str().into()];
-    values.extend(jobs.iter().map(|&job| Value::from(job)));
-    let sql = format!(
-        "SELECT DISTINCT job_id FROM intake_messages WHERE status = $1 AND job_id IN ({})",
-        placeholders(2, jobs.len())
-    );
-    let unfinished: Vec<i64> = JobId::find_by_statement(stmt(&state.db, &sql, values))
+    let (list, values) = in_list(vec![IntakeStatus::Queued.as_str().into()], &jobs);
+    let sql = format!("SELECT DISTINCT job_id FROM intake_messages WHERE status = $1 AND job_id IN ({list})");
+    let unfinished: HashSet<i64> = JobId::find_by_statement(stmt(&state.db, &sql, values))
         .all(&state.db)
         .await?
         .into_iter()
@@ -218,24 +214,17 @@ async fn mark_stored(state: &AppState, bucket: &str, ids: &[i64]) -> Result<Vec<
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut values: Vec<Value> = vec![
+    let bound: Vec<Value> = vec![
         IntakeStatus::Stored.as_str().into(),
         bucket.into(),
         now_ms().into(),
         IntakeStatus::Queued.as_str().into(),
     ];
-    let placeholders: Vec<String> = ids
-        .iter()
-        .map(|id| {
-            values.push((*id).into());
-            format!("${}", values.len())
-        })
-        .collect();
+    let (ids, values) = in_list(bound, ids);
     let sql = format!(
         "UPDATE intake_messages SET status = $1, bucket = $2, processed_at = $3
-         WHERE status = $4 AND id IN ({})
-         RETURNING id, message_id, title, genre, bucket, object_name, processed_at",
-        placeholders.join(", ")
+         WHERE status = $4 AND id IN ({ids})
+         RETURNING id, message_id, title, genre, bucket, object_name, processed_at"
     );
     let mut notices = Notice::find_by_statement(stmt(&state.db, &sql, values)).all(&state.db).await?;
     notices.sort_by_key(|notice| notice.id);

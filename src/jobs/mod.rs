@@ -24,7 +24,7 @@ pub use worker::{JobContext, JobError, JobRegistry, Workers};
 
 use crate::{
     config::JobsConfig,
-    db::{duration_ms, execute, now_ms, placeholders, stmt},
+    db::{duration_ms, execute, in_list, now_ms, stmt},
 };
 
 pub const QUEUED: &str = "queued";
@@ -158,12 +158,10 @@ impl JobQueue {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut values: Vec<Value> = vec![now_ms().into()];
-        values.extend(ids.iter().map(|&id| Value::from(id)));
+        let (ids, values) = in_list(vec![now_ms().into()], ids);
         let sql = format!(
             "UPDATE jobs SET status = '{SUCCEEDED}', finished_at = $1, updated_at = $1
-             WHERE status = '{QUEUED}' AND attempts = 0 AND id IN ({})",
-            placeholders(2, ids.len())
+             WHERE status = '{QUEUED}' AND attempts = 0 AND id IN ({ids})"
         );
         execute(conn, &sql, values).await
     }
@@ -213,19 +211,13 @@ impl JobQueue {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let mut values: Vec<Value> = vec![
+        let bound: Vec<Value> = vec![
             node.into(),
             (now + duration_ms(self.config.job_lease)).into(),
             now.into(),
             i64::try_from(limit).unwrap_or(i64::MAX).into(),
         ];
-        let kind_params: Vec<String> = kinds
-            .iter()
-            .map(|kind| {
-                values.push((*kind).into());
-                format!("${}", values.len())
-            })
-            .collect();
+        let (kinds, values) = in_list(bound, kinds);
         let lock = if self.db.get_database_backend() == DbBackend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
         // A job is due when queued and its time has come, or when its holder's lease ran
         // out (the holder died) and it has attempts left. A job in a FIFO group waits
@@ -248,8 +240,7 @@ impl JobQueue {
             )
             UPDATE jobs SET status = '{RUNNING}', attempts = attempts + 1, locked_by = $1, locked_until = $2, updated_at = $3
             WHERE id IN (SELECT id FROM picked)
-            RETURNING *",
-            kinds = kind_params.join(", ")
+            RETURNING *"
         );
         let mut jobs = JobRecord::find_by_statement(stmt(&self.db, &sql, values)).all(&self.db).await?;
         jobs.sort_by_key(|job| job.id);
