@@ -1,72 +1,137 @@
-//! Registering products with the offers service: a durable job per product, enqueued in
-//! the transaction that creates it. The service being down delays registration (the job
-//! retries with backoff), never loses it. Registering twice is harmless (409 = already
-//! registered), so the at-least-once job is idempotent.
+//! Registering products with the offers service: durable jobs enqueued in the transaction
+//! that creates the products, one job per product created by the API and one per batch
+//! of up to 1,000 created by an upload (a job row per product cost uploads a third of
+//! their speed). The service being down delays registration (the job retries with
+//! backoff), never loses it. Registering twice is harmless (409 = already registered), so
+//! the at-least-once job is idempotent, and a retried batch skips the products already
+//! registered or refused.
 
+use std::collections::HashSet;
+
+use futures::StreamExt as _;
 use sea_orm::{ConnectionTrait as _, FromQueryResult};
 
 use super::{
     client::OffersError,
     model::{PRODUCT_COLUMNS, ProductRow, REGISTER_JOB, Registration},
-    products::RegisterPayload,
     sync,
 };
 use crate::{
-    db::{now_ms, stmt},
+    db::{in_list, now_ms, stmt},
     jobs::{JobContext, JobError, JobRegistry, NewJob},
     state::AppState,
 };
 
-pub fn register_jobs(registry: &mut JobRegistry) {
-    registry.register(REGISTER_JOB, register_product);
+/// Products of one job registered at once.
+const CONCURRENCY: usize = 8;
+
+/// The payload of a registration job.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RegisterPayload {
+    #[serde(default)]
+    pub product_ids: Vec<i64>,
+    /// The one product of a job queued before jobs held lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_id: Option<i64>,
 }
 
-/// A registration job for `product_id`, with the catalog's attempt budget.
-pub fn job(state: &AppState, product_id: i64) -> NewJob {
-    NewJob::new(REGISTER_JOB, &RegisterPayload { product_id })
+pub fn register_jobs(registry: &mut JobRegistry) {
+    registry.register(REGISTER_JOB, register_products);
+}
+
+/// A registration job for `product_ids`, with the catalog's attempt budget.
+pub fn job(state: &AppState, product_ids: Vec<i64>) -> NewJob {
+    NewJob::new(REGISTER_JOB, &RegisterPayload { product_ids, product_id: None })
         .max_attempts(state.config.catalog.offers_register_attempts)
 }
 
-async fn register_product(state: AppState, ctx: JobContext, payload: RegisterPayload) -> Result<(), JobError> {
-    let db = &state.db;
-    let product = ProductRow::find_by_statement(stmt(
-        db,
-        &format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"),
-        [payload.product_id.into()],
-    ))
-    .one(db)
-    .await?;
-    let Some(product) = product else {
-        // Deleted before we got to it: nothing to register.
-        return Ok(());
-    };
-    if Registration::parse(&product.registration_status) == Registration::Registered {
+/// How registering one product ended.
+enum Outcome {
+    Registered,
+    /// The service refused it: retrying cannot help.
+    Refused(String),
+    /// Worth another attempt.
+    Failed(String),
+}
+
+async fn register_products(state: AppState, ctx: JobContext, payload: RegisterPayload) -> Result<(), JobError> {
+    let ids: HashSet<i64> = payload.product_ids.into_iter().chain(payload.product_id).collect();
+    let ids: Vec<i64> = ids.into_iter().collect();
+    if ids.is_empty() {
         return Ok(());
     }
+    let (list, values) = in_list(Vec::new(), &ids);
+    // Deleted, registered or refused meanwhile: nothing to do for those.
+    let products = ProductRow::find_by_statement(stmt(
+        &state.db,
+        &format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({list}) AND registration_status = '{}'",
+            Registration::Pending.as_str()
+        ),
+        values,
+    ))
+    .all(&state.db)
+    .await?;
+    let last_attempt = ctx.attempt >= ctx.max_attempts;
+    let outcomes: Vec<Result<Outcome, sea_orm::DbErr>> = futures::stream::iter(products)
+        .map(|product| register_one(&state, product, ctx.attempt, last_attempt))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let (mut refused, mut failed) = (Vec::new(), Vec::new());
+    for outcome in outcomes {
+        match outcome? {
+            Outcome::Registered => {}
+            Outcome::Refused(reason) => refused.push(reason),
+            Outcome::Failed(reason) => failed.push(reason),
+        }
+    }
+    let summary = |reasons: &[String], what: &str| {
+        let first = reasons.first().map(String::as_str).unwrap_or_default();
+        match reasons.len() {
+            1 => first.to_string(),
+            n => format!("{n} of {} products {what}; the first: {first}", ids.len()),
+        }
+    };
+    if !failed.is_empty() {
+        return Err(JobError::Retry(anyhow::anyhow!(summary(&failed, "could not be registered"))));
+    }
+    if !refused.is_empty() {
+        return Err(JobError::Permanent(summary(&refused, "were refused")));
+    }
+    Ok(())
+}
+
+async fn register_one(
+    state: &AppState,
+    product: ProductRow,
+    attempt: i32,
+    last_attempt: bool,
+) -> Result<Outcome, sea_orm::DbErr> {
     let client = &state.catalog.offers;
-    match client.register(db, product.id, &product.name, &product.description).await {
+    match client.register(&state.db, product.id, &product.name, &product.description).await {
         Ok(newly) => {
-            mark_registered(&state, product.id).await?;
+            mark_registered(state, product.id).await?;
             tracing::info!(product = product.id, newly, "product registered with the offers service");
             // Offers right away rather than at the next sync; if this fails the sync catches up.
-            if let Err(error) = sync::sync_product(&state, product.id).await {
+            if let Err(error) = sync::sync_product(state, product.id).await {
                 tracing::info!(product = product.id, error = %error, "first offers fetch failed; the sync will retry");
             }
-            Ok(())
+            Ok(Outcome::Registered)
         }
         Err(OffersError::Rejected { status, message }) => {
             let reason = format!("the offers service refused the product ({status}): {message}");
-            mark_failed(&state, product.id, &reason).await?;
-            Err(JobError::Permanent(reason))
+            mark_failed(state, product.id, &reason).await?;
+            Ok(Outcome::Refused(reason))
         }
         Err(error) => {
             let reason = error.to_string();
-            if ctx.attempt >= ctx.max_attempts {
-                mark_failed(&state, product.id, &format!("gave up after {} attempts: {reason}", ctx.attempt)).await?;
+            if last_attempt {
+                mark_failed(state, product.id, &format!("gave up after {attempt} attempts: {reason}")).await?;
             } else {
-                note_error(&state, product.id, &reason).await?;
+                note_error(state, product.id, &reason).await?;
             }
-            Err(JobError::Retry(anyhow::anyhow!(reason)))
+            Ok(Outcome::Failed(reason))
         }
     }
 }
@@ -129,6 +194,6 @@ pub async fn requeue(
     if updated == 0 {
         return Ok(false);
     }
-    state.jobs.enqueue(conn, job(state, id)).await?;
+    state.jobs.enqueue(conn, job(state, vec![id])).await?;
     Ok(true)
 }

@@ -168,7 +168,26 @@ async fn upsert_by_sku_is_idempotent_last_wins_and_counts() {
     txn.commit().await.unwrap();
     assert_eq!(outcome, UpsertOutcome { created: 3, updated: 0 });
     assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM products").await, 3);
-    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 3);
+    // One registration job for the batch, naming the three new products.
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 1);
+    let payload = state
+        .db
+        .query_one_raw(emporium::db::stmt(&state.db, "SELECT payload FROM jobs WHERE kind = 'catalog.register'", []))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<String>("", "payload")
+        .unwrap();
+    let mut listed: Vec<i64> = serde_json::from_str::<Value>(&payload).unwrap()["product_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_i64().unwrap())
+        .collect();
+    listed.sort_unstable();
+    listed.dedup();
+    let listed = listed.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+    assert_eq!(scalar(&state.db, &format!("SELECT COUNT(*) FROM products WHERE id IN ({listed})")).await, 3);
     // Last occurrence wins, and a missing description of a new product is empty.
     let row = state
         .db
@@ -185,7 +204,7 @@ async fn upsert_by_sku_is_idempotent_last_wins_and_counts() {
     txn.commit().await.unwrap();
     assert_eq!(again, UpsertOutcome { created: 0, updated: 0 });
     assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM products").await, 3);
-    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 3);
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 1);
 
     // One changed name, one new sku; `None` leaves the stored description alone.
     let txn = state.db.begin().await.unwrap();
@@ -201,14 +220,14 @@ async fn upsert_by_sku_is_idempotent_last_wins_and_counts() {
         .try_get::<String>("", "description")
         .unwrap();
     assert_eq!(description, "dc");
-    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 4);
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 2);
 
     // A rolled-back upsert leaves neither products nor jobs behind.
     let txn = state.db.begin().await.unwrap();
     upsert_by_sku(state, &txn, &[item("e", "eee", None)]).await.unwrap();
     txn.rollback().await.unwrap();
     assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM products WHERE sku = 'e'").await, 0);
-    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 4);
+    assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 2);
 
     // An invalid item fails the batch and stores nothing.
     let txn = state.db.begin().await.unwrap();
@@ -216,6 +235,114 @@ async fn upsert_by_sku_is_idempotent_last_wins_and_counts() {
     assert!(matches!(refused, Err(emporium::error::AppError::BadInput(_))));
     drop(txn);
     assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM products").await, 4);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upsert_racing_another_for_a_new_sku_falls_back_and_updates_it_once() {
+    let env = TestEnv::new().await;
+    if !env.is_postgres() {
+        eprintln!("skipped: needs Postgres (SQLite runs one writer at a time, so upserts cannot race)");
+        return;
+    }
+    let app = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
+    let first = app.state.db.begin().await.unwrap();
+    upsert_by_sku(&app.state, &first, &[item("x", "from the first", None)]).await.unwrap();
+    let state = app.state.clone();
+    let second = tokio::spawn(async move {
+        let txn = state.db.begin().await.unwrap();
+        let batch = [item("x", "from the second", None), item("y", "why", None)];
+        let outcome = upsert_by_sku(&state, &txn, &batch).await.unwrap();
+        txn.commit().await.unwrap();
+        outcome
+    });
+    // The second did not see the first's `x` and now waits on it in its plain insert.
+    eventually(WAIT, "the second upsert waiting on the first", || async {
+        let waiting =
+            scalar(&app.state.db, "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'").await;
+        (waiting > 0).then_some(())
+    })
+    .await;
+    first.commit().await.unwrap();
+    let outcome = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
+    assert_eq!(outcome, UpsertOutcome { created: 1, updated: 1 });
+    assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM products").await, 2);
+    let name = app
+        .state
+        .db
+        .query_one_raw(emporium::db::stmt(&app.state.db, "SELECT name FROM products WHERE sku = 'x'", []))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<String>("", "name")
+        .unwrap();
+    assert_eq!(name, "from the second");
+    // One registration job each, for the product each created.
+    assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 2);
+    app.stop().await;
+}
+
+/// Upserts `skus` as one batch in one transaction; returns the outcome.
+async fn upsert_skus(app: &TestApp, skus: &[&str]) -> UpsertOutcome {
+    let batch: Vec<ProductUpsert> = skus.iter().map(|sku| item(sku, &format!("product {sku}"), None)).collect();
+    let txn = app.state.db.begin().await.unwrap();
+    let outcome = upsert_by_sku(&app.state, &txn, &batch).await.unwrap();
+    txn.commit().await.unwrap();
+    outcome
+}
+
+async fn registration_of(app: &TestApp, sku: &str) -> (String, Option<String>) {
+    let sql = format!("SELECT registration_status, registration_error FROM products WHERE sku = '{sku}'");
+    let row = app.state.db.query_one_raw(emporium::db::stmt(&app.state.db, &sql, [])).await.unwrap().unwrap();
+    (row.try_get("", "registration_status").unwrap(), row.try_get("", "registration_error").unwrap())
+}
+
+#[tokio::test]
+async fn a_batch_registration_job_registers_only_what_is_pending_and_gives_up_per_product() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| {
+        quiet_sync(config);
+        config.jobs.job_workers = 0;
+        config.jobs.job_backoff_base = Duration::from_millis(50);
+        config.jobs.job_backoff_max = Duration::from_millis(100);
+        config.catalog.offers_register_attempts = 2;
+    })
+    .await;
+    let mut registry = emporium::jobs::JobRegistry::default();
+    emporium::catalog::register_jobs(&mut registry);
+
+    // One job for a, b and c; b gets registered and c deleted before it runs.
+    assert_eq!(upsert_skus(&app, &["a", "b", "c"]).await.created, 3);
+    app.state
+        .db
+        .execute_unprepared("UPDATE products SET registration_status = 'registered' WHERE sku = 'b'")
+        .await
+        .unwrap();
+    app.state.db.execute_unprepared("DELETE FROM products WHERE sku = 'c'").await.unwrap();
+    let workers = emporium::jobs::Workers::spawn(app.state.clone(), registry.clone(), 1);
+    eventually(WAIT, "a registered", || async { (registration_of(&app, "a").await.0 == "registered").then_some(()) })
+        .await;
+    workers.shutdown().await;
+    assert_eq!(env.sim.stats().register_calls, 1, "only the pending product is registered");
+    assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM jobs WHERE status = 'succeeded'").await, 1);
+
+    // The service down for both attempts: each product of the batch fails with the reason.
+    env.sim.set_offers_fault(sim::OffersFault::Down);
+    assert_eq!(upsert_skus(&app, &["d", "e"]).await.created, 2);
+    let workers = emporium::jobs::Workers::spawn(app.state.clone(), registry, 1);
+    for sku in ["d", "e"] {
+        let (status, error) = eventually(WAIT, "the batch given up", || async {
+            let state = registration_of(&app, sku).await;
+            (state.0 == "failed").then_some(state)
+        })
+        .await;
+        assert_eq!(status, "failed");
+        let error = error.unwrap_or_default();
+        assert!(error.starts_with("gave up after 2 attempts") && error.contains("unavailable"), "{sku}: {error}");
+    }
+    workers.shutdown().await;
+    assert_eq!(registration_of(&app, "a").await, ("registered".to_string(), None));
+    assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM jobs WHERE status = 'failed'").await, 1);
     app.stop().await;
 }
 

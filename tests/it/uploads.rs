@@ -346,7 +346,7 @@ async fn progress_over_rest_graphql_and_subscription() {
     let first = events.next().await.expect("current state first");
     assert_eq!(first["status"], "QUEUED");
 
-    // Only the uploads' own jobs: the 1,500 registration jobs this upload creates would
+    // Only the uploads' own jobs: the registration jobs this upload creates would
     // otherwise queue ahead of the re-run below on this single worker.
     let mut registry = emporium::jobs::JobRegistry::default();
     emporium::uploads::register_jobs(&mut registry);
@@ -415,7 +415,7 @@ async fn ingestion_resumes_after_the_last_committed_batch_and_reruns_change_noth
     .await
     .expect("update");
 
-    // Only the uploads' own jobs: the 1,500 registration jobs this upload creates would
+    // Only the uploads' own jobs: the registration jobs this upload creates would
     // otherwise queue ahead of the re-run below on this single worker.
     let mut registry = emporium::jobs::JobRegistry::default();
     emporium::uploads::register_jobs(&mut registry);
