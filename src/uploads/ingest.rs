@@ -2,7 +2,8 @@
 //! products through the catalog, batch by batch.
 //!
 //! The same scanner that validated the body finds each item's bytes; serde_json decodes
-//! one item at a time, so memory stays bounded by one batch. Each batch commits in one
+//! one item at a time, in a reader task that prepares the next batch while the current
+//! one commits, so memory stays bounded by two batches. Each batch commits in one
 //! transaction with the upload's progress (`items_done`), guarded by the progress it
 //! started from: a re-run after a crash skips the items already committed and resumes
 //! with the next batch, and a second runner of the same job cannot apply a batch twice.
@@ -16,12 +17,13 @@ use futures::{StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use object_store::{GetResultPayload, ObjectStoreExt as _, path::Path};
 use sea_orm::TransactionTrait as _;
 use serde_json::{Map, Value};
+use tokio::sync::mpsc::Sender;
 
 use super::{
     IngestJob, model,
     model::{BatchProgress, ItemRejection, REJECTIONS_KEPT, UploadRecord},
     publish_progress,
-    scan::{BodyScanner, ItemSpan},
+    scan::{BodyScanner, ItemSpan, SyntaxError},
 };
 use crate::{
     catalog::{self, ProductUpsert},
@@ -88,50 +90,31 @@ async fn ingest(state: &AppState, id: i64) -> Result<(), Failure> {
         tracing::info!(upload_id = id, items_done = skip, "resuming an interrupted ingestion");
     }
 
-    let mut spool = open_spool(state, &upload.spool_key).await?;
-    let batch_size = usize::from(state.config.uploads.upload_batch_size);
-    let mut scanner = BodyScanner::new();
-    let mut buffer: Vec<u8> = Vec::new();
-    let mut buffer_start: u64 = 0;
-    let mut spans: Vec<ItemSpan> = Vec::new();
-    let mut batch = Batch::new(upload.rejection_list());
-
-    while let Some(chunk) = spool.next().await {
-        let chunk = chunk?;
-        buffer.extend_from_slice(&chunk);
-        spans.clear();
-        scanner
-            .feed(&chunk, |span| spans.push(span))
-            .map_err(|error| Failure::Permanent(format!("the spooled body is no longer valid: {error}")))?;
-        for span in &spans {
-            if span.index < skip {
-                continue;
+    let spool = open_spool(state, &upload.spool_key).await?;
+    // The next batch is read and decoded while the current one commits.
+    let (batches, mut ready) = tokio::sync::mpsc::channel(1);
+    let reader = Reader {
+        skip,
+        items_total: upload.items_total,
+        batch_size: usize::from(state.config.uploads.upload_batch_size),
+        rejections: upload.rejection_list(),
+    };
+    tokio::spawn(reader.run(spool, batches));
+    let mut complete = false;
+    while let Some(read) = ready.recv().await {
+        let batch = match read? {
+            Read::Batch(batch) => batch,
+            Read::Last(batch) => {
+                complete = true;
+                batch
             }
-            let start = usize::try_from(span.start - buffer_start).unwrap_or(usize::MAX);
-            let end = usize::try_from(span.end - buffer_start).unwrap_or(usize::MAX);
-            let bytes = buffer.get(start..end).ok_or_else(|| anyhow::anyhow!("item span outside the read buffer"))?;
-            batch.add(span.index, bytes)?;
-            if batch.items >= batch_size || batch.bytes >= BATCH_MAX_BYTES {
-                upload = commit(state, &upload, &mut batch).await?;
-            }
+        };
+        if batch.items > 0 {
+            upload = commit(state, &upload, batch).await?;
         }
-        // Keep only the bytes of an item still open.
-        let keep_from = scanner.open_item_start().unwrap_or(scanner.offset());
-        let consumed = usize::try_from(keep_from - buffer_start).unwrap_or(buffer.len()).min(buffer.len());
-        buffer.drain(..consumed);
-        buffer_start = keep_from;
     }
-    let summary = scanner
-        .finish()
-        .map_err(|error| Failure::Permanent(format!("the spooled body is no longer valid: {error}")))?;
-    if i64::try_from(summary.items).ok() != Some(upload.items_total) {
-        return Err(Failure::Permanent(format!(
-            "the spooled body holds {} items, the accepted one {}",
-            summary.items, upload.items_total
-        )));
-    }
-    if batch.items > 0 {
-        upload = commit(state, &upload, &mut batch).await?;
+    if !complete {
+        return Err(Failure::Retry(anyhow::anyhow!("reading the spooled body stopped early")));
     }
 
     let Some(finished) = model::finish(&state.db, id, None).await.map_err(app_error)? else {
@@ -139,7 +122,8 @@ async fn ingest(state: &AppState, id: i64) -> Result<(), Failure> {
     };
     publish_progress(state, &finished).await;
     super::receive::delete_spool_later(state, &upload.spool_key);
-    metrics::counter!("emporium_upload_items_ingested_total").increment(summary.items.saturating_sub(skip));
+    metrics::counter!("emporium_upload_items_ingested_total")
+        .increment(u64::try_from(finished.items_total).unwrap_or(0).saturating_sub(skip));
     tracing::info!(
         upload_id = id,
         items = finished.items_total,
@@ -169,42 +153,115 @@ async fn open_spool(state: &AppState, key: &str) -> Result<BoxStream<'static, io
     })
 }
 
+/// Reads the spooled body and cuts it into decoded batches, from item `skip` on.
+struct Reader {
+    skip: u64,
+    /// Items in the accepted body: the spool must hold as many.
+    items_total: i64,
+    batch_size: usize,
+    /// The upload's kept rejections so far.
+    rejections: Vec<ItemRejection>,
+}
+
+/// What the reader sends: full batches, then the last one (maybe empty) once the whole
+/// spool has been read and checked; or why it stopped.
+enum Read {
+    Batch(Batch),
+    Last(Batch),
+}
+
+type ReadBatch = Result<Read, Failure>;
+
+impl Reader {
+    /// Sends batches until the spool ends or the receiver is gone (its commit failed).
+    async fn run(mut self, spool: BoxStream<'static, io::Result<Bytes>>, batches: Sender<ReadBatch>) {
+        if let Err(failure) = self.read(spool, &batches).await {
+            let _ = batches.send(Err(failure)).await;
+        }
+    }
+
+    async fn read(
+        &mut self,
+        mut spool: BoxStream<'static, io::Result<Bytes>>,
+        batches: &Sender<ReadBatch>,
+    ) -> Result<(), Failure> {
+        let mut scanner = BodyScanner::new();
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut buffer_start: u64 = 0;
+        let mut spans: Vec<ItemSpan> = Vec::new();
+        let mut batch = Batch::default();
+        while let Some(chunk) = spool.next().await {
+            let chunk = chunk?;
+            buffer.extend_from_slice(&chunk);
+            spans.clear();
+            scanner.feed(&chunk, |span| spans.push(span)).map_err(no_longer_valid)?;
+            for span in &spans {
+                if span.index < self.skip {
+                    continue;
+                }
+                let start = usize::try_from(span.start - buffer_start).unwrap_or(usize::MAX);
+                let end = usize::try_from(span.end - buffer_start).unwrap_or(usize::MAX);
+                let bytes =
+                    buffer.get(start..end).ok_or_else(|| anyhow::anyhow!("item span outside the read buffer"))?;
+                self.add(&mut batch, span.index, bytes)?;
+                if batch.items >= self.batch_size || batch.bytes >= BATCH_MAX_BYTES {
+                    if batches.send(Ok(Read::Batch(std::mem::take(&mut batch)))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            // Keep only the bytes of an item still open.
+            let keep_from = scanner.open_item_start().unwrap_or(scanner.offset());
+            let consumed = usize::try_from(keep_from - buffer_start).unwrap_or(buffer.len()).min(buffer.len());
+            buffer.drain(..consumed);
+            buffer_start = keep_from;
+        }
+        let summary = scanner.finish().map_err(no_longer_valid)?;
+        if i64::try_from(summary.items).ok() != Some(self.items_total) {
+            return Err(Failure::Permanent(format!(
+                "the spooled body holds {} items, the accepted one {}",
+                summary.items, self.items_total
+            )));
+        }
+        let _ = batches.send(Ok(Read::Last(batch))).await;
+        Ok(())
+    }
+
+    fn add(&mut self, batch: &mut Batch, index: u64, bytes: &[u8]) -> Result<(), Failure> {
+        let fields: Map<String, Value> = serde_json::from_slice(bytes).map_err(|error| {
+            Failure::Permanent(format!("item {index} of the spooled body does not decode: {error}"))
+        })?;
+        let upsert = to_upsert(fields);
+        batch.items += 1;
+        batch.bytes += bytes.len();
+        match catalog::validate_upsert(&upsert) {
+            Ok(()) => batch.upserts.push(upsert),
+            Err(reason) => {
+                batch.rejected += 1;
+                if self.rejections.len() < REJECTIONS_KEPT {
+                    self.rejections.push(ItemRejection { index, sku: upsert.sku, reason });
+                    batch.rejections = Some(self.rejections.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn no_longer_valid(error: SyntaxError) -> Failure {
+    Failure::Permanent(format!("the spooled body is no longer valid: {error}"))
+}
+
 /// Items decoded since the last commit.
+#[derive(Default)]
 struct Batch {
     upserts: Vec<ProductUpsert>,
     /// Items in this batch, refused ones included.
     items: usize,
     bytes: usize,
     rejected: i64,
-    /// The upload's kept rejections, this batch's included.
-    rejections: Vec<ItemRejection>,
-    rejections_changed: bool,
-}
-
-impl Batch {
-    fn new(rejections: Vec<ItemRejection>) -> Self {
-        Self { upserts: Vec::new(), items: 0, bytes: 0, rejected: 0, rejections, rejections_changed: false }
-    }
-
-    fn add(&mut self, index: u64, bytes: &[u8]) -> Result<(), Failure> {
-        let fields: Map<String, Value> = serde_json::from_slice(bytes).map_err(|error| {
-            Failure::Permanent(format!("item {index} of the spooled body does not decode: {error}"))
-        })?;
-        let upsert = to_upsert(fields);
-        self.items += 1;
-        self.bytes += bytes.len();
-        match catalog::validate_upsert(&upsert) {
-            Ok(()) => self.upserts.push(upsert),
-            Err(reason) => {
-                self.rejected += 1;
-                if self.rejections.len() < REJECTIONS_KEPT {
-                    self.rejections.push(ItemRejection { index, sku: upsert.sku, reason });
-                    self.rejections_changed = true;
-                }
-            }
-        }
-        Ok(())
-    }
+    /// The upload's kept rejections after this batch, when the batch added some.
+    rejections: Option<Vec<ItemRejection>>,
 }
 
 /// An item as the catalog's upsert: `id` → sku, `name`, a string `description`, and every
@@ -232,7 +289,7 @@ fn to_upsert(mut fields: Map<String, Value>) -> ProductUpsert {
 }
 
 /// Upserts the batch and advances the upload's progress in one transaction.
-async fn commit(state: &AppState, upload: &UploadRecord, batch: &mut Batch) -> Result<UploadRecord, Failure> {
+async fn commit(state: &AppState, upload: &UploadRecord, batch: Batch) -> Result<UploadRecord, Failure> {
     let txn = state.db.begin().await?;
     let outcome = if batch.upserts.is_empty() {
         catalog::UpsertOutcome::default()
@@ -244,7 +301,7 @@ async fn commit(state: &AppState, upload: &UploadRecord, batch: &mut Batch) -> R
         rejected: batch.rejected,
         created: outcome.created,
         updated: outcome.updated,
-        rejections: batch.rejections_changed.then(|| batch.rejections.clone()),
+        rejections: batch.rejections,
     };
     let Some(advanced) = model::advance(&txn, upload.id, upload.items_done, &progress).await.map_err(app_error)? else {
         txn.rollback().await?;
@@ -254,11 +311,6 @@ async fn commit(state: &AppState, upload: &UploadRecord, batch: &mut Batch) -> R
         )));
     };
     txn.commit().await?;
-    batch.upserts.clear();
-    batch.items = 0;
-    batch.bytes = 0;
-    batch.rejected = 0;
-    batch.rejections_changed = false;
     publish_progress(state, &advanced).await;
     Ok(advanced)
 }
