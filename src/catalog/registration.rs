@@ -1,6 +1,6 @@
 //! Registering products with the offers service: durable jobs enqueued in the transaction
 //! that creates the products, one job per product created by the API and one per batch
-//! of up to 1,000 created by an upload (a job row per product cost uploads a third of
+//! of up to 4,000 created by an upload (a job row per product cost uploads a third of
 //! their speed). The service being down delays registration (the job retries with
 //! backoff), never loses it. Registering twice is harmless (409 = already registered), so
 //! the at-least-once job is idempotent, and a retried batch skips the products already

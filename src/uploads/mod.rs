@@ -64,8 +64,8 @@ pub struct UploadsConfig {
     /// An upload whose client sends nothing for this long is abandoned (400).
     #[arg(long, env = "UPLOAD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub upload_idle_timeout: Duration,
-    /// Products upserted per ingestion transaction (1 to 1000).
-    #[arg(long, env = "UPLOAD_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    /// Products upserted per ingestion transaction (1 to 4000).
+    #[arg(long, env = "UPLOAD_BATCH_SIZE", default_value_t = 4000, value_parser = clap::value_parser!(u16).range(1..=4000))]
     pub upload_batch_size: u16,
 }
 
