@@ -146,7 +146,7 @@ async fn insert_products(
     let (sql, values) = if conn.get_database_backend() == DbBackend::Postgres {
         // Four arrays instead of four parameters per row: Postgres plans and evaluates a
         // many-row VALUES list row by row, which cost it a third of an upload's time.
-        // Arrays cannot hold NULL here, so no attributes travel as "".
+        // sea-query string arrays cannot hold NULL, so no attributes travel as "".
         let column = |field: fn(&CleanUpsert) -> String| {
             Value::Array(ArrayType::String, Some(Box::new(items.iter().map(|item| field(item).into()).collect())))
         };

@@ -204,10 +204,10 @@ impl Reader {
                 let bytes =
                     buffer.get(start..end).ok_or_else(|| anyhow::anyhow!("item span outside the read buffer"))?;
                 self.add(&mut batch, span.index, bytes)?;
-                if batch.items >= self.batch_size || batch.bytes >= BATCH_MAX_BYTES {
-                    if batches.send(Ok(Read::Batch(std::mem::take(&mut batch)))).await.is_err() {
-                        return Ok(());
-                    }
+                let full = batch.items >= self.batch_size || batch.bytes >= BATCH_MAX_BYTES;
+                if full && batches.send(Ok(Read::Batch(std::mem::take(&mut batch)))).await.is_err() {
+                    // The receiver is gone: its commit failed, and it reports why.
+                    return Ok(());
                 }
             }
             // Keep only the bytes of an item still open.
