@@ -65,6 +65,10 @@ pub struct CatalogConfig {
     /// Attempts to register a product before it shows FAILED (retries back off up to JOB_BACKOFF_MAX; 100 ≈ 16 h).
     #[arg(long, env = "OFFERS_REGISTER_ATTEMPTS", default_value_t = 100)]
     pub offers_register_attempts: i32,
+    /// Products one registration job registers at the same time (an upload's job holds up to 4,000).
+    #[arg(long, env = "OFFERS_REGISTER_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub offers_register_concurrency: usize,
 }
 
 /// The catalog's per-node runtime: the offers service client and the GraphQL batch loaders.

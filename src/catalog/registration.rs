@@ -22,9 +22,6 @@ use crate::{
     state::AppState,
 };
 
-/// Products of one job registered at once.
-const CONCURRENCY: usize = 8;
-
 /// The payload of a registration job.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RegisterPayload {
@@ -75,7 +72,7 @@ async fn register_products(state: AppState, ctx: JobContext, payload: RegisterPa
     let last_attempt = ctx.attempt >= ctx.max_attempts;
     let outcomes: Vec<Result<Outcome, sea_orm::DbErr>> = futures::stream::iter(products)
         .map(|product| register_one(&state, product, ctx.attempt, last_attempt))
-        .buffer_unordered(CONCURRENCY)
+        .buffer_unordered(state.config.catalog.offers_register_concurrency)
         .collect()
         .await;
     let (mut refused, mut failed) = (Vec::new(), Vec::new());
