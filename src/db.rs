@@ -86,6 +86,15 @@ pub fn stmt(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item
     Statement::from_sql_and_values(backend, sql, values)
 }
 
+/// Appends `row` to `values` and returns its placeholders (`$n`, numbered after the values
+/// already bound): one row of a multi-row `VALUES` list.
+pub fn bind_row<const N: usize>(values: &mut Vec<Value>, row: [Value; N]) -> [String; N] {
+    row.map(|value| {
+        values.push(value);
+        format!("${}", values.len())
+    })
+}
+
 /// `$n, $n+1, …` placeholders for `items` (an `IN (…)` list), numbered after the `values`
 /// already bound, and the values with the items appended.
 pub fn in_list<V: Clone + Into<Value>>(mut values: Vec<Value>, items: &[V]) -> (String, Vec<Value>) {
@@ -175,6 +184,15 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_are_numbered_after_the_values_already_bound() {
+        let mut values: Vec<Value> = vec![0i64.into()];
+        assert_eq!(bind_row(&mut values, [1i64.into(), "a".into()]), ["$2", "$3"]);
+        assert_eq!(bind_row(&mut values, [2i64.into(), "b".into()]), ["$4", "$5"]);
+        let expected: Vec<Value> = vec![0i64.into(), 1i64.into(), "a".into(), 2i64.into(), "b".into()];
+        assert_eq!(values, expected);
+    }
 
     #[test]
     fn placeholders_become_positional_in_order_of_appearance() {

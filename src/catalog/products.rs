@@ -13,7 +13,7 @@ use super::{
     registration,
 };
 use crate::{
-    db::{now_ms, stmt},
+    db::{bind_row, now_ms, stmt},
     error::{AppError, AppResult, conflict_on_unique},
     graphql::pagination::Page,
     state::AppState,
@@ -167,15 +167,19 @@ async fn insert_products(
         let mut values: Vec<Value> = Vec::with_capacity(items.len() * 4 + 1);
         values.push(now.into());
         for (i, item) in items.iter().enumerate() {
-            let base = values.len();
             if i > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!("(${}, ${}, ${}, ${}, '{pending}', $1, $1)", base + 1, base + 2, base + 3, base + 4));
-            values.push(item.sku.clone().into());
-            values.push(item.name.clone().into());
-            values.push(item.description.clone().unwrap_or_default().into());
-            values.push(item.attributes.clone().into());
+            let [sku, name, description, attributes] = bind_row(
+                &mut values,
+                [
+                    item.sku.clone().into(),
+                    item.name.clone().into(),
+                    item.description.clone().unwrap_or_default().into(),
+                    item.attributes.clone().into(),
+                ],
+            );
+            sql.push_str(&format!("({sku}, {name}, {description}, {attributes}, '{pending}', $1, $1)"));
         }
         (sql, values)
     };
@@ -199,12 +203,16 @@ async fn update_changed(conn: &impl ConnectionTrait, items: &[&CleanUpsert], now
     let mut values: Vec<Value> = Vec::with_capacity(items.len() * 4 + 1);
     values.push(now.into());
     for item in items {
-        let base = values.len();
-        rows.push(format!("(${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4));
-        values.push(item.sku.clone().into());
-        values.push(item.name.clone().into());
-        values.push(item.description.clone().into());
-        values.push(item.attributes.clone().into());
+        let [sku, name, description, attributes] = bind_row(
+            &mut values,
+            [
+                item.sku.clone().into(),
+                item.name.clone().into(),
+                item.description.clone().into(),
+                item.attributes.clone().into(),
+            ],
+        );
+        rows.push(format!("({sku}, {name}, {description}, {attributes})"));
     }
     let sql = format!(
         "UPDATE products AS p SET

@@ -12,7 +12,7 @@ use super::{
     process::{STORE_KIND, StoreBatch, ordering_key},
 };
 use crate::{
-    db::{now_ms, stmt},
+    db::{bind_row, now_ms, stmt},
     error::{AppError, AppResult},
     jobs::NewJob,
     state::AppState,
@@ -271,22 +271,18 @@ pub async fn queue(state: &AppState, messages: Vec<NewMessage>) -> AppResult<Vec
             if i > 0 {
                 sql.push(',');
             }
-            let base = values.len();
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, $1, ${}, $2)",
-                base + 1,
-                base + 2,
-                base + 3,
-                base + 4,
-                base + 5,
-                base + 6
-            ));
-            values.push(message.message_id.clone().into());
-            values.push(message.title.clone().into());
-            values.push(message.genre.clone().into());
-            values.push(names[offset + i].clone().into());
-            values.push(message.body.clone().into());
-            values.push(job_of[offset + i].into());
+            let [message_id, title, genre, object_name, body, job_id] = bind_row(
+                &mut values,
+                [
+                    message.message_id.clone().into(),
+                    message.title.clone().into(),
+                    message.genre.clone().into(),
+                    names[offset + i].clone().into(),
+                    message.body.clone().into(),
+                    job_of[offset + i].into(),
+                ],
+            );
+            sql.push_str(&format!("({message_id}, {title}, {genre}, {object_name}, {body}, $1, {job_id}, $2)"));
         }
         sql.push_str(" RETURNING id");
         #[derive(FromQueryResult)]

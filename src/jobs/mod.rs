@@ -24,7 +24,7 @@ pub use worker::{JobContext, JobError, JobRegistry, Workers};
 
 use crate::{
     config::JobsConfig,
-    db::{duration_ms, execute, in_list, now_ms, stmt},
+    db::{bind_row, duration_ms, execute, in_list, now_ms, stmt},
 };
 
 pub const QUEUED: &str = "queued";
@@ -123,21 +123,21 @@ impl JobQueue {
             let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5 + 1);
             values.push(now.into());
             for (i, job) in chunk.iter().enumerate() {
-                let base = values.len();
                 if i > 0 {
                     sql.push(',');
                 }
+                let [kind, payload, ordering_key, max_attempts] = bind_row(
+                    &mut values,
+                    [
+                        job.kind.into(),
+                        job.payload.to_string().into(),
+                        job.ordering_key.clone().into(),
+                        job.max_attempts.unwrap_or(self.config.job_max_attempts).into(),
+                    ],
+                );
                 sql.push_str(&format!(
-                    "(${}, ${}, '{QUEUED}', ${}, 0, ${}, $1, $1, $1)",
-                    base + 1,
-                    base + 2,
-                    base + 3,
-                    base + 4
+                    "({kind}, {payload}, '{QUEUED}', {ordering_key}, 0, {max_attempts}, $1, $1, $1)"
                 ));
-                values.push(job.kind.into());
-                values.push(job.payload.to_string().into());
-                values.push(job.ordering_key.clone().into());
-                values.push(job.max_attempts.unwrap_or(self.config.job_max_attempts).into());
             }
             sql.push_str(" RETURNING id");
             #[derive(FromQueryResult)]
