@@ -63,19 +63,7 @@ async fn health(app: &TestApp) -> Value {
 
 /// The offers the simulator lists for a product now, as `(source id, price, stock)`, sorted.
 async fn sim_offers(env: &TestEnv, app: &TestApp, id: &str) -> Vec<(String, i64, i64)> {
-    let token = app
-        .state
-        .db
-        .query_one_raw(emporium::db::stmt(
-            &app.state.db,
-            "SELECT value FROM settings WHERE key = 'offers.access_token'",
-            [],
-        ))
-        .await
-        .unwrap()
-        .expect("a stored token")
-        .try_get::<String>("", "value")
-        .unwrap();
+    let token = text(&app.state.db, "SELECT value FROM settings WHERE key = 'offers.access_token'").await;
     let offers: Vec<Value> = reqwest::Client::new()
         .get(format!("{}/products/{id}/offers", env.sim.offers_url()))
         .header("Bearer", token)
@@ -151,6 +139,12 @@ async fn scalar(db: &impl sea_orm::ConnectionTrait, sql: &str) -> i64 {
     row.try_get_by_index::<i64>(0).unwrap()
 }
 
+/// The first column of the one row `sql` returns, as text.
+async fn text(db: &impl sea_orm::ConnectionTrait, sql: &str) -> String {
+    let row = db.query_one_raw(emporium::db::stmt(db, sql, [])).await.unwrap().expect("a row");
+    row.try_get_by_index::<String>(0).unwrap()
+}
+
 #[tokio::test]
 async fn upsert_by_sku_is_idempotent_last_wins_and_counts() {
     let env = TestEnv::new().await;
@@ -170,14 +164,7 @@ async fn upsert_by_sku_is_idempotent_last_wins_and_counts() {
     assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM products").await, 3);
     // One registration job for the batch, naming the three new products.
     assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 1);
-    let payload = state
-        .db
-        .query_one_raw(emporium::db::stmt(&state.db, "SELECT payload FROM jobs WHERE kind = 'catalog.register'", []))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<String>("", "payload")
-        .unwrap();
+    let payload = text(&state.db, "SELECT payload FROM jobs WHERE kind = 'catalog.register'").await;
     let mut listed: Vec<i64> = serde_json::from_str::<Value>(&payload).unwrap()["product_ids"]
         .as_array()
         .unwrap()
@@ -211,14 +198,7 @@ async fn upsert_by_sku_is_idempotent_last_wins_and_counts() {
     let outcome = upsert_by_sku(state, &txn, &[item("c", "sea, renamed", None), item("d", "dee", None)]).await.unwrap();
     txn.commit().await.unwrap();
     assert_eq!(outcome, UpsertOutcome { created: 1, updated: 1 });
-    let description = state
-        .db
-        .query_one_raw(emporium::db::stmt(&state.db, "SELECT description FROM products WHERE sku = 'c'", []))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<String>("", "description")
-        .unwrap();
+    let description = text(&state.db, "SELECT description FROM products WHERE sku = 'c'").await;
     assert_eq!(description, "dc");
     assert_eq!(scalar(&state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 2);
 
@@ -267,15 +247,7 @@ async fn an_upsert_racing_another_for_a_new_sku_falls_back_and_updates_it_once()
     let outcome = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
     assert_eq!(outcome, UpsertOutcome { created: 1, updated: 1 });
     assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM products").await, 2);
-    let name = app
-        .state
-        .db
-        .query_one_raw(emporium::db::stmt(&app.state.db, "SELECT name FROM products WHERE sku = 'x'", []))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<String>("", "name")
-        .unwrap();
+    let name = text(&app.state.db, "SELECT name FROM products WHERE sku = 'x'").await;
     assert_eq!(name, "from the second");
     // One registration job each, for the product each created.
     assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM jobs WHERE kind = 'catalog.register'").await, 2);
