@@ -14,6 +14,7 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::get,
 };
+use bytes::Bytes;
 use futures::future::Either;
 use hyper::{
     body::Incoming,
@@ -30,7 +31,7 @@ use tower_http::{
 
 use crate::{
     error::AppError,
-    feed::FeedRoute,
+    feed::{self, FeedRoute, Replay},
     graphql::{self, AppSchema, Caller, Transport},
     health,
     state::AppState,
@@ -243,6 +244,7 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
         let stopping = stopping.clone();
         let router = TowerToHyperService::new(app.router.clone());
         let feed_first = app.feed_first.clone();
+        let fast_feed = feed_first.clone();
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             match feed_first.as_ref().and_then(|feed| feed.answer(&request)) {
                 Some(response) => Either::Left(std::future::ready(Ok::<_, Infallible>(response))),
@@ -250,6 +252,15 @@ pub async fn serve(listener: TcpListener, app: App, shutdown: impl Future<Output
             }
         });
         connections.spawn(async move {
+            // Without CORS, a connection's leading feed requests are answered on the socket;
+            // whatever else comes, from the first other request on, is hyper's.
+            let stream = match &fast_feed {
+                Some(feed) => match feed::serve_leading_requests(feed, stream, &stopping).await {
+                    Some(rest) => rest,
+                    None => return,
+                },
+                None => Replay::new(Bytes::new(), stream),
+            };
             let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {

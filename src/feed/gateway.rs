@@ -79,6 +79,8 @@ pub struct Served {
     pub etag: HeaderValue,
     /// The same items, for GraphQL.
     pub items: Arc<[String]>,
+    /// The HTTP/1.1 response heads of the fast path, built on first use.
+    pub(super) wire_heads: std::sync::OnceLock<super::wire::Heads>,
 }
 
 impl Served {
@@ -92,7 +94,7 @@ impl Served {
         let hash = blake3::hash(&body).to_hex();
         let etag =
             HeaderValue::from_str(&format!("\"{}\"", &hash[..32])).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
-        Self { body: Bytes::from(body), etag, items: items.into() }
+        Self { body: Bytes::from(body), etag, items: items.into(), wire_heads: Default::default() }
     }
 }
 
@@ -158,12 +160,6 @@ impl Gateway {
     /// The current response, body and validator together (never one without the other).
     pub fn served(&self) -> Arc<Served> {
         self.inner.served.load_full()
-    }
-
-    /// Cheaper than [`Gateway::served`] on the request path: no reference count traffic
-    /// unless the guard outlives a swap.
-    pub(super) fn served_guard(&self) -> arc_swap::Guard<Arc<Served>> {
-        self.inner.served.load()
     }
 
     /// A client slot, or `None` when `FEED_MAX_CLIENTS` requests are already in flight.

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::Gateway;
+use super::{Gateway, gateway::Served};
 use crate::error::AppError;
 
 /// Bodies are handed to the connection in pieces this big, so a client that reads slowly
@@ -61,39 +61,69 @@ impl FeedRoute {
         (request.uri().path() == PATH).then(|| self.respond(head, request.headers()))
     }
 
+    /// Takes a request slot and a client slot for a feed request and loads what to send.
+    /// Counts nothing: the caller answers, and counts what it answered.
+    pub(super) fn admit(&self, if_none_match: Option<&[u8]>) -> Admission {
+        let Ok(request_slot) = self.inflight.clone().try_acquire_owned() else {
+            return Admission::Shed;
+        };
+        let Some(client_slot) = self.gateway.try_client_slot() else {
+            return Admission::Rejected;
+        };
+        let served = self.gateway.served();
+        let modified = !if_none_match.is_some_and(|tags| etag_matches(tags, served.etag.as_bytes()));
+        Admission::Serve { served, modified, slots: [client_slot, request_slot] }
+    }
+
     fn respond(&self, head: bool, headers: &HeaderMap) -> Response {
-        let FeedRoute { gateway, inflight } = self;
-        let Ok(request_slot) = inflight.clone().try_acquire_owned() else {
-            return crate::http::shed();
-        };
         let counters = RequestCounters::get();
-        let Some(client_slot) = gateway.try_client_slot() else {
-            counters.count(head, Outcome::Rejected);
-            metrics::counter!("emporium_feed_clients_rejected_total").increment(1);
-            let message = format!("the feed serves at most {} clients at once; retry shortly", gateway.max_clients());
-            return AppError::unavailable(message, Some(1)).into_response();
+        let if_none_match = headers.get(header::IF_NONE_MATCH).map(HeaderValue::as_bytes);
+        let (served, modified, slots) = match self.admit(if_none_match) {
+            Admission::Serve { served, modified, slots } => (served, modified, slots),
+            Admission::Shed => return crate::http::shed(),
+            Admission::Rejected => {
+                counters.count(head, Outcome::Rejected);
+                metrics::counter!("emporium_feed_clients_rejected_total").increment(1);
+                let message =
+                    format!("the feed serves at most {} clients at once; retry shortly", self.gateway.max_clients());
+                return AppError::unavailable(message, Some(1)).into_response();
+            }
         };
-        let served = gateway.served_guard();
-        let fresh = headers.get(header::IF_NONE_MATCH).is_some_and(|tags| etag_matches(tags, &served.etag));
-        let (status, body) = if fresh {
-            counters.count(head, Outcome::NotModified);
-            (StatusCode::NOT_MODIFIED, Body::empty())
+        counters.count(head, if modified { Outcome::Ok } else { Outcome::NotModified });
+        let (status, body) = if modified {
+            (StatusCode::OK, Body::new(FeedBody { rest: served.body.clone(), slots: Some(slots) }))
         } else {
-            counters.count(head, Outcome::Ok);
-            (
-                StatusCode::OK,
-                Body::new(FeedBody { rest: served.body.clone(), slots: Some([client_slot, request_slot]) }),
-            )
+            (StatusCode::NOT_MODIFIED, Body::empty())
         };
         let mut response = Response::new(body);
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
         headers.insert(header::ETAG, served.etag.clone());
-        // Caches may keep it but must ask again (a 304 is cheap): the feed changes any time.
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));
         response
     }
+
+    /// Counts a request the fast path answered ([`super::wire`]).
+    pub(super) fn count(head: bool, modified: bool) {
+        RequestCounters::get().count(head, if modified { Outcome::Ok } else { Outcome::NotModified });
+    }
+}
+
+/// The feed's `content-type`.
+pub(super) const CONTENT_TYPE: &str = "application/json";
+/// Caches may keep the feed but must ask again (a 304 is cheap): it changes any time.
+pub(super) const CACHE_CONTROL: &str = "no-cache";
+
+/// Whether a feed request may be served now.
+pub(super) enum Admission {
+    /// Serve `served` (a 304 unless `modified`), holding `slots` until the body is handed
+    /// to the connection.
+    Serve { served: Arc<Served>, modified: bool, slots: [OwnedSemaphorePermit; 2] },
+    /// The node is at `MAX_INFLIGHT_REQUESTS`.
+    Shed,
+    /// The feed is at `FEED_MAX_CLIENTS`.
+    Rejected,
 }
 
 async fn serve_feed(State(route): State<FeedRoute>, request: Request) -> Response {
@@ -102,9 +132,8 @@ async fn serve_feed(State(route): State<FeedRoute>, request: Request) -> Respons
 
 /// `If-None-Match` matches: `*`, or one of the listed tags equal to ours (weak comparison,
 /// as RFC 9110 asks for this header).
-fn etag_matches(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
-    let Ok(tags) = if_none_match.to_str() else { return false };
-    let ours = etag.as_bytes();
+fn etag_matches(if_none_match: &[u8], ours: &[u8]) -> bool {
+    let Ok(tags) = std::str::from_utf8(if_none_match) else { return false };
     tags.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/").as_bytes() == ours)
 }
 
@@ -179,8 +208,7 @@ mod tests {
 
     #[test]
     fn if_none_match_accepts_lists_weak_tags_and_star() {
-        let etag = HeaderValue::from_static("\"abc\"");
-        let matches = |value: &'static str| etag_matches(&HeaderValue::from_static(value), &etag);
+        let matches = |value: &'static str| etag_matches(value.as_bytes(), b"\"abc\"");
         assert!(matches("\"abc\""));
         assert!(matches("\"x\", W/\"abc\""));
         assert!(matches("*"));

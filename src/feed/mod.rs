@@ -27,6 +27,7 @@ mod gateway;
 mod graphql;
 mod http;
 mod poller;
+mod wire;
 
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ pub use gateway::{Gateway, PollFailure, Source, SourceStatus, SourceView};
 pub use graphql::FeedQuery;
 pub use http::FeedRoute;
 pub use poller::{PollError, Pollers, parse_items, spawn_pollers};
+pub use wire::{Replay, serve_leading_requests};
 
 use crate::{
     config::parse_duration,

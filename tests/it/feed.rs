@@ -253,6 +253,89 @@ async fn the_feed_answers_get_and_head_and_leaves_other_methods_to_the_router() 
     app.stop().await;
 }
 
+/// The responses read from one connection, one per method sent (a `HEAD` answer has no
+/// body): status, headers (names lowercased) and body.
+fn split_responses(mut input: &[u8], methods: &[&str]) -> Vec<(u16, HashMap<String, String>, Vec<u8>)> {
+    let mut responses = Vec::new();
+    for method in methods {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        let head = match response.parse(input).expect("a well-formed response") {
+            httparse::Status::Complete(head) => head,
+            httparse::Status::Partial => panic!("a response is cut off: {:?}", String::from_utf8_lossy(input)),
+        };
+        let fields: HashMap<String, String> = response
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
+        let length: usize = fields.get("content-length").map_or(0, |value| value.parse().expect("a length"));
+        let body_length = if *method == "HEAD" { 0 } else { length };
+        let code = response.code.expect("a status");
+        responses.push((code, fields, input[head..head + body_length].to_vec()));
+        input = &input[head + body_length..];
+    }
+    assert!(input.is_empty(), "nothing after the last response: {:?}", String::from_utf8_lossy(input));
+    responses
+}
+
+#[tokio::test]
+async fn one_connection_mixes_pipelined_feed_requests_with_other_routes_in_order() {
+    use tokio::io::AsyncReadExt as _;
+    let env = env(1).await;
+    let content = items("p", 0..5);
+    env.sim.set_feed_items(0, content.clone());
+    let app = app(&env, &[1], &[], |_| {}).await;
+    eventually(Duration::from_secs(5), "the feed", || feed_is(&app, &content)).await;
+    let (_, etag, _) = get_feed(&app).await;
+    let etag = etag.expect("an ETag");
+    let expected = serde_json::to_vec(&content).unwrap();
+
+    // Feed requests first (the fast path answers them on the socket), then another route
+    // (the connection goes to the general server with what was already read), then the
+    // feed again there, and a last request asking to close.
+    let requests = [
+        ("GET", "/v1/feed", String::new()),
+        ("HEAD", "/v1/feed", String::new()),
+        ("GET", "/v1/feed", format!("If-None-Match: {etag}\r\n")),
+        ("GET", "/health", String::new()),
+        ("GET", "/v1/feed", String::new()),
+        ("GET", "/v1/feed", "Connection: close\r\n".to_string()),
+    ];
+    let pipelined: String = requests
+        .iter()
+        .map(|(method, path, extra)| format!("{method} {path} HTTP/1.1\r\nHost: emporium\r\n{extra}\r\n"))
+        .collect();
+    let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+    stream.write_all(pipelined.as_bytes()).await.expect("send");
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("the server closes after `Connection: close`")
+        .expect("read");
+
+    let methods: Vec<&str> = requests.iter().map(|(method, _, _)| *method).collect();
+    let responses = split_responses(&received, &methods);
+    let statuses: Vec<u16> = responses.iter().map(|(status, _, _)| *status).collect();
+    assert_eq!(statuses, [200, 200, 304, 200, 200, 200]);
+    for (index, (status, fields, body)) in responses.iter().enumerate() {
+        if index == 3 {
+            assert!(String::from_utf8_lossy(body).contains("\"checks\""), "the health report");
+            continue;
+        }
+        assert_eq!(fields.get("etag"), Some(&etag), "response {index}");
+        assert_eq!(fields.get("content-type").map(String::as_str), Some("application/json"));
+        assert_eq!(fields.get("cache-control").map(String::as_str), Some("no-cache"));
+        assert!(fields.contains_key("date"), "response {index} has a date");
+        match (index, status) {
+            (1, _) => assert_eq!(fields.get("content-length"), Some(&expected.len().to_string()), "HEAD"),
+            (_, 200) => assert_eq!(body, &expected, "response {index}"),
+            _ => assert!(body.is_empty()),
+        }
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn concurrent_readers_always_get_a_body_with_its_own_etag() {
     let env = env(1).await;
