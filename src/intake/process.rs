@@ -4,10 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt as _;
-use object_store::{
-    ObjectStoreExt as _, PutPayload,
-    path::{Path, PathPart},
-};
+use object_store::path::{Path, PathPart};
 use sea_orm::{ConnectionTrait as _, FromQueryResult, Value};
 use serde::{Deserialize, Serialize};
 
@@ -174,15 +171,14 @@ async fn write_in_order(
             }
         }
     }
-    let store = state.objects.store().clone();
     let results: Vec<(Vec<i64>, Option<anyhow::Error>)> = futures::stream::iter(sequences)
         .map(|sequence| {
-            let store = store.clone();
+            let objects = &state.objects;
             async move {
                 let mut written = Vec::with_capacity(sequence.len());
                 for message in sequence {
                     let put = match object_path(bucket, &message.object_name) {
-                        Ok(path) => store.put(&path, PutPayload::from(message.body)).await.map_err(anyhow::Error::from),
+                        Ok(path) => objects.put(&path, message.body.into()).await,
                         Err(error) => Err(error),
                     };
                     match put {
