@@ -8,7 +8,9 @@ WORK="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/emporium-bench.XXXXXX")"
 bench_cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  # BENCH_KEEP=1 keeps the scratch folder: deleting many files slows ext4's file creation
+  # for minutes after (see bench/intake.sh), which skews a run that follows at once.
+  if [ -n "${BENCH_KEEP:-}" ]; then echo "kept ${WORK}" >&2; else rm -rf "$WORK"; fi
 }
 trap bench_cleanup EXIT
 
