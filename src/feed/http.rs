@@ -76,20 +76,19 @@ impl FeedRoute {
     }
 
     fn respond(&self, head: bool, headers: &HeaderMap) -> Response {
-        let counters = RequestCounters::get();
         let if_none_match = headers.get(header::IF_NONE_MATCH).map(HeaderValue::as_bytes);
         let (served, modified, slots) = match self.admit(if_none_match) {
             Admission::Serve { served, modified, slots } => (served, modified, slots),
             Admission::Shed => return crate::http::shed(),
             Admission::Rejected => {
-                counters.count(head, Outcome::Rejected);
+                RequestCounters::get().count(head, Outcome::Rejected);
                 metrics::counter!("emporium_feed_clients_rejected_total").increment(1);
                 let message =
                     format!("the feed serves at most {} clients at once; retry shortly", self.gateway.max_clients());
                 return AppError::unavailable(message, Some(1)).into_response();
             }
         };
-        counters.count(head, if modified { Outcome::Ok } else { Outcome::NotModified });
+        Self::count(head, modified);
         let (status, body) = if modified {
             (StatusCode::OK, Body::new(FeedBody { rest: served.body.clone(), slots: Some(slots) }))
         } else {
@@ -104,7 +103,7 @@ impl FeedRoute {
         response
     }
 
-    /// Counts a request the fast path answered ([`super::wire`]).
+    /// Counts a request answered with the feed (a 200, or a 304 unless `modified`).
     pub(super) fn count(head: bool, modified: bool) {
         RequestCounters::get().count(head, if modified { Outcome::Ok } else { Outcome::NotModified });
     }

@@ -43,6 +43,15 @@ async fn app(
     .await
 }
 
+/// A node polling one simulator feed every second, once it serves `content`.
+async fn serving(content: &[String]) -> (TestEnv, TestApp) {
+    let env = env(1).await;
+    env.sim.set_feed_items(0, content.to_vec());
+    let app = app(&env, &[1], &[], |_| {}).await;
+    eventually(Duration::from_secs(5), "the feed", || feed_is(&app, content)).await;
+    (env, app)
+}
+
 fn items(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|n| format!("{prefix}{n:07}")).collect()
 }
@@ -209,11 +218,8 @@ async fn bad_upstream_data_never_replaces_the_last_good_snapshot_nor_stops_the_p
 
 #[tokio::test]
 async fn etag_and_if_none_match_give_304_until_the_feed_changes() {
-    let env = env(1).await;
     let first = items("e", 0..4);
-    env.sim.set_feed_items(0, first.clone());
-    let app = app(&env, &[1], &[], |_| {}).await;
-    eventually(Duration::from_secs(5), "the feed", || feed_is(&app, &first)).await;
+    let (env, app) = serving(&first).await;
 
     let (_, etag, _) = get_feed(&app).await;
     let etag = etag.expect("an ETag");
@@ -235,11 +241,8 @@ async fn etag_and_if_none_match_give_304_until_the_feed_changes() {
 
 #[tokio::test]
 async fn the_feed_answers_get_and_head_and_leaves_other_methods_to_the_router() {
-    let env = env(1).await;
     let content = items("h", 0..3);
-    env.sim.set_feed_items(0, content.clone());
-    let app = app(&env, &[1], &[], |_| {}).await;
-    eventually(Duration::from_secs(5), "the feed", || feed_is(&app, &content)).await;
+    let (_env, app) = serving(&content).await;
 
     let (_, etag, _) = get_feed(&app).await;
     let head = app.http.head(app.url("/v1/feed?any=query")).send().await.unwrap();
@@ -282,11 +285,8 @@ fn split_responses(mut input: &[u8], methods: &[&str]) -> Vec<(u16, HashMap<Stri
 #[tokio::test]
 async fn one_connection_mixes_pipelined_feed_requests_with_other_routes_in_order() {
     use tokio::io::AsyncReadExt as _;
-    let env = env(1).await;
     let content = items("p", 0..5);
-    env.sim.set_feed_items(0, content.clone());
-    let app = app(&env, &[1], &[], |_| {}).await;
-    eventually(Duration::from_secs(5), "the feed", || feed_is(&app, &content)).await;
+    let (_env, app) = serving(&content).await;
     let (_, etag, _) = get_feed(&app).await;
     let etag = etag.expect("an ETag");
     let expected = serde_json::to_vec(&content).unwrap();
@@ -338,11 +338,8 @@ async fn one_connection_mixes_pipelined_feed_requests_with_other_routes_in_order
 
 #[tokio::test]
 async fn concurrent_readers_always_get_a_body_with_its_own_etag() {
-    let env = env(1).await;
     let first = items("v", 0..100);
-    env.sim.set_feed_items(0, first.clone());
-    let app = app(&env, &[1], &[], |_| {}).await;
-    eventually(Duration::from_secs(5), "the feed", || feed_is(&app, &first)).await;
+    let (env, app) = serving(&first).await;
 
     let writer = {
         let sim = env.sim.simulator();
