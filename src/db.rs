@@ -34,8 +34,9 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<DatabaseConnection> 
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(15))
         .sqlx_logging(false)
-        // WAL lets readers work beside the single writer; the busy timeout makes writers
-        // queue instead of failing while another connection holds the write lock.
+        // WAL lets readers work beside the single writer; the busy timeout (replaced once
+        // connected by `retry_soon_when_busy`) makes writers queue instead of failing while
+        // another connection holds the write lock.
         .map_sqlx_sqlite_opts(|opts| {
             opts.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
