@@ -13,9 +13,8 @@ use std::{
     fs::File,
     io::{BufWriter, Write as _},
     net::SocketAddr,
+    time::{Duration, Instant},
 };
-
-use std::time::{Duration, Instant};
 
 use axum::{Router, body::Body, routing::any};
 use futures::StreamExt as _;
