@@ -12,6 +12,11 @@ use object_store::{
 
 use crate::config::Config;
 
+mod local_fs;
+mod writer;
+
+pub use writer::ObjectWriter;
+
 #[derive(Clone)]
 pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
@@ -82,6 +87,59 @@ impl ObjectStorage {
         Ok(())
     }
 
+    /// Writes `objects` one after another, each as [`ObjectStorage::put`] would, stopping at
+    /// the first failure: returns how many were written, and the failure. On a local folder
+    /// the new names are all written from one blocking task; a thread hand-off per object
+    /// cost more than its write (bench/intake.sh).
+    pub async fn put_in_order(&self, objects: Vec<(Path, Bytes)>) -> (usize, Option<anyhow::Error>) {
+        let mut written = 0;
+        if let Some(local) = &self.local {
+            let files: Vec<(std::path::PathBuf, Bytes)> = objects
+                .iter()
+                .map_while(|(path, bytes)| Some((local.path_to_filesystem(path).ok()?, bytes.clone())))
+                .collect();
+            let created = tokio::task::spawn_blocking(move || {
+                for (done, (file, content)) in files.iter().enumerate() {
+                    match local_fs::create_new(file, content) {
+                        Ok(true) => {}
+                        // Taken names (and anything this way cannot do) go the usual way.
+                        Ok(false) => return Ok(done),
+                        Err(error) => return Err((done, error)),
+                    }
+                }
+                Ok(files.len())
+            })
+            .await;
+            match created {
+                Ok(Ok(done)) => written = done,
+                Ok(Err((done, error))) => return (done, Some(error.into())),
+                Err(join) => return (0, Some(join.into())),
+            }
+        }
+        for (path, bytes) in objects.into_iter().skip(written) {
+            if let Err(error) = self.put(&path, bytes).await {
+                return (written, Some(error));
+            }
+            written += 1;
+        }
+        (written, None)
+    }
+
+    /// Starts writing a large object at `path` piece by piece (see [`ObjectWriter`]).
+    pub async fn writer(&self, path: &Path) -> anyhow::Result<ObjectWriter> {
+        if let Some(local) = &self.local {
+            let file = local.path_to_filesystem(path)?;
+            if let Some(folder) = file.parent().map(std::path::Path::to_path_buf) {
+                tokio::fs::create_dir_all(&folder).await?;
+                let writer = tokio::task::spawn_blocking(move || ObjectWriter::local(&folder, file)).await??;
+                if let Some(writer) = writer {
+                    return Ok(writer);
+                }
+            }
+        }
+        Ok(ObjectWriter::multipart(self.store.as_ref(), path).await?)
+    }
+
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
@@ -102,65 +160,6 @@ impl ObjectStorage {
         self.store.head(&probe).await?;
         self.store.delete(&probe).await?;
         Ok(())
-    }
-}
-
-/// Local-folder writes that object_store has no call for.
-#[cfg(target_os = "linux")]
-mod local_fs {
-    use std::{
-        ffi::CString,
-        fs::OpenOptions,
-        io::{self, Write as _},
-        os::{
-            fd::AsRawFd as _,
-            unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _},
-        },
-        path::Path,
-    };
-
-    /// Creates `file` with `content` if no file has that name: written unnamed in its folder,
-    /// then linked under its name in one step, so the name never shows a partial file and
-    /// a crash leaves nothing behind. `Ok(false)` when the name exists or the folder (or
-    /// system) cannot do this; the caller then writes the usual way.
-    pub fn create_new(file: &Path, content: &[u8]) -> io::Result<bool> {
-        let Some(folder) = file.parent() else { return Ok(false) };
-        // The permissions object_store's own files get (0o666 less the umask).
-        let unnamed = match OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE).mode(0o666).open(folder) {
-            Ok(unnamed) => unnamed,
-            // No folder yet (object_store creates it), or no O_TMPFILE here.
-            Err(error) if is_unsupported(&error) || error.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(error) => return Err(error),
-        };
-        (&unnamed).write_all(content)?;
-        let source = CString::new(format!("/proc/self/fd/{}", unnamed.as_raw_fd()))?;
-        let target = CString::new(file.as_os_str().as_bytes())?;
-        // SAFETY: both are valid NUL-terminated strings that outlive the call; `unnamed`
-        // stays open until after it, so the descriptor the source names is ours.
-        let linked = unsafe {
-            libc::linkat(libc::AT_FDCWD, source.as_ptr(), libc::AT_FDCWD, target.as_ptr(), libc::AT_SYMLINK_FOLLOW)
-        };
-        if linked == 0 {
-            return Ok(true);
-        }
-        let error = io::Error::last_os_error();
-        match error.kind() {
-            io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound => Ok(false), // NotFound: no /proc
-            _ if is_unsupported(&error) => Ok(false),
-            _ => Err(error),
-        }
-    }
-
-    fn is_unsupported(error: &io::Error) -> bool {
-        matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::EXDEV | libc::EPERM))
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-mod local_fs {
-    /// Elsewhere, objects are always written object_store's way.
-    pub fn create_new(_: &std::path::Path, _: &[u8]) -> std::io::Result<bool> {
-        Ok(false)
     }
 }
 
@@ -217,5 +216,93 @@ mod tests {
         let missing = folder.path().join("no-such-folder").join("x.json");
         assert!(!local_fs::create_new(&missing, b"x").expect("no folder"), "a missing folder is left to the caller");
         assert_eq!(std::fs::read_dir(folder.path()).expect("folder").count(), 1, "nothing else was created");
+    }
+
+    /// A body of `len` bytes that differs at every position (a misplaced block shows).
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Feeds `content` to `writer` in chunks of the given sizes, cycling.
+    async fn write_in_chunks(writer: &mut ObjectWriter, content: &[u8], sizes: &[usize]) {
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            if at == content.len() {
+                break;
+            }
+            let end = (at + size).min(content.len());
+            writer.write(Bytes::copy_from_slice(&content[at..end])).await.expect("write");
+            at = end;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_local_writer_makes_the_whole_object_appear_at_finish_and_nothing_on_abort() {
+        let folder = tempfile::tempdir().expect("temp dir");
+        let storage = ObjectStorage::local(folder.path()).expect("local store");
+        // Several blocks, chunks that straddle them, and a tail that is not block-aligned.
+        let content = pattern(9 * 1024 * 1024 + 4_321);
+        let path = Path::from_iter(["uploads", "big.json"]);
+        let file = folder.path().join("uploads").join("big.json");
+        let mut writer = storage.writer(&path).await.expect("writer");
+        write_in_chunks(&mut writer, &content, &[65_536, 1, 777_777, 4_096]).await;
+        assert!(!file.exists(), "nothing is visible before finish");
+        writer.finish().await.expect("finish");
+        assert!(std::fs::read(&file).expect("written") == content, "the object holds exactly the bytes written");
+
+        // Small objects (one partial block) and empty ones too.
+        for (name, len) in [("small.json", 10), ("empty.json", 0)] {
+            let path = Path::from_iter(["uploads", name]);
+            let mut writer = storage.writer(&path).await.expect("writer");
+            write_in_chunks(&mut writer, &pattern(len), &[3]).await;
+            writer.finish().await.expect("finish");
+            assert_eq!(std::fs::read(folder.path().join("uploads").join(name)).expect("written"), pattern(len));
+        }
+
+        let aborted = Path::from_iter(["uploads", "aborted.json"]);
+        let mut writer = storage.writer(&aborted).await.expect("writer");
+        write_in_chunks(&mut writer, &content[..5 * 1024 * 1024], &[1 << 20]).await;
+        writer.abort().await.expect("abort");
+        let mut names: Vec<String> = std::fs::read_dir(folder.path().join("uploads"))
+            .expect("folder")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["big.json", "empty.json", "small.json"], "an aborted object leaves nothing");
+    }
+
+    #[tokio::test]
+    async fn a_multipart_writer_gives_the_same_object() {
+        let store = object_store::memory::InMemory::new();
+        let content = pattern(11 * 1024 * 1024 + 5);
+        let path = Path::from("uploads/big.json");
+        let mut writer = ObjectWriter::multipart(&store, &path).await.expect("writer");
+        write_in_chunks(&mut writer, &content, &[1 << 20, 12_345]).await;
+        writer.finish().await.expect("finish");
+        let got = store.get(&path).await.expect("stored").bytes().await.expect("bytes");
+        assert!(got[..] == content[..], "the object holds exactly the bytes written");
+    }
+
+    #[tokio::test]
+    async fn put_in_order_writes_each_in_turn_so_a_repeated_name_ends_with_the_last() {
+        let folder = tempfile::tempdir().expect("temp dir");
+        let storage = ObjectStorage::local(folder.path()).expect("local store");
+        let object =
+            |name: &str, body: &'static str| (Path::from_iter(["scifi", name]), Bytes::from_static(body.as_bytes()));
+        // The folder does not exist yet: the first write makes it.
+        let (written, error) = storage
+            .put_in_order(vec![
+                object("a.json", "a1"),
+                object("b.json", "b1"),
+                object("a.json", "a2"),
+                object("c.json", "c1"),
+            ])
+            .await;
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(written, 4);
+        let read = |name: &str| std::fs::read_to_string(folder.path().join("scifi").join(name)).expect("written");
+        assert_eq!((read("a.json"), read("b.json"), read("c.json")), ("a2".into(), "b1".into(), "c1".into()));
+        let count = std::fs::read_dir(folder.path().join("scifi")).expect("folder").count();
+        assert_eq!(count, 3, "no staging files left behind");
     }
 }

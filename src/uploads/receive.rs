@@ -1,16 +1,16 @@
 //! Receiving a body: one streaming pass that hashes (BLAKE3), validates (the incremental
-//! scanner) and spools (an object-store multipart upload) each chunk as it arrives, then
-//! the dedup decision and the durable hand-off to ingestion.
+//! scanner) and spools (a [`ObjectWriter`]) each chunk as it arrives, then the
+//! dedup decision and the durable hand-off to ingestion.
 //!
-//! Memory per upload is bounded by the multipart part size times the parts in flight,
-//! whatever the body size: the body is never held whole.
+//! Memory per upload is bounded by the writer's blocks (or parts) in flight, whatever the
+//! body size: the body is never held whole.
 
 use std::time::{Duration, Instant};
 
 use axum::{body::Body, http::HeaderMap};
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
-use object_store::{ObjectStore, ObjectStoreExt as _, WriteMultipart, path::Path};
+use object_store::{ObjectStoreExt as _, path::Path};
 use sea_orm::TransactionTrait as _;
 use serde::Serialize;
 
@@ -19,12 +19,8 @@ use super::{
     scan::{BodyScanner, Summary, SyntaxError},
     window::{Duplicate, Verdict},
 };
-use crate::{error::AppError, jobs::NewJob, state::AppState};
+use crate::{error::AppError, jobs::NewJob, state::AppState, storage::ObjectWriter};
 
-/// Spool part size: S3's minimum for all but the last part is 5 MiB.
-const PART_SIZE: usize = 5 * 1024 * 1024;
-/// Parts being written while the next one fills.
-const PARTS_IN_FLIGHT: usize = 2;
 /// After a 413, how much more of the body is read (and dropped) so the client can read
 /// the answer before the connection closes.
 const DRAIN_AFTER_TOO_LARGE: u64 = 16 * 1024 * 1024;
@@ -98,9 +94,9 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
 
     let started = Instant::now();
     let spool_key = format!("{SPOOL_PREFIX}/{}.json", uuid::Uuid::new_v4().simple());
-    let mut spool: Option<Spool> = None;
+    let mut spool: Option<ObjectWriter> = None;
     let mut scanner = BodyScanner::new();
-    let mut hasher = blake3::Hasher::new();
+    let hasher = BodyHasher::start();
     let mut received: u64 = 0;
     let outcome: Result<(), Rejection> = async {
         loop {
@@ -125,12 +121,14 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
                 return Err(too_large(received, max).into());
             }
             scanner.feed(&chunk, |_| {}).map_err(Rejection::Invalid)?;
-            hasher.update(&chunk);
+            hasher.update(chunk.clone()).await?;
             let writer = match &mut spool {
                 Some(writer) => writer,
-                None => spool.insert(Spool::create(state.objects.store(), &spool_key).await?),
+                None => {
+                    spool.insert(state.objects.writer(&Path::from(spool_key.as_str())).await.map_err(storage_failed)?)
+                }
             };
-            writer.write(chunk).await?;
+            writer.write(chunk).await.map_err(storage_failed)?;
         }
         Ok(())
     }
@@ -140,8 +138,10 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
     let summary = match summary {
         Ok(summary) => summary,
         Err(rejection) => {
-            if let Some(spool) = spool {
-                spool.abort().await;
+            if let Some(spool) = spool
+                && let Err(error) = spool.abort().await
+            {
+                tracing::warn!(error = %error, "aborting a spool failed");
             }
             if matches!(rejection, Rejection::Invalid(_)) {
                 // The client may still be sending: read (and drop) the rest up to the
@@ -153,10 +153,44 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
     };
     // `finish` succeeded, so at least one byte arrived and the spool exists.
     let spool = spool.ok_or_else(|| anyhow::anyhow!("a valid body left no spool"))?;
-    spool.finish().await?;
+    spool.finish().await.map_err(storage_failed)?;
     metrics::histogram!("emporium_upload_receive_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("emporium_upload_received_bytes_total").increment(summary.bytes);
-    Ok(Received { digest: hasher.finalize().to_hex().to_string(), summary, spool_key })
+    Ok(Received { digest: hasher.finish().await?, summary, spool_key })
+}
+
+/// The body's BLAKE3, computed on a blocking thread beside the scan: both on the request's
+/// task made it the upload path's slowest stage (bench/uploads.sh). Chunks are shared, not
+/// copied; a dropped hasher stops its thread.
+struct BodyHasher {
+    chunks: tokio::sync::mpsc::Sender<Bytes>,
+    digest: tokio::task::JoinHandle<String>,
+}
+
+impl BodyHasher {
+    /// Chunks waiting to be hashed (each at most hyper's read buffer) before the scan waits.
+    const QUEUED_CHUNKS: usize = 16;
+
+    fn start() -> Self {
+        let (chunks, mut queued) = tokio::sync::mpsc::channel::<Bytes>(Self::QUEUED_CHUNKS);
+        let digest = tokio::task::spawn_blocking(move || {
+            let mut hasher = blake3::Hasher::new();
+            while let Some(chunk) = queued.blocking_recv() {
+                hasher.update(&chunk);
+            }
+            hasher.finalize().to_hex().to_string()
+        });
+        Self { chunks, digest }
+    }
+
+    async fn update(&self, chunk: Bytes) -> Result<(), AppError> {
+        self.chunks.send(chunk).await.map_err(|_| AppError::Internal(anyhow::anyhow!("the body's hasher stopped")))
+    }
+
+    async fn finish(self) -> Result<String, AppError> {
+        drop(self.chunks);
+        self.digest.await.map_err(|error| AppError::Internal(anyhow::anyhow!("hashing the body failed: {error}")))
+    }
 }
 
 fn too_large(bytes: u64, max: u64) -> AppError {
@@ -295,37 +329,7 @@ pub fn delete_spool_later(state: &AppState, key: &str) {
     });
 }
 
-/// A body being written to the object store in parts.
-struct Spool {
-    writer: WriteMultipart,
-}
-
-impl Spool {
-    async fn create(store: &std::sync::Arc<dyn ObjectStore>, key: &str) -> Result<Self, AppError> {
-        let upload = store.put_multipart(&Path::from(key)).await.map_err(storage_unavailable)?;
-        Ok(Self { writer: WriteMultipart::new_with_chunk_size(upload, PART_SIZE) })
-    }
-
-    async fn write(&mut self, chunk: Bytes) -> Result<(), AppError> {
-        self.writer.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(storage_unavailable)?;
-        self.writer.put(chunk);
-        Ok(())
-    }
-
-    async fn finish(self) -> Result<(), AppError> {
-        self.writer.finish().await.map_err(storage_unavailable)?;
-        Ok(())
-    }
-
-    /// Drops the parts written so far (nothing of a refused body stays stored).
-    async fn abort(self) {
-        if let Err(error) = self.writer.abort().await {
-            tracing::warn!(error = %error, "aborting a spool upload failed");
-        }
-    }
-}
-
-fn storage_unavailable(error: object_store::Error) -> AppError {
-    tracing::warn!(error = %error, "object storage failed while spooling an upload");
+fn storage_failed(error: anyhow::Error) -> AppError {
+    tracing::warn!(error = %format!("{error:#}"), "object storage failed while spooling an upload");
     AppError::unavailable("object storage is unavailable; retry shortly", Some(5))
 }

@@ -1,0 +1,151 @@
+//! Local-folder writes that object_store has no call for (Linux): a file is written
+//! unnamed in its folder (`O_TMPFILE`) and linked under its name (`linkat`) only once it
+//! is whole, so a name never shows a partial file and a crash leaves nothing behind.
+//! Elsewhere every call answers "not here" and callers write object_store's way.
+
+#[cfg(target_os = "linux")]
+pub use linux::*;
+#[cfg(not(target_os = "linux"))]
+pub use other::*;
+
+/// Alignment of direct (`O_DIRECT`) writes: of the memory, the length and the file offset.
+/// 4 KiB is a multiple of every common logical block size.
+pub const DIRECT_ALIGN: usize = 4096;
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::{
+        ffi::CString,
+        fs::{File, OpenOptions},
+        io::{self, Write as _},
+        os::{
+            fd::AsRawFd as _,
+            unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _},
+        },
+        path::Path,
+    };
+
+    use super::DIRECT_ALIGN;
+
+    /// A file being written in a folder, without a name yet.
+    pub struct Unnamed {
+        file: File,
+        /// Writes bypass the page cache (`O_DIRECT`) while this holds.
+        direct: bool,
+    }
+
+    impl Unnamed {
+        /// Opens an unnamed file in `folder`; with `direct`, its writes go straight to the
+        /// device when the file system allows it. `Ok(None)` when the folder is missing
+        /// or the system cannot make unnamed files: the caller writes the usual way.
+        pub fn create(folder: &Path, direct: bool) -> io::Result<Option<Self>> {
+            let open = |flags| {
+                // The permissions object_store's own files get (0o666 less the umask).
+                OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE | flags).mode(0o666).open(folder)
+            };
+            let attempt = if direct { open(libc::O_DIRECT) } else { open(0) };
+            let (attempt, direct) = match attempt {
+                // tmpfs and a few others refuse O_DIRECT with EINVAL: write through the cache.
+                Err(error) if direct && error.raw_os_error() == Some(libc::EINVAL) => (open(0), false),
+                other => (other, direct),
+            };
+            match attempt {
+                Ok(file) => Ok(Some(Self { file, direct })),
+                Err(error) if is_unsupported(&error) || error.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(error) => Err(error),
+            }
+        }
+
+        /// Appends `bytes`. Direct writes need an aligned address, length and file offset:
+        /// the aligned part of aligned memory goes direct, and whatever is left ends the
+        /// direct writes (the file's length is no longer aligned after it).
+        pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+            let aligned = if self.direct && (bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
+                bytes.len() - bytes.len() % DIRECT_ALIGN
+            } else {
+                0
+            };
+            (&self.file).write_all(&bytes[..aligned])?;
+            if aligned < bytes.len() {
+                self.end_direct()?;
+                (&self.file).write_all(&bytes[aligned..])?;
+            }
+            Ok(())
+        }
+
+        fn end_direct(&mut self) -> io::Result<()> {
+            if !self.direct {
+                return Ok(());
+            }
+            let fd = self.file.as_raw_fd();
+            // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            // SAFETY: as above.
+            if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            self.direct = false;
+            Ok(())
+        }
+
+        /// Gives the file its name. `Ok(false)` when `file` exists (it is left as it is) or
+        /// the system cannot link an unnamed file; the content is then dropped.
+        pub fn link_as(self, file: &Path) -> io::Result<bool> {
+            let source = CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))?;
+            let target = CString::new(file.as_os_str().as_bytes())?;
+            // SAFETY: both are valid NUL-terminated strings that outlive the call; `self.file`
+            // stays open until after it, so the descriptor the source names is ours.
+            let linked = unsafe {
+                libc::linkat(libc::AT_FDCWD, source.as_ptr(), libc::AT_FDCWD, target.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+            };
+            if linked == 0 {
+                return Ok(true);
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound => Ok(false), // NotFound: no /proc
+                _ if is_unsupported(&error) => Ok(false),
+                _ => Err(error),
+            }
+        }
+    }
+
+    /// Creates `file` with `content` if no file has that name. `Ok(false)` when the name
+    /// exists or the folder (or system) cannot do this; the caller then writes the usual way.
+    pub fn create_new(file: &Path, content: &[u8]) -> io::Result<bool> {
+        let Some(folder) = file.parent() else { return Ok(false) };
+        let Some(mut unnamed) = Unnamed::create(folder, false)? else { return Ok(false) };
+        unnamed.append(content)?;
+        unnamed.link_as(file)
+    }
+
+    fn is_unsupported(error: &io::Error) -> bool {
+        matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::EXDEV | libc::EPERM))
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod other {
+    use std::{io, path::Path};
+
+    /// Never made here: see the module's comment.
+    pub enum Unnamed {}
+
+    impl Unnamed {
+        pub fn create(_: &Path, _: bool) -> io::Result<Option<Self>> {
+            Ok(None)
+        }
+
+        pub fn append(&mut self, _: &[u8]) -> io::Result<()> {
+            match *self {}
+        }
+
+        pub fn link_as(self, _: &Path) -> io::Result<bool> {
+            match self {}
+        }
+    }
+
+    pub fn create_new(_: &Path, _: &[u8]) -> io::Result<bool> {
+        Ok(false)
+    }
+}
