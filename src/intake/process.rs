@@ -35,18 +35,14 @@ struct Pending {
     body: String,
 }
 
-/// Writes the job's messages that are still queued, then those of the jobs queued behind
-/// it in its genre, in rounds (see [`queued_behind`]), in id order per object name; each
-/// round's messages are marked stored in one statement and their notices published.
-///
-/// Recording a round (the database's share) runs while the next round's files are written,
-/// so the writes, which take most of a round, follow one another without a pause.
+/// Writes the job's messages that are still queued, in id order per object name, then
+/// marks them stored in one statement and publishes their notices.
 ///
 /// Idempotent: after a crash the job runs again, rewrites the same content to the same
 /// keys (an object write replaces the object atomically) and only the messages still
 /// `queued` change state, so each message is stored and announced once.
 pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) -> Result<(), JobError> {
-    let mut round = Pending::find_by_statement(stmt(
+    let mut pending = Pending::find_by_statement(stmt(
         &state.db,
         "SELECT id, job_id, object_name, body FROM intake_messages WHERE job_id = $1 AND status = $2 ORDER BY id",
         [ctx.id.into(), IntakeStatus::Queued.as_str().into()],
@@ -60,39 +56,24 @@ pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) ->
         metrics::counter!("emporium_intake_failed_total", "reason" => "no_bucket").increment(failed);
         return Ok(());
     };
-    let concurrency = state.config.intake.intake_write_concurrency as usize;
-    // Behind the job's own messages: those of the jobs after it, from the first.
-    let mut cursor = Cursor { job_id: ctx.id, id: i64::MAX };
-    round.extend(queued_behind(&state, &batch.genre, cursor).await?);
+    pending.extend(queued_behind(&state, &ctx, &batch.genre).await?);
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut jobs_behind: Vec<i64> = pending.iter().map(|message| message.job_id).filter(|&job| job != ctx.id).collect();
+    jobs_behind.dedup();
 
-    let mut taken = 0;
-    let mut unrecorded: Option<Written> = None;
-    let error = loop {
-        if round.is_empty() {
-            break None;
-        }
-        taken += round.len();
-        if ctx.attempt > 1 {
-            // An earlier attempt may have been cut off in any of its rounds.
-            clear_interrupted_writes(&state, &bucket, &round).await;
-        }
-        if let Some(last) = round.last().filter(|last| last.job_id != ctx.id) {
-            cursor = Cursor { job_id: last.job_id, id: last.id };
-        }
-        let mut jobs_behind: Vec<i64> =
-            round.iter().map(|message| message.job_id).filter(|&job| job != ctx.id).collect();
-        jobs_behind.dedup();
-        let previous = unrecorded.take();
-        let ((ids, error), recorded) =
-            tokio::join!(write_in_order(&state, &bucket, round, concurrency), record(&state, &bucket, previous));
-        recorded?;
-        unrecorded = Some(Written { ids, jobs_behind });
-        if error.is_some() || taken >= MOST_PER_RUN {
-            break error;
-        }
-        round = queued_behind(&state, &batch.genre, cursor).await?;
-    };
-    record(&state, &bucket, unrecorded).await?;
+    if ctx.attempt > 1 {
+        clear_interrupted_writes(&state, &bucket, &pending).await;
+    }
+    let concurrency = state.config.intake.intake_write_concurrency as usize;
+    let (written, error) = write_in_order(&state, &bucket, pending, concurrency).await;
+    let notices = mark_stored(&state, &bucket, &written).await?;
+    finish_drained(&state, jobs_behind).await?;
+    metrics::counter!("emporium_intake_stored_total").increment(notices.len() as u64);
+    for notice in &notices {
+        state.events.publish(PROCESSED_TOPIC, notice).await;
+    }
 
     match error {
         None => Ok(()),
@@ -106,60 +87,28 @@ pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) ->
     }
 }
 
-/// Most messages a job takes from the jobs queued behind it in one round.
-const ROUND: i64 = 2_000;
-/// Most messages one run of a job writes: a genre that never stops receiving is still
-/// handed from job to job (and node to node) now and then.
-const MOST_PER_RUN: usize = 20_000;
+/// Most messages a job takes from the jobs queued behind it in its group.
+const TAKEN_FROM_BEHIND: i64 = 2_000;
 
-/// Where the previous round stopped: the last message taken from behind.
-#[derive(Debug, Clone, Copy)]
-struct Cursor {
-    job_id: i64,
-    id: i64,
-}
-
-/// What a round wrote, for [`record`].
-struct Written {
-    ids: Vec<i64>,
-    /// The jobs behind whose messages the round took.
-    jobs_behind: Vec<i64>,
-}
-
-/// Marks a round's written messages stored, finishes the jobs behind it has drained and
-/// publishes the notices.
-async fn record(state: &AppState, bucket: &str, written: Option<Written>) -> Result<(), sea_orm::DbErr> {
-    let Some(Written { ids, jobs_behind }) = written else { return Ok(()) };
-    let notices = mark_stored(state, bucket, &ids).await?;
-    finish_drained(state, jobs_behind).await?;
-    metrics::counter!("emporium_intake_stored_total").increment(notices.len() as u64);
-    for notice in &notices {
-        state.events.publish(PROCESSED_TOPIC, notice).await;
-    }
-    Ok(())
-}
-
-/// The next [`ROUND`] of queued messages of the jobs waiting behind this one in its genre's
-/// FIFO group, in their order (job, then message), after `cursor`. None of those jobs can
-/// run while this one holds the group, so writing their messages now keeps the genre's
-/// order and drains a backlog in large batches; when their turn comes they find fewer (or
-/// no) messages still queued. Each message still belongs to its own job: only that job
-/// fails it, and only with its own attempts. (A job's messages commit with the job, so a
-/// job seen here has all of its messages.)
-async fn queued_behind(state: &AppState, genre: &str, cursor: Cursor) -> Result<Vec<Pending>, sea_orm::DbErr> {
+/// The queued messages of the jobs waiting behind this one in its genre's FIFO group, in
+/// their order (job, then message), up to [`TAKEN_FROM_BEHIND`]. None of those jobs can run
+/// while this one holds the group, so writing their messages now keeps the genre's order and
+/// drains a backlog in large batches; when their turn comes they find fewer (or no)
+/// messages still queued. Each message still belongs to its own job: only that job fails
+/// it, and only with its own attempts.
+async fn queued_behind(state: &AppState, ctx: &JobContext, genre: &str) -> Result<Vec<Pending>, sea_orm::DbErr> {
     Pending::find_by_statement(stmt(
         &state.db,
         "SELECT m.id, m.job_id, m.object_name, m.body FROM intake_messages m JOIN jobs j ON j.id = m.job_id
-         WHERE j.ordering_key = $1 AND (j.id > $2 OR (j.id = $2 AND m.id > $3)) AND j.status = $4 AND m.status = $5
+         WHERE j.ordering_key = $1 AND j.id > $2 AND j.status = $3 AND m.status = $4
          ORDER BY j.id, m.id
-         LIMIT $6",
+         LIMIT $5",
         [
             ordering_key(genre).into(),
-            cursor.job_id.into(),
-            cursor.id.into(),
+            ctx.id.into(),
             crate::jobs::QUEUED.into(),
             IntakeStatus::Queued.as_str().into(),
-            ROUND.into(),
+            TAKEN_FROM_BEHIND.into(),
         ],
     ))
     .all(&state.db)
