@@ -58,17 +58,26 @@ mod linux {
 
         /// Appends `bytes`. Direct writes need an aligned address, length and file offset:
         /// the aligned part of aligned memory goes direct, and whatever is left ends the
-        /// direct writes (the file's length is no longer aligned after it).
+        /// direct writes (the file's length is no longer aligned after it), as does a device
+        /// that refuses our alignment (EINVAL): from there on the file is written through
+        /// the page cache.
         pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-            let aligned = if self.direct && (bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
-                bytes.len() - bytes.len() % DIRECT_ALIGN
-            } else {
-                0
-            };
-            (&self.file).write_all(&bytes[..aligned])?;
-            if aligned < bytes.len() {
+            let mut done = 0;
+            if self.direct && (bytes.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) {
+                let aligned = bytes.len() - bytes.len() % DIRECT_ALIGN;
+                while done < aligned {
+                    match (&self.file).write(&bytes[done..aligned]) {
+                        Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                        Ok(written) => done += written,
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => break,
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+            if done < bytes.len() {
                 self.end_direct()?;
-                (&self.file).write_all(&bytes[aligned..])?;
+                (&self.file).write_all(&bytes[done..])?;
             }
             Ok(())
         }

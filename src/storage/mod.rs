@@ -218,6 +218,26 @@ mod tests {
         assert_eq!(std::fs::read_dir(folder.path()).expect("folder").count(), 1, "nothing else was created");
     }
 
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_unnamed_file_takes_aligned_then_unaligned_appends_in_order() {
+        let folder = tempfile::tempdir().expect("temp dir");
+        let mut unnamed = local_fs::Unnamed::create(folder.path(), true).expect("open").expect("supported here");
+        let content = pattern(3 * local_fs::DIRECT_ALIGN + 100);
+        // An aligned copy of the first two aligned blocks, then an unaligned slice (which
+        // ends the direct writes), then the rest.
+        let mut memory = vec![0u8; 3 * local_fs::DIRECT_ALIGN];
+        let start = memory.as_ptr().align_offset(local_fs::DIRECT_ALIGN);
+        let aligned = &mut memory[start..start + 2 * local_fs::DIRECT_ALIGN];
+        aligned.copy_from_slice(&content[..2 * local_fs::DIRECT_ALIGN]);
+        unnamed.append(aligned).expect("aligned append");
+        unnamed.append(&content[2 * local_fs::DIRECT_ALIGN..2 * local_fs::DIRECT_ALIGN + 7]).expect("unaligned");
+        unnamed.append(&content[2 * local_fs::DIRECT_ALIGN + 7..]).expect("the rest");
+        let file = folder.path().join("named.bin");
+        assert!(unnamed.link_as(&file).expect("link"), "a new name");
+        assert!(std::fs::read(&file).expect("read") == content, "the bytes in the order appended");
+    }
+
     /// A body of `len` bytes that differs at every position (a misplaced block shows).
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8).collect()
