@@ -20,7 +20,7 @@ pub struct IntakeConfig {
     /// Messages per intake job: each submission is split per genre into jobs of at most this many (a running job also writes those queued behind it).
     #[arg(long, env = "INTAKE_BATCH_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub intake_batch_size: u32,
-    /// Groups of object writes in flight per intake job (distinct titles are written concurrently; a group holds at least 32 messages).
+    /// Object writes in flight per intake job (distinct titles are written concurrently).
     #[arg(long, env = "INTAKE_WRITE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub intake_write_concurrency: u32,
     /// Largest `POST /v1/intake` body in bytes (larger → 413).

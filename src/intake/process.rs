@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bytes::Bytes;
 use futures::StreamExt as _;
 use object_store::path::{Path, PathPart};
 use sea_orm::{ConnectionTrait as _, FromQueryResult, Value};
@@ -152,13 +151,9 @@ pub fn object_path(bucket: &str, object_name: &str) -> anyhow::Result<Path> {
 }
 
 /// Messages sharing an object name are written one after another in id order, so the
-/// later submission wins; different names are written concurrently, in up to `concurrency`
-/// groups of whole name sequences, each group one [`ObjectStorage::put_in_order`]. A failed
-/// write stops its group (a later message must not land before an earlier one; the rest
-/// stay queued for the retry), and the other groups go on. Returns the ids written and the
-/// first error.
-///
-/// [`ObjectStorage::put_in_order`]: crate::storage::ObjectStorage::put_in_order
+/// later submission wins; different names are written concurrently. A failed write stops
+/// its name's sequence (a later message must not land before an earlier one), and the
+/// others go on. Returns the ids written and the first error.
 async fn write_in_order(
     state: &AppState,
     bucket: &str,
@@ -167,7 +162,6 @@ async fn write_in_order(
 ) -> (Vec<i64>, Option<anyhow::Error>) {
     let mut position: HashMap<String, usize> = HashMap::new();
     let mut sequences: Vec<Vec<Pending>> = Vec::new();
-    let total = pending.len();
     for message in pending {
         match position.get(&message.object_name) {
             Some(&at) => sequences[at].push(message),
@@ -177,31 +171,23 @@ async fn write_in_order(
             }
         }
     }
-    // Groups of at least MIN_GROUP messages: fewer writers contend for the folder's lock.
-    let group_size = total.div_ceil(concurrency.max(1)).max(MIN_GROUP);
-    let mut groups: Vec<Vec<Pending>> = Vec::new();
-    for sequence in sequences {
-        match groups.last_mut() {
-            Some(group) if group.len() < group_size => group.extend(sequence),
-            _ => groups.push(sequence),
-        }
-    }
-    let results: Vec<(Vec<i64>, Option<anyhow::Error>)> = futures::stream::iter(groups)
-        .map(|group| async move {
-            let mut ids = Vec::with_capacity(group.len());
-            let mut objects = Vec::with_capacity(group.len());
-            for message in group {
-                match object_path(bucket, &message.object_name) {
-                    Ok(path) => {
-                        ids.push(message.id);
-                        objects.push((path, Bytes::from(message.body)));
+    let results: Vec<(Vec<i64>, Option<anyhow::Error>)> = futures::stream::iter(sequences)
+        .map(|sequence| {
+            let objects = &state.objects;
+            async move {
+                let mut written = Vec::with_capacity(sequence.len());
+                for message in sequence {
+                    let put = match object_path(bucket, &message.object_name) {
+                        Ok(path) => objects.put(&path, message.body.into()).await,
+                        Err(error) => Err(error),
+                    };
+                    match put {
+                        Ok(_) => written.push(message.id),
+                        Err(error) => return (written, Some(error)),
                     }
-                    Err(error) => return (Vec::new(), Some(error)),
                 }
+                (written, None)
             }
-            let (written, error) = state.objects.put_in_order(objects).await;
-            ids.truncate(written);
-            (ids, error)
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
@@ -217,9 +203,6 @@ async fn write_in_order(
     written.sort_unstable();
     (written, first_error)
 }
-
-/// Fewest messages in one group of writes (see [`write_in_order`]).
-const MIN_GROUP: usize = 32;
 
 /// `queued` → `stored` for the written messages. Only rows that were still queued change
 /// (and come back as notices), so a rerun never announces a message twice.

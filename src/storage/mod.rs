@@ -87,44 +87,6 @@ impl ObjectStorage {
         Ok(())
     }
 
-    /// Writes `objects` one after another, each as [`ObjectStorage::put`] would, stopping at
-    /// the first failure: returns how many were written, and the failure. On a local folder
-    /// the new names are all written from one blocking task; a thread hand-off per object
-    /// cost more than its write (bench/intake.sh).
-    pub async fn put_in_order(&self, objects: Vec<(Path, Bytes)>) -> (usize, Option<anyhow::Error>) {
-        let mut written = 0;
-        if let Some(local) = &self.local {
-            let files: Vec<(std::path::PathBuf, Bytes)> = objects
-                .iter()
-                .map_while(|(path, bytes)| Some((local.path_to_filesystem(path).ok()?, bytes.clone())))
-                .collect();
-            let created = tokio::task::spawn_blocking(move || {
-                for (done, (file, content)) in files.iter().enumerate() {
-                    match local_fs::create_new(file, content) {
-                        Ok(true) => {}
-                        // Taken names (and anything this way cannot do) go the usual way.
-                        Ok(false) => return Ok(done),
-                        Err(error) => return Err((done, error)),
-                    }
-                }
-                Ok(files.len())
-            })
-            .await;
-            match created {
-                Ok(Ok(done)) => written = done,
-                Ok(Err((done, error))) => return (done, Some(error.into())),
-                Err(join) => return (0, Some(join.into())),
-            }
-        }
-        for (path, bytes) in objects.into_iter().skip(written) {
-            if let Err(error) = self.put(&path, bytes).await {
-                return (written, Some(error));
-            }
-            written += 1;
-        }
-        (written, None)
-    }
-
     /// Starts writing a large object at `path` piece by piece (see [`ObjectWriter`]).
     pub async fn writer(&self, path: &Path) -> anyhow::Result<ObjectWriter> {
         if let Some(local) = &self.local {
@@ -301,28 +263,5 @@ mod tests {
         writer.finish().await.expect("finish");
         let got = store.get(&path).await.expect("stored").bytes().await.expect("bytes");
         assert!(got[..] == content[..], "the object holds exactly the bytes written");
-    }
-
-    #[tokio::test]
-    async fn put_in_order_writes_each_in_turn_so_a_repeated_name_ends_with_the_last() {
-        let folder = tempfile::tempdir().expect("temp dir");
-        let storage = ObjectStorage::local(folder.path()).expect("local store");
-        let object =
-            |name: &str, body: &'static str| (Path::from_iter(["scifi", name]), Bytes::from_static(body.as_bytes()));
-        // The folder does not exist yet: the first write makes it.
-        let (written, error) = storage
-            .put_in_order(vec![
-                object("a.json", "a1"),
-                object("b.json", "b1"),
-                object("a.json", "a2"),
-                object("c.json", "c1"),
-            ])
-            .await;
-        assert!(error.is_none(), "{error:?}");
-        assert_eq!(written, 4);
-        let read = |name: &str| std::fs::read_to_string(folder.path().join("scifi").join(name)).expect("written");
-        assert_eq!((read("a.json"), read("b.json"), read("c.json")), ("a2".into(), "b1".into(), "c1".into()));
-        let count = std::fs::read_dir(folder.path().join("scifi")).expect("folder").count();
-        assert_eq!(count, 3, "no staging files left behind");
     }
 }
