@@ -143,7 +143,7 @@ impl LocalWriter {
                 let next = self.next_block().await?;
                 let full = std::mem::replace(&mut self.filling, next);
                 if self.to_disk.send(ToDisk::Block(full)).await.is_err() {
-                    return Err(self.disk_error().await);
+                    return Err(stopped_early(&mut self.disk).await);
                 }
             }
         }
@@ -160,26 +160,26 @@ impl LocalWriter {
                 block.len = 0;
                 Ok(block)
             }
-            None => Err(self.disk_error().await),
+            None => Err(stopped_early(&mut self.disk).await),
         }
     }
 
-    async fn finish(mut self) -> io::Result<()> {
-        let last = std::mem::replace(&mut self.filling, Block { memory: Vec::new(), start: 0, len: 0 });
-        if self.to_disk.send(ToDisk::Finish(last)).await.is_err() {
-            return Err(self.disk_error().await);
+    async fn finish(self) -> io::Result<()> {
+        let Self { filling, to_disk, mut disk, .. } = self;
+        if to_disk.send(ToDisk::Finish(filling)).await.is_err() {
+            return Err(stopped_early(&mut disk).await);
         }
-        drop(self.to_disk);
-        self.disk.await.map_err(io::Error::other)?
+        drop(to_disk);
+        disk.await.map_err(io::Error::other)?
     }
+}
 
-    /// Why the blocking side stopped early (it only stops early on an error).
-    async fn disk_error(&mut self) -> io::Error {
-        match (&mut self.disk).await {
-            Ok(Err(error)) => error,
-            Ok(Ok(())) => io::Error::other("the object writer stopped early"),
-            Err(join) => io::Error::other(join),
-        }
+/// Why the blocking side stopped before the end (it only does on an error).
+async fn stopped_early(disk: &mut JoinHandle<io::Result<()>>) -> io::Error {
+    match disk.await {
+        Ok(Err(error)) => error,
+        Ok(Ok(())) => io::Error::other("the object writer stopped early"),
+        Err(join) => io::Error::other(join),
     }
 }
 

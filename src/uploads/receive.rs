@@ -1,5 +1,5 @@
 //! Receiving a body: one streaming pass that hashes (BLAKE3), validates (the incremental
-//! scanner) and spools (a [`ObjectWriter`]) each chunk as it arrives, then the
+//! scanner) and spools (an [`ObjectWriter`]) each chunk as it arrives, then the
 //! dedup decision and the durable hand-off to ingestion.
 //!
 //! Memory per upload is bounded by the writer's blocks (or parts) in flight, whatever the
