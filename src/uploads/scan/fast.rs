@@ -1,0 +1,389 @@
+//! The fast path for whole items: when an item's `{` is reached and the item lies
+//! complete in the chunk at hand, it is checked here by plain recursive descent over the
+//! slice, instead of byte by byte through the resumable state machine. That machine
+//! pays for resumability (a mode dispatch and state writes per byte outside strings);
+//! an item held whole needs none of it, and most items of a large body are.
+//!
+//! The rule that keeps the two paths in agreement: this path accepts only items the
+//! state machine accepts, and for anything it is not sure of (an error, an escape, an
+//! exponent, deep nesting, an item cut by the chunk's end) it answers `None`, and the
+//! state machine scans the item from its `{` as before. So every error, with its
+//! position and reason, still comes from one place. The scanner's tests hold this:
+//! feeding a body byte by byte never completes an item here, and must give the same
+//! result as feeding it whole.
+
+use super::{MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_ITEM_BYTES, MAX_NAME_CHARS, plain_run_end};
+
+/// Containers nested inside an item beyond this depth are left to the state machine
+/// (which enforces `MAX_DEPTH`); real items rarely nest more than a few levels.
+const NESTING: u32 = 16;
+/// Numbers longer than this are left to the state machine, which checks them against
+/// the range of a 64-bit float; shorter ones without an exponent are always within it.
+const SHORT_NUMBER: usize = 300;
+
+/// A valid item at the start of a slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Item {
+    /// Bytes from its `{` to its `}`, both included.
+    pub len: usize,
+    /// Line feeds inside it (all in whitespace: strings cannot hold raw control bytes).
+    pub newlines: u64,
+    /// Index just after its last line feed, when it has one.
+    pub after_last_newline: usize,
+}
+
+/// Checks the item starting at `buf[0]` (a `{`); `None` when it is not certainly
+/// valid and complete within `buf`.
+pub(super) fn item(buf: &[u8]) -> Option<Item> {
+    let room = usize::try_from(MAX_ITEM_BYTES).unwrap_or(usize::MAX);
+    let mut cursor = Cursor { buf: &buf[..buf.len().min(room)], at: 1, newlines: 0, after_last_newline: 0 };
+    cursor.item_members()?;
+    Some(Item { len: cursor.at, newlines: cursor.newlines, after_last_newline: cursor.after_last_newline })
+}
+
+/// What an item-level key says its value must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Member {
+    Id,
+    Name,
+    Description,
+    Other,
+}
+
+/// A string just scanned: its content is `buf[start..end]`.
+struct Text {
+    start: usize,
+    end: usize,
+    chars: usize,
+    ascii: bool,
+}
+
+struct Cursor<'a> {
+    buf: &'a [u8],
+    at: usize,
+    newlines: u64,
+    after_last_newline: usize,
+}
+
+impl Cursor<'_> {
+    /// Skips whitespace; the byte after it, not consumed.
+    fn next_token(&mut self) -> Option<u8> {
+        // Most tokens follow the previous one directly: one test, not the loop's match.
+        let byte = *self.buf.get(self.at)?;
+        if byte > b' ' {
+            return Some(byte);
+        }
+        loop {
+            let byte = *self.buf.get(self.at)?;
+            match byte {
+                b' ' | b'\t' | b'\r' => {}
+                b'\n' => {
+                    self.newlines += 1;
+                    self.after_last_newline = self.at + 1;
+                }
+                _ => return Some(byte),
+            }
+            self.at += 1;
+        }
+    }
+
+    /// Expects `byte` as the next token and consumes it.
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next_token()? == byte).then(|| self.at += 1)
+    }
+
+    /// The members of an item, from just after its `{` to just after its `}`.
+    fn item_members(&mut self) -> Option<()> {
+        let (mut has_id, mut has_name) = (false, false);
+        loop {
+            self.expect(b'"')?;
+            let key = self.text()?;
+            let member = match &self.buf[key.start..key.end] {
+                b"id" => Member::Id,
+                b"name" => Member::Name,
+                b"description" => Member::Description,
+                // (An escaped key that spells one of these never gets here: `text` leaves
+                // escapes to the state machine.)
+                _ => Member::Other,
+            };
+            // A repeated id or name is an error the state machine reports.
+            match member {
+                Member::Id if std::mem::replace(&mut has_id, true) => return None,
+                Member::Name if std::mem::replace(&mut has_name, true) => return None,
+                _ => {}
+            }
+            self.expect(b':')?;
+            self.member_value(member)?;
+            match self.next_token()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return (has_id && has_name).then_some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn member_value(&mut self, member: Member) -> Option<()> {
+        let first = self.next_token()?;
+        match (member, first) {
+            (Member::Id, b'"') => {
+                self.at += 1;
+                let text = self.text()?;
+                let content = &self.buf[text.start..text.end];
+                let control = content.contains(&0x7F) || (!text.ascii && has_c1_control(content));
+                (text.chars <= MAX_ID_CHARS as usize && nonblank(content) && !control).then_some(())
+            }
+            (Member::Id, b'-' | b'0'..=b'9') => {
+                let start = self.at;
+                let integer = self.number()?;
+                let digits = std::str::from_utf8(&self.buf[start..self.at]).ok()?;
+                // The ranges the state machine accepts for numeric ids.
+                let fits = match digits.strip_prefix('-') {
+                    Some(_) => digits != "-0" && digits.parse::<i64>().is_ok(),
+                    None => digits.parse::<u64>().is_ok(),
+                };
+                (integer && fits).then_some(())
+            }
+            (Member::Name, b'"') => {
+                self.at += 1;
+                let text = self.text()?;
+                (text.chars <= MAX_NAME_CHARS as usize && nonblank(&self.buf[text.start..text.end])).then_some(())
+            }
+            (Member::Description, b'"') => {
+                self.at += 1;
+                (self.text()?.chars <= MAX_DESCRIPTION_CHARS as usize).then_some(())
+            }
+            (Member::Id | Member::Name, _) => None,
+            (Member::Description | Member::Other, _) => self.any_value(first, 0),
+        }
+    }
+
+    /// Any JSON value starting with `first` (not consumed yet), `depth` containers deep
+    /// inside the item.
+    fn any_value(&mut self, first: u8, depth: u32) -> Option<()> {
+        match first {
+            b'"' => {
+                self.at += 1;
+                self.text().map(drop)
+            }
+            b'-' | b'0'..=b'9' => self.number().map(drop),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'{' if depth < NESTING => {
+                self.at += 1;
+                if self.next_token()? == b'}' {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    self.expect(b'"')?;
+                    self.text()?;
+                    self.expect(b':')?;
+                    let next = self.next_token()?;
+                    self.any_value(next, depth + 1)?;
+                    match self.next_token()? {
+                        b',' => self.at += 1,
+                        b'}' => {
+                            self.at += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' if depth < NESTING => {
+                self.at += 1;
+                if self.next_token()? == b']' {
+                    self.at += 1;
+                    return Some(());
+                }
+                loop {
+                    let next = self.next_token()?;
+                    self.any_value(next, depth + 1)?;
+                    match self.next_token()? {
+                        b',' => self.at += 1,
+                        b']' => {
+                            self.at += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// A string's content, from just after its opening quote; consumes the closing one.
+    /// Escapes are left to the state machine.
+    fn text(&mut self) -> Option<Text> {
+        let start = self.at;
+        let mut continuation_bytes = 0;
+        loop {
+            self.at = plain_run_end(self.buf, self.at);
+            let lead = *self.buf.get(self.at)?;
+            match lead {
+                b'"' => {
+                    let end = self.at;
+                    self.at += 1;
+                    let chars = end - start - continuation_bytes;
+                    return Some(Text { start, end, chars, ascii: continuation_bytes == 0 });
+                }
+                0x80.. => {
+                    let need = utf8_sequence(self.buf.get(self.at..)?)?;
+                    continuation_bytes += need;
+                    self.at += 1 + need;
+                }
+                // A backslash or a raw control byte.
+                _ => return None,
+            }
+        }
+    }
+
+    /// A number; whether it is an integer. Exponents and long numbers are left to the
+    /// state machine (they need a range check), as is a number at the end of the slice
+    /// (it may go on in the next chunk).
+    fn number(&mut self) -> Option<bool> {
+        let buf = self.buf;
+        let start = self.at;
+        let mut at = start;
+        if buf[at] == b'-' {
+            at += 1;
+        }
+        match *buf.get(at)? {
+            b'0' => at += 1,
+            b'1'..=b'9' => at = digits_end(buf, at + 1)?,
+            _ => return None,
+        }
+        let mut integer = true;
+        if *buf.get(at)? == b'.' {
+            integer = false;
+            if !buf.get(at + 1)?.is_ascii_digit() {
+                return None;
+            }
+            at = digits_end(buf, at + 2)?;
+        }
+        // A digit here follows a leading zero; an exponent needs its range check.
+        if matches!(buf.get(at)?, b'0'..=b'9' | b'e' | b'E') || at - start > SHORT_NUMBER {
+            return None;
+        }
+        self.at = at;
+        Some(integer)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let at = self.at;
+        (self.buf.get(at..at + word.len())? == word).then(|| self.at += word.len())
+    }
+}
+
+/// The index of the first non-digit at or after `at`; `None` at the slice's end.
+fn digits_end(buf: &[u8], mut at: usize) -> Option<usize> {
+    while buf.get(at)?.is_ascii_digit() {
+        at += 1;
+    }
+    Some(at)
+}
+
+/// Continuation bytes of the valid UTF-8 sequence at the start of `bytes` (whose lead
+/// byte is not ASCII), checked as the state machine checks them: no overlong forms, no
+/// surrogates, nothing beyond U+10FFFF.
+fn utf8_sequence(bytes: &[u8]) -> Option<usize> {
+    let (need, low, high) = match bytes[0] {
+        0xC2..=0xDF => (1, 0x80, 0xBF),
+        0xE0 => (2, 0xA0, 0xBF),
+        0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
+        0xED => (2, 0x80, 0x9F),
+        0xF0 => (3, 0x90, 0xBF),
+        0xF1..=0xF3 => (3, 0x80, 0xBF),
+        0xF4 => (3, 0x80, 0x8F),
+        _ => return None,
+    };
+    let rest = bytes.get(1..1 + need)?;
+    let valid = (low..=high).contains(&rest[0]) && rest[1..].iter().all(|&byte| (0x80..=0xBF).contains(&byte));
+    valid.then_some(need)
+}
+
+/// Whether unescaped content has a character other than a space (what "not blank"
+/// means for ids and names, as the state machine counts it for unescaped text).
+fn nonblank(content: &[u8]) -> bool {
+    content.iter().any(|&byte| byte != b' ')
+}
+
+/// Whether valid UTF-8 `content` holds a C1 control character (U+0080..U+009F).
+fn has_c1_control(content: &[u8]) -> bool {
+    content.windows(2).any(|pair| pair[0] == 0xC2 && pair[1] < 0xA0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn len(item: &str) -> Option<usize> {
+        super::item(item.as_bytes()).map(|item| item.len)
+    }
+
+    #[test]
+    fn typical_items_are_taken_whole() {
+        let items = [
+            r#"{"id":"bench-1","name":"Product 1","description":"Solid pine","price":1234}"#,
+            r#"{ "name" : "n" , "id" : -9223372036854775808 }"#,
+            r#"{"id":18446744073709551615,"name":"Pão 😀","x":[1,-0.5,true,false,null,{"a":{}},[]]}"#,
+            r#"{"id":"é","name":"a","description":{"id":[]},"n":0}"#,
+        ];
+        for item in items {
+            assert_eq!(len(item), Some(item.len()), "{item}");
+            // Trailing bytes (the rest of the chunk) are not part of it.
+            assert_eq!(len(&format!("{item},\n{{")), Some(item.len()), "{item}");
+        }
+        let with_lines = "{\"id\":1,\n\"name\":\"a\"\n}";
+        let item = super::item(with_lines.as_bytes()).expect("valid");
+        assert_eq!((item.newlines, item.after_last_newline), (2, with_lines.len() - 1));
+    }
+
+    #[test]
+    fn anything_uncertain_is_left_to_the_state_machine() {
+        let items = [
+            r#"{"id":"1","name":"a""#,                   // cut by the chunk's end
+            r#"{"id":"1","name":"a","price":12"#,        // a number that may go on
+            r#"{"id":"1","name":"a\"b"}"#,               // an escape
+            r#"{"\u0069d":"1","name":"a"}"#,             // an escaped key
+            r#"{"id":"1","name":"a","x":1e3}"#,          // an exponent (range check)
+            r#"{"id":"1","name":"a","x":01}"#,           // a leading zero
+            r#"{"id":"1","name":"a","x":1.}"#,           // a fraction without digits
+            r#"{"id":"1","name":"a","x":tru}"#,          // a broken literal
+            r#"{"id":"1","name":"a","id":"2"}"#,         // a repeated id
+            r#"{"id":"1"}"#,                             // no name
+            r#"{}"#,                                     // no id
+            r#"{"id":1.5,"name":"a"}"#,                  // a fractional id
+            r#"{"id":-0,"name":"a"}"#,                   // an id out of range
+            r#"{"id":18446744073709551616,"name":"a"}"#, // an id out of range
+            r#"{"id":"","name":"a"}"#,                   // a blank id
+            r#"{"id":"1","name":"  "}"#,                 // a blank name
+            "{\"id\":\"a\u{7f}\",\"name\":\"x\"}",       // DEL in an id
+            "{\"id\":\"a\u{85}\",\"name\":\"x\"}",       // a C1 control in an id
+            "{\"id\":\"1\",\"name\":\"a\tb\"}",          // a raw control byte
+            r#"{"id":"1","name":"a",}"#,                 // a trailing comma
+            r#"{"id":"1","name":"a","x":[1,]}"#,         // a trailing comma
+            r#"{"id":true,"name":"a"}"#,                 // an id of the wrong type
+            r#"{"id":"1","name":{}}"#,                   // a name of the wrong type
+        ];
+        for item in items {
+            assert_eq!(len(item), None, "{item}");
+        }
+        let invalid_utf8: &[&[u8]] =
+            &[b"{\"id\":\"1\",\"name\":\"\xc0\xaf\"}", b"{\"id\":\"1\",\"name\":\"\xed\xa0\x80\"}"];
+        for item in invalid_utf8 {
+            assert_eq!(super::item(item), None);
+        }
+        let long = format!(r#"{{"id":"{}","name":"a"}}"#, "x".repeat(MAX_ID_CHARS as usize + 1));
+        assert_eq!(len(&long), None);
+        let deep = format!(r#"{{"id":"1","name":"a","x":{}{}}}"#, "[".repeat(17), "]".repeat(17));
+        assert_eq!(len(&deep), None);
+        let big = format!(r#"{{"id":"1","name":"a","x":"{}"}}"#, "x".repeat(MAX_ITEM_BYTES as usize));
+        assert_eq!(len(&big), None);
+    }
+}
