@@ -1,9 +1,10 @@
-//! Receiving a body: one streaming pass that hashes (BLAKE3), validates (the incremental
-//! scanner) and spools (an [`ObjectWriter`]) each chunk as it arrives, then the
-//! dedup decision and the durable hand-off to ingestion.
+//! Receiving a body: one streaming pass in which each chunk, read from the socket once,
+//! is validated (the incremental scanner, on a thread beside), hashed (BLAKE3) and
+//! spooled (an [`ObjectWriter`]); then the dedup decision and the durable hand-off to
+//! ingestion.
 //!
-//! Memory per upload is bounded by the writer's blocks (or parts) in flight, whatever the
-//! body size: the body is never held whole.
+//! Memory per upload is bounded by the writer's blocks (or parts) in flight and the few
+//! chunks queued for the scan, whatever the body size: the body is never held whole.
 
 use std::time::{Duration, Instant};
 
@@ -95,8 +96,8 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
     let started = Instant::now();
     let spool_key = format!("{SPOOL_PREFIX}/{}.json", uuid::Uuid::new_v4().simple());
     let mut spool: Option<ObjectWriter> = None;
-    let mut scanner = BodyScanner::new();
-    let hasher = BodyHasher::start();
+    let mut scan = BackgroundScan::start();
+    let mut hasher = blake3::Hasher::new();
     let mut received: u64 = 0;
     let outcome: Result<(), Rejection> = async {
         loop {
@@ -120,8 +121,11 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
             if received > max {
                 return Err(too_large(received, max).into());
             }
-            scanner.feed(&chunk, |_| {}).map_err(Rejection::Invalid)?;
-            hasher.update(chunk.clone()).await?;
+            if !scan.push(chunk.clone()).await {
+                // The scan stopped at the body's first error, which its result holds.
+                break;
+            }
+            hasher.update(&chunk);
             let writer = match &mut spool {
                 Some(writer) => writer,
                 None => {
@@ -134,7 +138,10 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
     }
     .await;
 
-    let summary = outcome.and_then(|()| scanner.finish().map_err(Rejection::Invalid));
+    let summary = match outcome {
+        Ok(()) => scan.finish().await.map_err(Rejection::App).and_then(|scanned| scanned.map_err(Rejection::Invalid)),
+        Err(rejection) => Err(rejection),
+    };
     let summary = match summary {
         Ok(summary) => summary,
         Err(rejection) => {
@@ -156,40 +163,60 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
     spool.finish().await.map_err(storage_failed)?;
     metrics::histogram!("emporium_upload_receive_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("emporium_upload_received_bytes_total").increment(summary.bytes);
-    Ok(Received { digest: hasher.finish().await?, summary, spool_key })
+    Ok(Received { digest: hasher.finalize().to_hex().to_string(), summary, spool_key })
 }
 
-/// The body's BLAKE3, computed on a blocking thread beside the scan: both on the request's
-/// task made it the upload path's slowest stage (bench/uploads.sh). Chunks are shared, not
-/// copied; a dropped hasher stops its thread.
-struct BodyHasher {
-    chunks: tokio::sync::mpsc::Sender<Bytes>,
-    digest: tokio::task::JoinHandle<String>,
+/// The body's scan, on a blocking thread of its own beside the request's task (which
+/// receives, hashes and spools): on that task too, it made the task the upload path's
+/// limit (bench/uploads.sh), the socket waiting while each chunk was scanned. Chunks are
+/// shared, not copied, and handed over in batches of about a megabyte: a wake-up per
+/// chunk cost more than the hash. It stops at the body's first error; dropped, it ends
+/// its thread.
+struct BackgroundScan {
+    batches: tokio::sync::mpsc::Sender<Vec<Bytes>>,
+    batch: Vec<Bytes>,
+    batch_bytes: usize,
+    result: tokio::task::JoinHandle<Result<Summary, SyntaxError>>,
 }
 
-impl BodyHasher {
-    /// Chunks waiting to be hashed (each at most hyper's read buffer) before the scan waits.
-    const QUEUED_CHUNKS: usize = 16;
+impl BackgroundScan {
+    const BATCH_BYTES: usize = 1024 * 1024;
+    /// Batches waiting before the request's task waits for the scan.
+    const QUEUED_BATCHES: usize = 2;
 
     fn start() -> Self {
-        let (chunks, mut queued) = tokio::sync::mpsc::channel::<Bytes>(Self::QUEUED_CHUNKS);
-        let digest = tokio::task::spawn_blocking(move || {
-            let mut hasher = blake3::Hasher::new();
-            while let Some(chunk) = queued.blocking_recv() {
-                hasher.update(&chunk);
+        let (batches, mut queued) = tokio::sync::mpsc::channel::<Vec<Bytes>>(Self::QUEUED_BATCHES);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut scanner = BodyScanner::new();
+            while let Some(batch) = queued.blocking_recv() {
+                for chunk in batch {
+                    scanner.feed(&chunk, |_| {})?;
+                }
             }
-            hasher.finalize().to_hex().to_string()
+            scanner.finish()
         });
-        Self { chunks, digest }
+        Self { batches, batch: Vec::new(), batch_bytes: 0, result }
     }
 
-    async fn update(&self, chunk: Bytes) -> Result<(), AppError> {
-        self.chunks.send(chunk).await.map_err(|_| AppError::Internal(anyhow::anyhow!("the body's hasher stopped")))
+    /// Adds the body's next chunk; `false` when the scan has stopped at an error.
+    async fn push(&mut self, chunk: Bytes) -> bool {
+        self.batch_bytes += chunk.len();
+        self.batch.push(chunk);
+        if self.batch_bytes < Self::BATCH_BYTES {
+            return true;
+        }
+        self.batch_bytes = 0;
+        self.batches.send(std::mem::take(&mut self.batch)).await.is_ok()
     }
 
-    async fn finish(self) -> Result<String, AppError> {
-        drop(self.chunks);
-        self.digest.await.map_err(|error| AppError::Internal(anyhow::anyhow!("hashing the body failed: {error}")))
+    /// Declares the end of the body: the scan's verdict on it.
+    async fn finish(mut self) -> Result<Result<Summary, SyntaxError>, AppError> {
+        if !self.batch.is_empty() {
+            // Refused only when the scan already stopped, and then its result says why.
+            let _ = self.batches.send(std::mem::take(&mut self.batch)).await;
+        }
+        drop(self.batches);
+        self.result.await.map_err(|error| AppError::Internal(anyhow::anyhow!("scanning the body failed: {error}")))
     }
 }
 
