@@ -101,12 +101,27 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
     let mut received: u64 = 0;
     let outcome: Result<(), Rejection> = async {
         loop {
-            let next = tokio::time::timeout(config.upload_idle_timeout, stream.next()).await.map_err(|_| {
-                AppError::bad_input(format!(
-                    "no data received for {} s; the upload was abandoned",
-                    config.upload_idle_timeout.as_secs()
-                ))
-            })?;
+            let next = match tokio::time::timeout(BackgroundScan::FLUSH_AFTER, stream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    // The client is slow (or stuck): the scan gets what is batched, so an
+                    // invalid body is refused while its client is still sending.
+                    if !scan.flush().await {
+                        break;
+                    }
+                    tokio::select! {
+                        next = tokio::time::timeout(config.upload_idle_timeout, stream.next()) => {
+                            next.map_err(|_| {
+                                AppError::bad_input(format!(
+                                    "no data received for {} s; the upload was abandoned",
+                                    config.upload_idle_timeout.as_secs()
+                                ))
+                            })?
+                        }
+                        () = scan.stopped() => break,
+                    }
+                }
+            };
             let chunk = match next {
                 None => break,
                 Some(Ok(chunk)) => chunk,
@@ -181,6 +196,8 @@ struct BackgroundScan {
 
 impl BackgroundScan {
     const BATCH_BYTES: usize = 1024 * 1024;
+    /// How long the next chunk may keep a smaller batch waiting.
+    const FLUSH_AFTER: Duration = Duration::from_millis(20);
     /// Batches waiting before the request's task waits for the scan.
     const QUEUED_BATCHES: usize = 2;
 
@@ -202,19 +219,27 @@ impl BackgroundScan {
     async fn push(&mut self, chunk: Bytes) -> bool {
         self.batch_bytes += chunk.len();
         self.batch.push(chunk);
-        if self.batch_bytes < Self::BATCH_BYTES {
+        self.batch_bytes < Self::BATCH_BYTES || self.flush().await
+    }
+
+    /// Hands the batch so far to the scan; `false` when it has stopped at an error.
+    async fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
             return true;
         }
         self.batch_bytes = 0;
         self.batches.send(std::mem::take(&mut self.batch)).await.is_ok()
     }
 
+    /// Resolves when the scan has stopped at an error (it only stops early then).
+    async fn stopped(&self) {
+        self.batches.closed().await;
+    }
+
     /// Declares the end of the body: the scan's verdict on it.
     async fn finish(mut self) -> Result<Result<Summary, SyntaxError>, AppError> {
-        if !self.batch.is_empty() {
-            // Refused only when the scan already stopped, and then its result says why.
-            let _ = self.batches.send(std::mem::take(&mut self.batch)).await;
-        }
+        // Refused only when the scan already stopped, and then its result says why.
+        self.flush().await;
         drop(self.batches);
         self.result.await.map_err(|error| AppError::Internal(anyhow::anyhow!("scanning the body failed: {error}")))
     }

@@ -282,6 +282,23 @@ async fn bad_inputs_get_their_status_and_nothing_is_lost() {
     app.stop().await;
 }
 
+/// A client that sends an invalid start and then nothing more (a slow client, a stuck
+/// one) gets its 400 at once, not when the idle timeout ends the upload.
+#[tokio::test]
+async fn an_invalid_body_is_refused_while_its_client_is_still_sending() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.uploads.upload_idle_timeout = Duration::from_secs(120)).await;
+    let start = futures::stream::iter([Ok::<_, std::io::Error>(br#"{"id": "1", "name": "a"}, "#.to_vec())]);
+    let body = reqwest::Body::wrap_stream(start.chain(futures::stream::pending()));
+    let answer = tokio::time::timeout(Duration::from_secs(30), post_products(&app.http, &base(&app), body))
+        .await
+        .expect("no answer while the body was still open");
+    assert_eq!(answer.status, 400, "{answer:?}");
+    let reason = answer.body["error"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("must be a JSON array"), "{answer:?}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn too_large_is_413_from_content_length_or_mid_stream() {
     let env = TestEnv::new().await;
