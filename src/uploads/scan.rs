@@ -288,6 +288,22 @@ fn plain_run_end(buf: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// For a UTF-8 lead byte (not ASCII): how many continuation bytes follow, and the range
+/// of the first, which excludes overlong forms, surrogates and code points beyond
+/// U+10FFFF. `None` for a byte that cannot start a character.
+fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
+    Some(match b {
+        0xC2..=0xDF => (1, 0x80, 0xBF),
+        0xE0 => (2, 0xA0, 0xBF),
+        0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
+        0xED => (2, 0x80, 0x9F),
+        0xF0 => (3, 0x90, 0xBF),
+        0xF1..=0xF3 => (3, 0x80, 0xBF),
+        0xF4 => (3, 0x80, 0x8F),
+        _ => return None,
+    })
+}
+
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
@@ -916,17 +932,8 @@ impl BodyScanner {
                         .fail(at, format!("control character 0x{b:02X} in a string (it must be escaped, e.g. \\n)")));
                 }
                 _ => {
-                    // A UTF-8 lead byte: how many continuation bytes follow, and the
-                    // range of the first (excluding overlong forms and surrogates).
-                    let (need, lo, hi) = match b {
-                        0xC2..=0xDF => (1, 0x80, 0xBF),
-                        0xE0 => (2, 0xA0, 0xBF),
-                        0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
-                        0xED => (2, 0x80, 0x9F),
-                        0xF0 => (3, 0x90, 0xBF),
-                        0xF1..=0xF3 => (3, 0x80, 0xBF),
-                        0xF4 => (3, 0x80, 0x8F),
-                        _ => return Err(self.fail(at, "invalid UTF-8 in a string".into())),
+                    let Some((need, lo, hi)) = utf8_lead(b) else {
+                        return Err(self.fail(at, "invalid UTF-8 in a string".into()));
                     };
                     self.count_char(at)?;
                     self.text.key_other = true;

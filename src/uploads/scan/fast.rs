@@ -12,7 +12,7 @@
 //! feeding a body byte by byte never completes an item here, and must give the same
 //! result as feeding it whole.
 
-use super::{MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_ITEM_BYTES, MAX_NAME_CHARS, plain_run_end};
+use super::{MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_ITEM_BYTES, MAX_NAME_CHARS, plain_run_end, utf8_lead};
 
 /// Containers nested inside an item beyond this depth are left to the state machine
 /// (which enforces `MAX_DEPTH`); real items rarely nest more than a few levels.
@@ -172,40 +172,24 @@ impl Cursor<'_> {
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
-            b'{' if depth < NESTING => {
+            b'{' | b'[' if depth < NESTING => {
+                let (object, close) = if first == b'{' { (true, b'}') } else { (false, b']') };
                 self.at += 1;
-                if self.next_token()? == b'}' {
+                if self.next_token()? == close {
                     self.at += 1;
                     return Some(());
                 }
                 loop {
-                    self.expect(b'"')?;
-                    self.text()?;
-                    self.expect(b':')?;
-                    let next = self.next_token()?;
-                    self.any_value(next, depth + 1)?;
-                    match self.next_token()? {
-                        b',' => self.at += 1,
-                        b'}' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if object {
+                        self.expect(b'"')?;
+                        self.text()?;
+                        self.expect(b':')?;
                     }
-                }
-            }
-            b'[' if depth < NESTING => {
-                self.at += 1;
-                if self.next_token()? == b']' {
-                    self.at += 1;
-                    return Some(());
-                }
-                loop {
                     let next = self.next_token()?;
                     self.any_value(next, depth + 1)?;
                     match self.next_token()? {
                         b',' => self.at += 1,
-                        b']' => {
+                        byte if byte == close => {
                             self.at += 1;
                             return Some(());
                         }
@@ -289,22 +273,12 @@ fn digits_end(buf: &[u8], mut at: usize) -> Option<usize> {
 }
 
 /// Continuation bytes of the valid UTF-8 sequence at the start of `bytes` (whose lead
-/// byte is not ASCII), checked as the state machine checks them: no overlong forms, no
-/// surrogates, nothing beyond U+10FFFF.
+/// byte is not ASCII), checked as the state machine checks them.
 fn utf8_sequence(bytes: &[u8]) -> Option<usize> {
-    let (need, low, high) = match bytes[0] {
-        0xC2..=0xDF => (1, 0x80, 0xBF),
-        0xE0 => (2, 0xA0, 0xBF),
-        0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
-        0xED => (2, 0x80, 0x9F),
-        0xF0 => (3, 0x90, 0xBF),
-        0xF1..=0xF3 => (3, 0x80, 0xBF),
-        0xF4 => (3, 0x80, 0x8F),
-        _ => return None,
-    };
-    let rest = bytes.get(1..1 + need)?;
+    let (need, low, high) = utf8_lead(bytes[0])?;
+    let rest = bytes.get(1..1 + usize::from(need))?;
     let valid = (low..=high).contains(&rest[0]) && rest[1..].iter().all(|&byte| (0x80..=0xBF).contains(&byte));
-    valid.then_some(need)
+    valid.then_some(usize::from(need))
 }
 
 /// Whether unescaped content has a character other than a space (what "not blank"
