@@ -5,8 +5,9 @@
 //! an item held whole needs none of it, and most items of a large body are.
 //!
 //! The rule that keeps the two paths in agreement: this path accepts only items the
-//! state machine accepts, and for anything it is not sure of (an error, an escape, an
-//! exponent, deep nesting, an item cut by the chunk's end) it answers `None`, and the
+//! state machine accepts, and for anything it is not sure of (an error, an escape in a
+//! key, an id or a name, an exponent, deep nesting, an item cut by the chunk's end) it
+//! answers `None`, and the
 //! state machine scans the item from its `{` as before. So every error, with its
 //! position and reason, still comes from one place. The scanner's tests hold this:
 //! feeding a body byte by byte never completes an item here, and must give the same
@@ -55,7 +56,9 @@ struct Text {
     start: usize,
     end: usize,
     chars: usize,
+    /// No byte beyond ASCII (escapes aside).
     ascii: bool,
+    escaped: bool,
 }
 
 struct Cursor<'a> {
@@ -97,13 +100,11 @@ impl Cursor<'_> {
         let (mut has_id, mut has_name) = (false, false);
         loop {
             self.expect(b'"')?;
-            let key = self.text()?;
+            let key = self.unescaped_text()?;
             let member = match &self.buf[key.start..key.end] {
                 b"id" => Member::Id,
                 b"name" => Member::Name,
                 b"description" => Member::Description,
-                // (An escaped key that spells one of these never gets here: `text` leaves
-                // escapes to the state machine.)
                 _ => Member::Other,
             };
             // A repeated id or name is an error the state machine reports.
@@ -130,7 +131,7 @@ impl Cursor<'_> {
         match (member, first) {
             (Member::Id, b'"') => {
                 self.at += 1;
-                let text = self.text()?;
+                let text = self.unescaped_text()?;
                 let content = &self.buf[text.start..text.end];
                 let control = content.contains(&0x7F) || (!text.ascii && has_c1_control(content));
                 (text.chars <= MAX_ID_CHARS as usize && nonblank(content) && !control).then_some(())
@@ -148,7 +149,7 @@ impl Cursor<'_> {
             }
             (Member::Name, b'"') => {
                 self.at += 1;
-                let text = self.text()?;
+                let text = self.unescaped_text()?;
                 (text.chars <= MAX_NAME_CHARS as usize && nonblank(&self.buf[text.start..text.end])).then_some(())
             }
             (Member::Description, b'"') => {
@@ -202,29 +203,41 @@ impl Cursor<'_> {
     }
 
     /// A string's content, from just after its opening quote; consumes the closing one.
-    /// Escapes are left to the state machine.
     fn text(&mut self) -> Option<Text> {
         let start = self.at;
-        let mut continuation_bytes = 0;
+        // Bytes beyond the first of each character: what `chars` does not count.
+        let (mut extra_bytes, mut ascii, mut escaped) = (0, true, false);
         loop {
             self.at = plain_run_end(self.buf, self.at);
-            let lead = *self.buf.get(self.at)?;
-            match lead {
+            match *self.buf.get(self.at)? {
                 b'"' => {
                     let end = self.at;
                     self.at += 1;
-                    let chars = end - start - continuation_bytes;
-                    return Some(Text { start, end, chars, ascii: continuation_bytes == 0 });
+                    return Some(Text { start, end, chars: end - start - extra_bytes, ascii, escaped });
+                }
+                b'\\' => {
+                    let len = escape_len(&self.buf[self.at..])?;
+                    extra_bytes += len - 1;
+                    escaped = true;
+                    self.at += len;
                 }
                 0x80.. => {
-                    let need = utf8_sequence(self.buf.get(self.at..)?)?;
-                    continuation_bytes += need;
+                    let need = utf8_sequence(&self.buf[self.at..])?;
+                    extra_bytes += need;
+                    ascii = false;
                     self.at += 1 + need;
                 }
-                // A backslash or a raw control byte.
+                // A raw control byte.
                 _ => return None,
             }
         }
+    }
+
+    /// A string without escapes: item-level keys, ids and names, whose checks read the
+    /// raw bytes (an escaped key may spell `id`; an escaped character may be a control
+    /// character or a blank); the state machine decodes the others.
+    fn unescaped_text(&mut self) -> Option<Text> {
+        self.text().filter(|text| !text.escaped)
     }
 
     /// A number; whether it is an integer. Exponents and long numbers are left to the
@@ -281,6 +294,27 @@ fn utf8_sequence(bytes: &[u8]) -> Option<usize> {
     valid.then_some(usize::from(need))
 }
 
+/// The length of the valid escape sequence at the start of `bytes` (a backslash), a
+/// surrogate pair taken as one character, as the state machine takes it; `None` for
+/// anything it refuses (or that the slice cuts).
+fn escape_len(bytes: &[u8]) -> Option<usize> {
+    fn hex4(digits: &[u8]) -> Option<u32> {
+        digits.iter().try_fold(0, |value, &digit| Some(value * 16 + char::from(digit).to_digit(16)?))
+    }
+    match *bytes.get(1)? {
+        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(2),
+        b'u' => match hex4(bytes.get(2..6)?)? {
+            0xD800..=0xDBFF => {
+                let low = bytes.get(6..8)? == b"\\u" && (0xDC00..=0xDFFF).contains(&hex4(bytes.get(8..12)?)?);
+                low.then_some(12)
+            }
+            0xDC00..=0xDFFF => None,
+            _ => Some(6),
+        },
+        _ => None,
+    }
+}
+
 /// Whether unescaped content has a character other than a space (what "not blank"
 /// means for ids and names, as the state machine counts it for unescaped text).
 fn nonblank(content: &[u8]) -> bool {
@@ -307,6 +341,7 @@ mod tests {
             r#"{ "name" : "n" , "id" : -9223372036854775808 }"#,
             r#"{"id":18446744073709551615,"name":"Pão 😀","x":[1,-0.5,true,false,null,{"a":{}},[]]}"#,
             r#"{"id":"é","name":"a","description":{"id":[]},"n":0}"#,
+            r#"{"id":"1","name":"a","description":"line\nbreak, \"quoted\" \\ \/ \u00e9 \ud83d\ude00","x":{"\u0069d":"\t"}}"#,
         ];
         for item in items {
             assert_eq!(len(item), Some(item.len()), "{item}");
@@ -321,29 +356,36 @@ mod tests {
     #[test]
     fn anything_uncertain_is_left_to_the_state_machine() {
         let items = [
-            r#"{"id":"1","name":"a""#,                   // cut by the chunk's end
-            r#"{"id":"1","name":"a","price":12"#,        // a number that may go on
-            r#"{"id":"1","name":"a\"b"}"#,               // an escape
-            r#"{"\u0069d":"1","name":"a"}"#,             // an escaped key
-            r#"{"id":"1","name":"a","x":1e3}"#,          // an exponent (range check)
-            r#"{"id":"1","name":"a","x":01}"#,           // a leading zero
-            r#"{"id":"1","name":"a","x":1.}"#,           // a fraction without digits
-            r#"{"id":"1","name":"a","x":tru}"#,          // a broken literal
-            r#"{"id":"1","name":"a","id":"2"}"#,         // a repeated id
-            r#"{"id":"1"}"#,                             // no name
-            r#"{}"#,                                     // no id
-            r#"{"id":1.5,"name":"a"}"#,                  // a fractional id
-            r#"{"id":-0,"name":"a"}"#,                   // an id out of range
-            r#"{"id":18446744073709551616,"name":"a"}"#, // an id out of range
-            r#"{"id":"","name":"a"}"#,                   // a blank id
-            r#"{"id":"1","name":"  "}"#,                 // a blank name
-            "{\"id\":\"a\u{7f}\",\"name\":\"x\"}",       // DEL in an id
-            "{\"id\":\"a\u{85}\",\"name\":\"x\"}",       // a C1 control in an id
-            "{\"id\":\"1\",\"name\":\"a\tb\"}",          // a raw control byte
-            r#"{"id":"1","name":"a",}"#,                 // a trailing comma
-            r#"{"id":"1","name":"a","x":[1,]}"#,         // a trailing comma
-            r#"{"id":true,"name":"a"}"#,                 // an id of the wrong type
-            r#"{"id":"1","name":{}}"#,                   // a name of the wrong type
+            r#"{"id":"1","name":"a""#,                     // cut by the chunk's end
+            r#"{"id":"1","name":"a","price":12"#,          // a number that may go on
+            r#"{"id":"1","name":"a\"b"}"#,                 // an escape in a name
+            r#"{"id":"a\u0001","name":"b"}"#,              // an escape in an id
+            r#"{"id":"1","name":"a","x":"\x"}"#,           // an invalid escape
+            r#"{"id":"1","name":"a","x":"\u12G4"}"#,       // an invalid escape
+            r#"{"id":"1","name":"a","x":"\ud800"}"#,       // a lone high surrogate
+            r#"{"id":"1","name":"a","x":"\ud800\u0041"}"#, // a high surrogate without its low
+            r#"{"id":"1","name":"a","x":"\udc00"}"#,       // a lone low surrogate
+            r#"{"id":"1","name":"a","x":"\u00"#,           // an escape cut by the chunk's end
+            r#"{"\u0069d":"1","name":"a"}"#,               // an escaped key
+            r#"{"id":"1","name":"a","x":1e3}"#,            // an exponent (range check)
+            r#"{"id":"1","name":"a","x":01}"#,             // a leading zero
+            r#"{"id":"1","name":"a","x":1.}"#,             // a fraction without digits
+            r#"{"id":"1","name":"a","x":tru}"#,            // a broken literal
+            r#"{"id":"1","name":"a","id":"2"}"#,           // a repeated id
+            r#"{"id":"1"}"#,                               // no name
+            r#"{}"#,                                       // no id
+            r#"{"id":1.5,"name":"a"}"#,                    // a fractional id
+            r#"{"id":-0,"name":"a"}"#,                     // an id out of range
+            r#"{"id":18446744073709551616,"name":"a"}"#,   // an id out of range
+            r#"{"id":"","name":"a"}"#,                     // a blank id
+            r#"{"id":"1","name":"  "}"#,                   // a blank name
+            "{\"id\":\"a\u{7f}\",\"name\":\"x\"}",         // DEL in an id
+            "{\"id\":\"a\u{85}\",\"name\":\"x\"}",         // a C1 control in an id
+            "{\"id\":\"1\",\"name\":\"a\tb\"}",            // a raw control byte
+            r#"{"id":"1","name":"a",}"#,                   // a trailing comma
+            r#"{"id":"1","name":"a","x":[1,]}"#,           // a trailing comma
+            r#"{"id":true,"name":"a"}"#,                   // an id of the wrong type
+            r#"{"id":"1","name":{}}"#,                     // a name of the wrong type
         ];
         for item in items {
             assert_eq!(len(item), None, "{item}");
