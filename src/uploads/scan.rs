@@ -304,6 +304,22 @@ fn utf8_lead(b: u8) -> Option<(u8, u8, u8)> {
     })
 }
 
+/// Whether an integer is an id we take: within the range of an i64 or a u64, and not
+/// `-0`.
+fn id_in_range(text: &str) -> bool {
+    match text.strip_prefix('-') {
+        Some(_) => text != "-0" && text.parse::<i64>().is_ok(),
+        None => text.parse::<u64>().is_ok(),
+    }
+}
+
+/// Whether a number is within the range of a 64-bit float: serde_json, which decodes
+/// items at ingestion, refuses the others.
+fn float_in_range(text: &str) -> bool {
+    let value: f64 = text.parse().unwrap_or(f64::INFINITY);
+    value.is_finite() && value.abs() <= 1.797_693_134_862e308
+}
+
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
@@ -1049,22 +1065,13 @@ impl BodyScanner {
         let text = std::str::from_utf8(&self.number.text).unwrap_or("");
         let start = self.number.start;
         if self.number.role == Role::Id {
-            let fits = if text.starts_with('-') {
-                text != "-0" && text.parse::<i64>().is_ok()
-            } else {
-                text.parse::<u64>().is_ok()
-            };
-            if !fits {
+            if !id_in_range(text) {
                 let path = self.path(Role::Id);
                 return Err(self
                     .fail(start, format!("{path} is not an integer in the 64-bit range (send long ids as strings)")));
             }
-        } else if self.number.fraction_or_exponent || text.len() > 300 {
-            // serde_json (which decodes items at ingestion) refuses numbers beyond f64.
-            let value: f64 = text.parse().unwrap_or(f64::INFINITY);
-            if !value.is_finite() || value.abs() > 1.797_693_134_862e308 {
-                return Err(self.fail(start, "number out of range".into()));
-            }
+        } else if (self.number.fraction_or_exponent || text.len() > 300) && !float_in_range(text) {
+            return Err(self.fail(start, "number out of range".into()));
         }
         self.after_value();
         Ok(())

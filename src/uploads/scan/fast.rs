@@ -6,20 +6,24 @@
 //!
 //! The rule that keeps the two paths in agreement: this path accepts only items the
 //! state machine accepts, and for anything it is not sure of (an error, an escape in a
-//! key, an id or a name, an exponent, deep nesting, an item cut by the chunk's end) it
+//! key, an id or a name, a very long number, deep nesting, an item cut by the chunk's end) it
 //! answers `None`, and the
 //! state machine scans the item from its `{` as before. So every error, with its
 //! position and reason, still comes from one place. The scanner's tests hold this:
 //! feeding a body byte by byte never completes an item here, and must give the same
 //! result as feeding it whole.
 
-use super::{MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_ITEM_BYTES, MAX_NAME_CHARS, plain_run_end, utf8_lead};
+use super::{
+    MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_ITEM_BYTES, MAX_NAME_CHARS, float_in_range, id_in_range, plain_run_end,
+    utf8_lead,
+};
 
 /// Containers nested inside an item beyond this depth are left to the state machine
 /// (which enforces `MAX_DEPTH`); real items rarely nest more than a few levels.
 const NESTING: u32 = 16;
-/// Numbers longer than this are left to the state machine, which checks them against
-/// the range of a 64-bit float; shorter ones without an exponent are always within it.
+/// Numbers longer than this are left to the state machine (which also bounds their
+/// length). Shorter ones without an exponent are always within a 64-bit float's range;
+/// those with one get the state machine's range check here.
 const SHORT_NUMBER: usize = 300;
 
 /// A valid item at the start of a slice.
@@ -140,12 +144,7 @@ impl Cursor<'_> {
                 let start = self.at;
                 let integer = self.number()?;
                 let digits = std::str::from_utf8(&self.buf[start..self.at]).ok()?;
-                // The ranges the state machine accepts for numeric ids.
-                let fits = match digits.strip_prefix('-') {
-                    Some(_) => digits != "-0" && digits.parse::<i64>().is_ok(),
-                    None => digits.parse::<u64>().is_ok(),
-                };
-                (integer && fits).then_some(())
+                (integer && id_in_range(digits)).then_some(())
             }
             (Member::Name, b'"') => {
                 self.at += 1;
@@ -240,9 +239,8 @@ impl Cursor<'_> {
         self.text().filter(|text| !text.escaped)
     }
 
-    /// A number; whether it is an integer. Exponents and long numbers are left to the
-    /// state machine (they need a range check), as is a number at the end of the slice
-    /// (it may go on in the next chunk).
+    /// A number; whether it is an integer. Long numbers are left to the state machine,
+    /// as is a number at the end of the slice (it may go on in the next chunk).
     fn number(&mut self) -> Option<bool> {
         let buf = self.buf;
         let start = self.at;
@@ -263,8 +261,23 @@ impl Cursor<'_> {
             }
             at = digits_end(buf, at + 2)?;
         }
-        // A digit here follows a leading zero; an exponent needs its range check.
-        if matches!(buf.get(at)?, b'0'..=b'9' | b'e' | b'E') || at - start > SHORT_NUMBER {
+        let mut exponent = false;
+        if matches!(buf.get(at)?, b'e' | b'E') {
+            (integer, exponent) = (false, true);
+            at += 1;
+            if matches!(buf.get(at)?, b'+' | b'-') {
+                at += 1;
+            }
+            if !buf.get(at)?.is_ascii_digit() {
+                return None;
+            }
+            at = digits_end(buf, at + 1)?;
+        }
+        // A digit here follows a leading zero.
+        if buf.get(at)?.is_ascii_digit() || at - start > SHORT_NUMBER {
+            return None;
+        }
+        if exponent && !float_in_range(std::str::from_utf8(&buf[start..at]).ok()?) {
             return None;
         }
         self.at = at;
@@ -341,6 +354,7 @@ mod tests {
             r#"{ "name" : "n" , "id" : -9223372036854775808 }"#,
             r#"{"id":18446744073709551615,"name":"Pão 😀","x":[1,-0.5,true,false,null,{"a":{}},[]]}"#,
             r#"{"id":"é","name":"a","description":{"id":[]},"n":0}"#,
+            r#"{"id":"1","name":"a","x":1e3,"y":-2.5E-7,"z":0e+0,"w":1.7976931348e308,"v":1e-400}"#,
             r#"{"id":"1","name":"a","description":"line\nbreak, \"quoted\" \\ \/ \u00e9 \ud83d\ude00","x":{"\u0069d":"\t"}}"#,
         ];
         for item in items {
@@ -367,7 +381,9 @@ mod tests {
             r#"{"id":"1","name":"a","x":"\udc00"}"#,       // a lone low surrogate
             r#"{"id":"1","name":"a","x":"\u00"#,           // an escape cut by the chunk's end
             r#"{"\u0069d":"1","name":"a"}"#,               // an escaped key
-            r#"{"id":"1","name":"a","x":1e3}"#,            // an exponent (range check)
+            r#"{"id":"1","name":"a","x":1e400}"#,          // beyond a 64-bit float
+            r#"{"id":"1","name":"a","x":1e}"#,             // an exponent without digits
+            r#"{"id":"1","name":"a","x":1e+"#,             // an exponent cut by the chunk's end
             r#"{"id":"1","name":"a","x":01}"#,             // a leading zero
             r#"{"id":"1","name":"a","x":1.}"#,             // a fraction without digits
             r#"{"id":"1","name":"a","x":tru}"#,            // a broken literal
