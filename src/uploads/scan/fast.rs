@@ -6,7 +6,7 @@
 //!
 //! The rule that keeps the two paths in agreement: this path accepts only items the
 //! state machine accepts, and for anything it is not sure of (an error, an escape in a
-//! key, an id or a name, a very long number, deep nesting, an item cut by the chunk's end) it
+//! key or an id, a very long number, deep nesting, an item cut by the chunk's end) it
 //! answers `None`, and the
 //! state machine scans the item from its `{` as before. So every error, with its
 //! position and reason, still comes from one place. The scanner's tests hold this:
@@ -148,7 +148,7 @@ impl Cursor<'_> {
             }
             (Member::Name, b'"') => {
                 self.at += 1;
-                let text = self.unescaped_text()?;
+                let text = self.text()?;
                 (text.chars <= MAX_NAME_CHARS as usize && nonblank(&self.buf[text.start..text.end])).then_some(())
             }
             (Member::Description, b'"') => {
@@ -232,9 +232,9 @@ impl Cursor<'_> {
         }
     }
 
-    /// A string without escapes: item-level keys, ids and names, whose checks read the
-    /// raw bytes (an escaped key may spell `id`; an escaped character may be a control
-    /// character or a blank); the state machine decodes the others.
+    /// A string without escapes: item-level keys and ids, whose checks read the raw bytes
+    /// (an escaped key may spell `id`, an escaped character in an id may be a control
+    /// character); the state machine decodes the others.
     fn unescaped_text(&mut self) -> Option<Text> {
         self.text().filter(|text| !text.escaped)
     }
@@ -311,9 +311,6 @@ fn utf8_sequence(bytes: &[u8]) -> Option<usize> {
 /// surrogate pair taken as one character, as the state machine takes it; `None` for
 /// anything it refuses (or that the slice cuts).
 fn escape_len(bytes: &[u8]) -> Option<usize> {
-    fn hex4(digits: &[u8]) -> Option<u32> {
-        digits.iter().try_fold(0, |value, &digit| Some(value * 16 + char::from(digit).to_digit(16)?))
-    }
     match *bytes.get(1)? {
         b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Some(2),
         b'u' => match hex4(bytes.get(2..6)?)? {
@@ -328,10 +325,38 @@ fn escape_len(bytes: &[u8]) -> Option<usize> {
     }
 }
 
-/// Whether unescaped content has a character other than a space (what "not blank"
-/// means for ids and names, as the state machine counts it for unescaped text).
+/// The value of four hex digits.
+fn hex4(digits: &[u8]) -> Option<u32> {
+    digits.iter().try_fold(0, |value, &digit| Some(value * 16 + char::from(digit).to_digit(16)?))
+}
+
+/// Whether a string's content (checked by `text`) has a character that is not blank,
+/// as the state machine decides for ids and names: a space is blank, and so are the
+/// escaped tab, line feed, vertical tab, form feed, carriage return and space.
 fn nonblank(content: &[u8]) -> bool {
-    content.iter().any(|&byte| byte != b' ')
+    let mut at = 0;
+    while let Some(&byte) = content.get(at) {
+        if byte != b'\\' {
+            if byte != b' ' {
+                return true;
+            }
+            at += 1;
+            continue;
+        }
+        let len = escape_len(&content[at..]).unwrap_or(2);
+        let blank = match content.get(at + 1) {
+            Some(b't' | b'n' | b'f' | b'r') => true,
+            Some(b'u') if len == 6 => {
+                content.get(at + 2..at + 6).and_then(hex4).is_some_and(|value| matches!(value, 0x09..=0x0D | 0x20))
+            }
+            _ => false,
+        };
+        if !blank {
+            return true;
+        }
+        at += len;
+    }
+    false
 }
 
 /// Whether valid UTF-8 `content` holds a C1 control character (U+0080..U+009F).
@@ -355,6 +380,9 @@ mod tests {
             r#"{"id":18446744073709551615,"name":"Pão 😀","x":[1,-0.5,true,false,null,{"a":{}},[]]}"#,
             r#"{"id":"é","name":"a","description":{"id":[]},"n":0}"#,
             r#"{"id":"1","name":"a","x":1e3,"y":-2.5E-7,"z":0e+0,"w":1.7976931348e308,"v":1e-400}"#,
+            r#"{"id":"1","name":"12\" pan, caf\u00e9"}"#,
+            r#"{"id":"1","name":" \t\b "}"#,
+            r#"{"id":"1","name":"\u0021"}"#,
             r#"{"id":"1","name":"a","description":"line\nbreak, \"quoted\" \\ \/ \u00e9 \ud83d\ude00","x":{"\u0069d":"\t"}}"#,
         ];
         for item in items {
@@ -370,38 +398,38 @@ mod tests {
     #[test]
     fn anything_uncertain_is_left_to_the_state_machine() {
         let items = [
-            r#"{"id":"1","name":"a""#,                     // cut by the chunk's end
-            r#"{"id":"1","name":"a","price":12"#,          // a number that may go on
-            r#"{"id":"1","name":"a\"b"}"#,                 // an escape in a name
-            r#"{"id":"a\u0001","name":"b"}"#,              // an escape in an id
-            r#"{"id":"1","name":"a","x":"\x"}"#,           // an invalid escape
-            r#"{"id":"1","name":"a","x":"\u12G4"}"#,       // an invalid escape
-            r#"{"id":"1","name":"a","x":"\ud800"}"#,       // a lone high surrogate
-            r#"{"id":"1","name":"a","x":"\ud800\u0041"}"#, // a high surrogate without its low
-            r#"{"id":"1","name":"a","x":"\udc00"}"#,       // a lone low surrogate
-            r#"{"id":"1","name":"a","x":"\u00"#,           // an escape cut by the chunk's end
-            r#"{"\u0069d":"1","name":"a"}"#,               // an escaped key
-            r#"{"id":"1","name":"a","x":1e400}"#,          // beyond a 64-bit float
-            r#"{"id":"1","name":"a","x":1e}"#,             // an exponent without digits
-            r#"{"id":"1","name":"a","x":1e+"#,             // an exponent cut by the chunk's end
-            r#"{"id":"1","name":"a","x":01}"#,             // a leading zero
-            r#"{"id":"1","name":"a","x":1.}"#,             // a fraction without digits
-            r#"{"id":"1","name":"a","x":tru}"#,            // a broken literal
-            r#"{"id":"1","name":"a","id":"2"}"#,           // a repeated id
-            r#"{"id":"1"}"#,                               // no name
-            r#"{}"#,                                       // no id
-            r#"{"id":1.5,"name":"a"}"#,                    // a fractional id
-            r#"{"id":-0,"name":"a"}"#,                     // an id out of range
-            r#"{"id":18446744073709551616,"name":"a"}"#,   // an id out of range
-            r#"{"id":"","name":"a"}"#,                     // a blank id
-            r#"{"id":"1","name":"  "}"#,                   // a blank name
-            "{\"id\":\"a\u{7f}\",\"name\":\"x\"}",         // DEL in an id
-            "{\"id\":\"a\u{85}\",\"name\":\"x\"}",         // a C1 control in an id
-            "{\"id\":\"1\",\"name\":\"a\tb\"}",            // a raw control byte
-            r#"{"id":"1","name":"a",}"#,                   // a trailing comma
-            r#"{"id":"1","name":"a","x":[1,]}"#,           // a trailing comma
-            r#"{"id":true,"name":"a"}"#,                   // an id of the wrong type
-            r#"{"id":"1","name":{}}"#,                     // a name of the wrong type
+            r#"{"id":"1","name":"a""#,                      // cut by the chunk's end
+            r#"{"id":"1","name":"a","price":12"#,           // a number that may go on
+            r#"{"id":"1","name":" \t\n\u000b\u0020\r\f"}"#, // a name of escaped blanks
+            r#"{"id":"a\u0001","name":"b"}"#,               // an escape in an id
+            r#"{"id":"1","name":"a","x":"\x"}"#,            // an invalid escape
+            r#"{"id":"1","name":"a","x":"\u12G4"}"#,        // an invalid escape
+            r#"{"id":"1","name":"a","x":"\ud800"}"#,        // a lone high surrogate
+            r#"{"id":"1","name":"a","x":"\ud800\u0041"}"#,  // a high surrogate without its low
+            r#"{"id":"1","name":"a","x":"\udc00"}"#,        // a lone low surrogate
+            r#"{"id":"1","name":"a","x":"\u00"#,            // an escape cut by the chunk's end
+            r#"{"\u0069d":"1","name":"a"}"#,                // an escaped key
+            r#"{"id":"1","name":"a","x":1e400}"#,           // beyond a 64-bit float
+            r#"{"id":"1","name":"a","x":1e}"#,              // an exponent without digits
+            r#"{"id":"1","name":"a","x":1e+"#,              // an exponent cut by the chunk's end
+            r#"{"id":"1","name":"a","x":01}"#,              // a leading zero
+            r#"{"id":"1","name":"a","x":1.}"#,              // a fraction without digits
+            r#"{"id":"1","name":"a","x":tru}"#,             // a broken literal
+            r#"{"id":"1","name":"a","id":"2"}"#,            // a repeated id
+            r#"{"id":"1"}"#,                                // no name
+            r#"{}"#,                                        // no id
+            r#"{"id":1.5,"name":"a"}"#,                     // a fractional id
+            r#"{"id":-0,"name":"a"}"#,                      // an id out of range
+            r#"{"id":18446744073709551616,"name":"a"}"#,    // an id out of range
+            r#"{"id":"","name":"a"}"#,                      // a blank id
+            r#"{"id":"1","name":"  "}"#,                    // a blank name
+            "{\"id\":\"a\u{7f}\",\"name\":\"x\"}",          // DEL in an id
+            "{\"id\":\"a\u{85}\",\"name\":\"x\"}",          // a C1 control in an id
+            "{\"id\":\"1\",\"name\":\"a\tb\"}",             // a raw control byte
+            r#"{"id":"1","name":"a",}"#,                    // a trailing comma
+            r#"{"id":"1","name":"a","x":[1,]}"#,            // a trailing comma
+            r#"{"id":true,"name":"a"}"#,                    // an id of the wrong type
+            r#"{"id":"1","name":{}}"#,                      // a name of the wrong type
         ];
         for item in items {
             assert_eq!(len(item), None, "{item}");
