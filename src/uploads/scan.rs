@@ -38,6 +38,9 @@ pub const MAX_DESCRIPTION_CHARS: u32 = catalog::DESCRIPTION_MAX as u32;
 pub const MAX_ITEM_BYTES: u64 = 128 * 1024;
 /// Longest number token.
 pub const MAX_NUMBER_CHARS: usize = 1000;
+/// Numbers up to this long without a fraction or exponent are always within a 64-bit
+/// float's range; longer ones, and the others, get [`float_in_range`].
+const SHORT_NUMBER: usize = 300;
 
 /// The first problem found in a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1062,7 +1065,7 @@ impl BodyScanner {
                 return Err(self
                     .fail(start, format!("{path} is not an integer in the 64-bit range (send long ids as strings)")));
             }
-        } else if (self.number.fraction_or_exponent || text.len() > 300) && !float_in_range(text) {
+        } else if (self.number.fraction_or_exponent || text.len() > SHORT_NUMBER) && !float_in_range(text) {
             return Err(self.fail(start, "number out of range".into()));
         }
         self.after_value();

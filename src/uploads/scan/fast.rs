@@ -14,17 +14,13 @@
 //! result as feeding it whole.
 
 use super::{
-    MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_ITEM_BYTES, MAX_NAME_CHARS, float_in_range, id_in_range, plain_run_end,
-    utf8_lead,
+    MAX_DESCRIPTION_CHARS, MAX_ID_CHARS, MAX_ITEM_BYTES, MAX_NAME_CHARS, SHORT_NUMBER, float_in_range, id_in_range,
+    plain_run_end, utf8_lead,
 };
 
 /// Containers nested inside an item beyond this depth are left to the state machine
 /// (which enforces `MAX_DEPTH`); real items rarely nest more than a few levels.
 const NESTING: u32 = 16;
-/// Numbers longer than this are left to the state machine (which also bounds their
-/// length). Shorter ones without an exponent are always within a 64-bit float's range;
-/// those with one get the state machine's range check here.
-const SHORT_NUMBER: usize = 300;
 
 /// A valid item at the start of a slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,8 +235,9 @@ impl Cursor<'_> {
         self.text().filter(|text| !text.escaped)
     }
 
-    /// A number; whether it is an integer. Long numbers are left to the state machine,
-    /// as is a number at the end of the slice (it may go on in the next chunk).
+    /// A number; whether it is an integer. Numbers longer than [`SHORT_NUMBER`] are left
+    /// to the state machine (which bounds their length), as is a number at the end of the
+    /// slice (it may go on in the next chunk); exponents get its range check here.
     fn number(&mut self) -> Option<bool> {
         let buf = self.buf;
         let start = self.at;
