@@ -22,12 +22,17 @@ pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
     /// Human-readable location, for logs and /health.
     location: String,
-    /// The folder behind a local store, for the few local-only chores (clearing the staging
-    /// files of writes interrupted by a crash).
-    local_root: Option<std::path::PathBuf>,
-    /// The same store, typed, when it is local: [`ObjectStorage::put`] writes new objects
-    /// its own faster way (see there).
-    local: Option<Arc<LocalFileSystem>>,
+    /// The same store, typed, and its folder, when it is local.
+    local: Option<LocalFolder>,
+}
+
+/// A local store as such: [`ObjectStorage::put`] and [`ObjectStorage::writer`] write new
+/// objects their own faster way (see there), and a few chores are local-only (clearing the
+/// staging files of writes interrupted by a crash).
+#[derive(Clone)]
+struct LocalFolder {
+    store: Arc<LocalFileSystem>,
+    root: std::path::PathBuf,
 }
 
 impl ObjectStorage {
@@ -46,7 +51,7 @@ impl ObjectStorage {
                     .with_url(url.as_str())
                     .build()
                     .with_context(|| format!("OBJECT_STORE_URL `{url}`"))?;
-                Ok(Self { store: Arc::new(store), location: url.clone(), local_root: None, local: None })
+                Ok(Self { store: Arc::new(store), location: url.clone(), local: None })
             }
             Some(url) => anyhow::bail!("OBJECT_STORE_URL `{url}`: use s3://bucket or file:///absolute/path"),
         }
@@ -62,8 +67,7 @@ impl ObjectStorage {
         Ok(Self {
             store: store.clone(),
             location: format!("file://{}", folder.display()),
-            local_root: Some(folder.to_path_buf()),
-            local: Some(store),
+            local: Some(LocalFolder { store, root: folder.to_path_buf() }),
         })
     }
 
@@ -77,7 +81,7 @@ impl ObjectStorage {
     /// A name that exists, or a system without `O_TMPFILE`, takes object_store's way.
     pub async fn put(&self, path: &Path, bytes: Bytes) -> anyhow::Result<()> {
         if let Some(local) = &self.local {
-            let file = local.path_to_filesystem(path)?;
+            let file = local.store.path_to_filesystem(path)?;
             let content = bytes.clone();
             if tokio::task::spawn_blocking(move || local_fs::create_new(&file, &content)).await?? {
                 return Ok(());
@@ -90,7 +94,7 @@ impl ObjectStorage {
     /// Starts writing a large object at `path` piece by piece (see [`ObjectWriter`]).
     pub async fn writer(&self, path: &Path) -> anyhow::Result<ObjectWriter> {
         if let Some(local) = &self.local {
-            let file = local.path_to_filesystem(path)?;
+            let file = local.store.path_to_filesystem(path)?;
             if let Some(folder) = file.parent().map(std::path::Path::to_path_buf) {
                 tokio::fs::create_dir_all(&folder).await?;
                 let writer = tokio::task::spawn_blocking(move || ObjectWriter::local(&folder, file)).await??;
@@ -112,7 +116,7 @@ impl ObjectStorage {
 
     /// The folder of a local store; `None` for S3-style stores.
     pub fn local_root(&self) -> Option<&std::path::Path> {
-        self.local_root.as_deref()
+        self.local.as_ref().map(|local| local.root.as_path())
     }
 
     /// Proves the store is reachable and writable: write, read back, delete a probe object.
@@ -158,12 +162,11 @@ mod tests {
         assert_eq!(std::fs::read(&second_file).expect("created"), b"third");
         assert_eq!(std::fs::metadata(&second_file).expect("metadata").permissions(), created_mode);
 
-        let mut names: Vec<String> = std::fs::read_dir(folder.path().join("romance"))
-            .expect("bucket folder")
-            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["A title.json", "B title.json"], "no staging or unnamed files left behind");
+        assert_eq!(
+            names_in(&folder.path().join("romance")),
+            ["A title.json", "B title.json"],
+            "no staging or unnamed files left behind"
+        );
     }
 
     #[cfg(target_os = "linux")]
@@ -198,6 +201,16 @@ mod tests {
         let file = folder.path().join("named.bin");
         assert!(unnamed.link_as(&file).expect("link"), "a new name");
         assert!(std::fs::read(&file).expect("read") == content, "the bytes in the order appended");
+    }
+
+    /// The names in `folder`, sorted.
+    fn names_in(folder: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(folder)
+            .expect("folder")
+            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     /// A body of `len` bytes that differs at every position (a misplaced block shows).
@@ -245,12 +258,11 @@ mod tests {
         let mut writer = storage.writer(&aborted).await.expect("writer");
         write_in_chunks(&mut writer, &content[..5 * 1024 * 1024], &[1 << 20]).await;
         writer.abort().await.expect("abort");
-        let mut names: Vec<String> = std::fs::read_dir(folder.path().join("uploads"))
-            .expect("folder")
-            .map(|entry| entry.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["big.json", "empty.json", "small.json"], "an aborted object leaves nothing");
+        assert_eq!(
+            names_in(&folder.path().join("uploads")),
+            ["big.json", "empty.json", "small.json"],
+            "an aborted object leaves nothing"
+        );
     }
 
     #[tokio::test]
