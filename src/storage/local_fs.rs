@@ -97,6 +97,12 @@ mod linux {
             Ok(())
         }
 
+        /// Waits until the file's bytes (and the metadata needed to read them) are on the
+        /// device, as far as the device reports it.
+        pub fn sync_data(&self) -> io::Result<()> {
+            self.file.sync_data()
+        }
+
         /// Gives the file its name. `Ok(false)` when `file` exists (it is left as it is) or
         /// the system cannot link an unnamed file; the content is then dropped.
         pub fn link_as(self, file: &Path) -> io::Result<bool> {
@@ -117,6 +123,11 @@ mod linux {
                 _ => Err(error),
             }
         }
+    }
+
+    /// Waits until the entries of the folder holding `file` (its name) are on the device.
+    pub fn sync_folder_of(file: &Path) -> io::Result<()> {
+        File::open(file.parent().unwrap_or(Path::new(".")))?.sync_all()
     }
 
     /// Creates `file` with `content` if no file has that name. `Ok(false)` when the name
@@ -149,9 +160,17 @@ mod other {
             match *self {}
         }
 
+        pub fn sync_data(&self) -> io::Result<()> {
+            match *self {}
+        }
+
         pub fn link_as(self, _: &Path) -> io::Result<bool> {
             match self {}
         }
+    }
+
+    pub fn sync_folder_of(_: &Path) -> io::Result<()> {
+        Ok(())
     }
 
     pub fn create_new(_: &Path, _: &[u8]) -> io::Result<bool> {
