@@ -41,32 +41,44 @@ post() { # url file -> "bytes_per_second http_code"; the body streams from the f
   curl -s -X POST -T "$2" -H 'Content-Type: application/json' -H 'Expect:' \
     -o "$WORK/answer.json" -w '%{speed_upload} %{http_code}\n' "$1"
 }
+# CPU time (user + system, in clock ticks) a process has used so far: per POST, what the
+# server side cost the machine, which the two sides share with curl.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+TICKS_PER_SECOND="$(getconf CLK_TCK)"
 
 echo "== upload path: ${UPLOAD_ITEMS} products, ${UPLOAD_SIZE} bytes"
 SINK_PORT="$(free_port)"
 "$HELPERS" uploads-sink "127.0.0.1:${SINK_PORT}" &
-PIDS+=($!)
+SINK_PID=$!
+PIDS+=("$SINK_PID")
 wait_http "http://127.0.0.1:${SINK_PORT}/"
 # One POST first so that neither side pays for reading the new file from disk.
 post "http://127.0.0.1:${SINK_PORT}/v1/products" "$WORK/upload.json" >/dev/null
-SINK_SPEEDS=() EMPORIUM_SPEEDS=() PEAK_KB=0
+SINK_SPEEDS=() EMPORIUM_SPEEDS=() SINK_CPU=() EMPORIUM_CPU=() PEAK_KB=0
 for round in $(seq 1 "$UPLOAD_ROUNDS"); do
   # No workers: the node only receives (hash, validate, spool); ingestion is measured apart.
   fresh_node_state
   start_node "$WORK/data" DATABASE_URL="$DB_URL" JOB_WORKERS=0
   for side in $( ((round % 2)) && echo "sink emporium" || echo "emporium sink"); do
     if [ "$side" = sink ]; then
+      before="$(cpu_ticks "$SINK_PID")"
       read -r SINK code < <(post "http://127.0.0.1:${SINK_PORT}/v1/products" "$WORK/upload.json")
       [ "$code" = 200 ] || { echo "sink answered $code" >&2; exit 1; }
+      SINK_TICKS=$(($(cpu_ticks "$SINK_PID") - before))
     else
+      before="$(cpu_ticks "$NODE_PID")"
       read -r EMPORIUM code < <(post "http://127.0.0.1:${PORT}/v1/products" "$WORK/upload.json")
       [ "$code" = 200 ] || { echo "emporium answered $code: $(head -c 500 "$WORK/answer.json")" >&2; exit 1; }
+      EMPORIUM_TICKS=$(($(cpu_ticks "$NODE_PID") - before))
     fi
   done
   PEAK_KB="$(awk -v peak="$PEAK_KB" '/VmHWM/ { print ($2 > peak ? $2 : peak) }' "/proc/${NODE_PID}/status")"
   stop_node
   SINK_SPEEDS+=("$SINK") EMPORIUM_SPEEDS+=("$EMPORIUM")
-  python3 -c "print(f'   round $round: emporium {$EMPORIUM / 1e6:.0f} MB/s, sink {$SINK / 1e6:.0f} MB/s, ratio {$EMPORIUM / $SINK:.2f}')"
+  # CPU seconds per GiB received.
+  SINK_CPU+=("$(python3 -c "print($SINK_TICKS / $TICKS_PER_SECOND / ($UPLOAD_SIZE / 2**30))")")
+  EMPORIUM_CPU+=("$(python3 -c "print($EMPORIUM_TICKS / $TICKS_PER_SECOND / ($UPLOAD_SIZE / 2**30))")")
+  python3 -c "print(f'   round $round: emporium {$EMPORIUM / 1e6:.0f} MB/s ({${EMPORIUM_CPU[-1]}:.2f} CPU s/GiB), sink {$SINK / 1e6:.0f} MB/s ({${SINK_CPU[-1]}:.2f} CPU s/GiB), ratio {$EMPORIUM / $SINK:.2f}')"
 done
 rm -f "$WORK/upload.json"
 
@@ -122,6 +134,9 @@ print(f"  emporium POST /v1/products: {emporium:.0f} MB/s median (hash + validat
 print(f"  minimal axum sink:          {sink:.0f} MB/s median")
 print(f"  ratio, median of {len(upload_ratios)} rounds: {statistics.median(upload_ratios):.2f}"
       f" (range {min(upload_ratios):.2f}-{max(upload_ratios):.2f}; goal >= 0.7)")
+print(f"  CPU per GiB received, medians: emporium {statistics.median([$(join "${EMPORIUM_CPU[@]}")]):.2f} s,"
+      f" sink {statistics.median([$(join "${SINK_CPU[@]}")]):.2f} s (curl's own CPU comes on top of both,"
+      f" on the same $(nproc) cores)")
 print(f"  emporium peak RSS {$PEAK_KB / 1024:.0f} MiB (goal < 100 MiB)")
 ingest, with_post, copy = [$(join "${INGEST_SECONDS[@]}")], [$(join "${WITH_POST[@]}")], [$(join "${COPY_SECONDS[@]}")]
 ratios = [c / i for i, c in zip(ingest, copy)]
