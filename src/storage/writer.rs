@@ -1,7 +1,7 @@
 //! Writing one large object piece by piece, as its bytes arrive (the uploads' spool), in
 //! memory bounded by a few blocks whatever the object's size. The object appears whole
-//! at `finish` or not at all; on a local folder it is on the device by then (data and
-//! name synced), as the upload's "queued" promises.
+//! at `finish` or not at all; an unnamed local file (below) is on the device by then,
+//! data and name, as the upload's "queued" promises.
 //!
 //! A local folder gets the bytes in 4 MiB blocks on a blocking thread, written to an
 //! unnamed file with `O_DIRECT` and named at the end: the page-cache copy of a buffered
@@ -57,8 +57,9 @@ impl ObjectWriter {
         Ok(())
     }
 
-    /// Writes what is left and makes the object visible under its name; on a local folder
-    /// the object is on the device (data and name) when this returns.
+    /// Writes what is left and makes the object visible under its name; an unnamed local
+    /// file is on the device (data and name) when this returns. (object_store's multipart
+    /// fallback for a local folder without unnamed files does not sync.)
     pub async fn finish(self) -> anyhow::Result<()> {
         match self.0 {
             Inner::Local(local) => local.finish().await?,
