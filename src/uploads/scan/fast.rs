@@ -198,6 +198,10 @@ impl Cursor<'_> {
     }
 
     /// A string's content, from just after its opening quote; consumes the closing one.
+    /// Inlined into its callers: as a call (an item has about seven strings), its
+    /// prologue and the `Text` returned through memory cost more than most strings'
+    /// search; inlined, the scan alone ran about 1.5 times as fast.
+    #[inline(always)]
     fn text(&mut self) -> Option<Text> {
         let start = self.at;
         // Bytes beyond the first of each character: what `chars` does not count.
