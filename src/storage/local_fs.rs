@@ -130,6 +130,23 @@ mod linux {
         File::open(file.parent().unwrap_or(Path::new(".")))?.sync_all()
     }
 
+    /// Creates `folder` and any missing parent so that they survive a machine's crash: the
+    /// folder holding each one made is synced, as [`sync_folder_of`] does for a file.
+    pub fn create_folder_synced(folder: &Path) -> io::Result<()> {
+        if folder.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = folder.parent() {
+            create_folder_synced(parent)?;
+        }
+        match std::fs::create_dir(folder) {
+            // Made by a concurrent call: synced below all the same.
+            Err(error) if error.kind() != io::ErrorKind::AlreadyExists => return Err(error),
+            _ => {}
+        }
+        sync_folder_of(folder)
+    }
+
     /// Creates `file` with `content` if no file has that name. `Ok(false)` when the name
     /// exists or the folder (or system) cannot do this; the caller then writes the usual way.
     pub fn create_new(file: &Path, content: &[u8]) -> io::Result<bool> {
@@ -171,6 +188,10 @@ mod other {
 
     pub fn sync_folder_of(_: &Path) -> io::Result<()> {
         Ok(())
+    }
+
+    pub fn create_folder_synced(folder: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(folder)
     }
 
     pub fn create_new(_: &Path, _: &[u8]) -> io::Result<bool> {

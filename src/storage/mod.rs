@@ -96,8 +96,11 @@ impl ObjectStorage {
         if let Some(local) = &self.local {
             let file = local.store.path_to_filesystem(path)?;
             if let Some(folder) = file.parent().map(std::path::Path::to_path_buf) {
-                tokio::fs::create_dir_all(&folder).await?;
-                let writer = tokio::task::spawn_blocking(move || ObjectWriter::local(&folder, file)).await??;
+                let writer = tokio::task::spawn_blocking(move || {
+                    local_fs::create_folder_synced(&folder)?;
+                    ObjectWriter::local(&folder, file)
+                })
+                .await??;
                 if let Some(writer) = writer {
                     return Ok(writer);
                 }
@@ -181,6 +184,17 @@ mod tests {
         let missing = folder.path().join("no-such-folder").join("x.json");
         assert!(!local_fs::create_new(&missing, b"x").expect("no folder"), "a missing folder is left to the caller");
         assert_eq!(std::fs::read_dir(folder.path()).expect("folder").count(), 1, "nothing else was created");
+    }
+
+    #[test]
+    fn synced_folders_are_made_with_their_missing_parents() {
+        let folder = tempfile::tempdir().expect("temp dir");
+        let nested = folder.path().join("a").join("b").join("c");
+        local_fs::create_folder_synced(&nested).expect("create");
+        assert!(nested.is_dir());
+        local_fs::create_folder_synced(&nested).expect("an existing folder is fine");
+        std::fs::write(folder.path().join("file"), b"x").expect("file");
+        assert!(local_fs::create_folder_synced(&folder.path().join("file").join("d")).is_err(), "a file in the way");
     }
 
     #[cfg(target_os = "linux")]
