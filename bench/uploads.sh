@@ -3,9 +3,11 @@
 #   1. upload path: POST a generated 1 GiB JSON array (millions of products) to
 #      `POST /v1/products` and, as the reference, to a minimal axum sink that reads and
 #      discards the body (benches/helpers/uploads.rs); MB/s of both in rounds (one POST
-#      of each side per round, order alternating, a fresh node each round), the median of
+#      of each side per round, order rotating, a fresh node each round), the median of
 #      the rounds' ratios, and the node's peak RSS while it hashed, validated and spooled
-#      the gigabyte;
+#      the gigabyte; beside them, "hash + spool": the same body hashed and spooled by
+#      emporium's own writer without the validation (in the sink's process), which shows
+#      what the validation costs and the most any validator could leave;
 #   2. ingestion: rows/s from an accepted upload to its products in Postgres, against
 #      `psql \copy` of the same rows into a table of the same shape.
 # Settings: DATABASE_URL (a Postgres URL whose server we may create a database on),
@@ -48,37 +50,43 @@ TICKS_PER_SECOND="$(getconf CLK_TCK)"
 
 echo "== upload path: ${UPLOAD_ITEMS} products, ${UPLOAD_SIZE} bytes"
 SINK_PORT="$(free_port)"
-"$HELPERS" uploads-sink "127.0.0.1:${SINK_PORT}" &
+"$HELPERS" uploads-sink "127.0.0.1:${SINK_PORT}" "$WORK/hash-spool" &
 SINK_PID=$!
 PIDS+=("$SINK_PID")
 wait_http "http://127.0.0.1:${SINK_PORT}/"
 # One POST first so that neither side pays for reading the new file from disk.
 post "http://127.0.0.1:${SINK_PORT}/v1/products" "$WORK/upload.json" >/dev/null
-SINK_SPEEDS=() EMPORIUM_SPEEDS=() SINK_CPU=() EMPORIUM_CPU=() PEAK_KB=0
+# Sides: the sink (the reference), emporium, and "hash + spool": the node's receiving pass
+# without the validation, in the sink's process (the most any validator could leave).
+declare -A SPEEDS CPU SPEED_NOW CPU_NOW # per side: the rounds' figures ("a,b,…,"), this round's
+PEAK_KB=0
+per_gib() { python3 -c "print($1 / $TICKS_PER_SECOND / ($UPLOAD_SIZE / 2**30))"; }
 for round in $(seq 1 "$UPLOAD_ROUNDS"); do
   # No workers: the node only receives (hash, validate, spool); ingestion is measured apart.
   fresh_node_state
   start_node "$WORK/data" DATABASE_URL="$DB_URL" JOB_WORKERS=0
-  for side in $( ((round % 2)) && echo "sink emporium" || echo "emporium sink"); do
-    if [ "$side" = sink ]; then
-      before="$(cpu_ticks "$SINK_PID")"
-      read -r SINK code < <(post "http://127.0.0.1:${SINK_PORT}/v1/products" "$WORK/upload.json")
-      [ "$code" = 200 ] || { echo "sink answered $code" >&2; exit 1; }
-      SINK_TICKS=$(($(cpu_ticks "$SINK_PID") - before))
-    else
-      before="$(cpu_ticks "$NODE_PID")"
-      read -r EMPORIUM code < <(post "http://127.0.0.1:${PORT}/v1/products" "$WORK/upload.json")
-      [ "$code" = 200 ] || { echo "emporium answered $code: $(head -c 500 "$WORK/answer.json")" >&2; exit 1; }
-      EMPORIUM_TICKS=$(($(cpu_ticks "$NODE_PID") - before))
-    fi
+  # The order rotates, so that no side always comes first or last.
+  case $((round % 3)) in
+    1) order="sink emporium hash-spool" ;; 2) order="emporium hash-spool sink" ;; 0) order="hash-spool sink emporium" ;;
+  esac
+  for side in $order; do
+    case $side in
+      sink) pid=$SINK_PID url="http://127.0.0.1:${SINK_PORT}/v1/products" ;;
+      hash-spool) pid=$SINK_PID url="http://127.0.0.1:${SINK_PORT}/hash-spool" ;;
+      emporium) pid=$NODE_PID url="http://127.0.0.1:${PORT}/v1/products" ;;
+    esac
+    before="$(cpu_ticks "$pid")"
+    read -r speed code < <(post "$url" "$WORK/upload.json")
+    [ "$code" = 200 ] || { echo "$side answered $code: $(head -c 500 "$WORK/answer.json")" >&2; exit 1; }
+    SPEED_NOW[$side]="$speed" CPU_NOW[$side]="$(per_gib $(($(cpu_ticks "$pid") - before)))"
+    SPEEDS[$side]+="$speed," CPU[$side]+="${CPU_NOW[$side]},"
   done
   PEAK_KB="$(awk -v peak="$PEAK_KB" '/VmHWM/ { print ($2 > peak ? $2 : peak) }' "/proc/${NODE_PID}/status")"
   stop_node
-  SINK_SPEEDS+=("$SINK") EMPORIUM_SPEEDS+=("$EMPORIUM")
-  # CPU seconds per GiB received.
-  SINK_CPU+=("$(python3 -c "print($SINK_TICKS / $TICKS_PER_SECOND / ($UPLOAD_SIZE / 2**30))")")
-  EMPORIUM_CPU+=("$(python3 -c "print($EMPORIUM_TICKS / $TICKS_PER_SECOND / ($UPLOAD_SIZE / 2**30))")")
-  python3 -c "print(f'   round $round: emporium {$EMPORIUM / 1e6:.0f} MB/s ({${EMPORIUM_CPU[-1]}:.2f} CPU s/GiB), sink {$SINK / 1e6:.0f} MB/s ({${SINK_CPU[-1]}:.2f} CPU s/GiB), ratio {$EMPORIUM / $SINK:.2f}')"
+  python3 -c "print(f'   round $round: emporium {${SPEED_NOW[emporium]} / 1e6:.0f} MB/s ({${CPU_NOW[emporium]}:.2f} CPU s/GiB),'
+    f' sink {${SPEED_NOW[sink]} / 1e6:.0f} MB/s ({${CPU_NOW[sink]}:.2f}),'
+    f' hash + spool {${SPEED_NOW[hash-spool]} / 1e6:.0f} MB/s ({${CPU_NOW[hash-spool]}:.2f}),'
+    f' ratio {${SPEED_NOW[emporium]} / ${SPEED_NOW[sink]}:.2f}')"
 done
 rm -f "$WORK/upload.json"
 
@@ -125,18 +133,21 @@ join() { local IFS=,; echo "$*"; }
 
 python3 - <<PY
 import statistics
-sinks, emporiums = [$(join "${SINK_SPEEDS[@]}")], [$(join "${EMPORIUM_SPEEDS[@]}")]
+sinks, emporiums, hash_spools = [${SPEEDS[sink]}], [${SPEEDS[emporium]}], [${SPEEDS[hash-spool]}]
 upload_ratios = [e / s for e, s in zip(emporiums, sinks)]
-sink, emporium = statistics.median(sinks) / 1e6, statistics.median(emporiums) / 1e6
+ceiling_ratios = [h / s for h, s in zip(hash_spools, sinks)]
+sink, emporium, hash_spool = (statistics.median(side) / 1e6 for side in (sinks, emporiums, hash_spools))
 print()
 print(f"upload path, {$UPLOAD_SIZE / 2**30:.2f} GiB, ${UPLOAD_ITEMS} products, {len(upload_ratios)} rounds of each side:")
 print(f"  emporium POST /v1/products: {emporium:.0f} MB/s median (hash + validate + spool)")
 print(f"  minimal axum sink:          {sink:.0f} MB/s median")
+print(f"  hash + spool, no validation: {hash_spool:.0f} MB/s median, ratio {statistics.median(ceiling_ratios):.2f}"
+      f" (the most a validator that cost nothing would leave)")
 print(f"  ratio, median of {len(upload_ratios)} rounds: {statistics.median(upload_ratios):.2f}"
       f" (range {min(upload_ratios):.2f}-{max(upload_ratios):.2f}; goal >= 0.7)")
-print(f"  CPU per GiB received, medians: emporium {statistics.median([$(join "${EMPORIUM_CPU[@]}")]):.2f} s,"
-      f" sink {statistics.median([$(join "${SINK_CPU[@]}")]):.2f} s (curl's own CPU comes on top of both,"
-      f" on the same $(nproc) cores)")
+print(f"  CPU per GiB received, medians: emporium {statistics.median([${CPU[emporium]}]):.2f} s,"
+      f" sink {statistics.median([${CPU[sink]}]):.2f} s, hash + spool {statistics.median([${CPU[hash-spool]}]):.2f} s"
+      f" (curl's own CPU comes on top of each, on the same $(nproc) cores)")
 print(f"  emporium peak RSS {$PEAK_KB / 1024:.0f} MiB (goal < 100 MiB)")
 ingest, with_post, copy = [$(join "${INGEST_SECONDS[@]}")], [$(join "${WITH_POST[@]}")], [$(join "${COPY_SECONDS[@]}")]
 ratios = [c / i for i, c in zip(ingest, copy)]

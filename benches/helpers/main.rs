@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
         }
         ["catalog-sync", database_url] => runtime.block_on(catalog::sync(database_url)),
         ["uploads-generate", body, csv, bytes, prefix] => uploads::generate(body, csv, bytes.parse()?, prefix),
-        ["uploads-sink", listen] => runtime.block_on(uploads::sink(listen.parse()?)),
+        ["uploads-sink", listen, spool_dir] => runtime.block_on(uploads::sink(listen.parse()?, spool_dir)),
         ["uploads-wait", base_url, upload_id] => runtime.block_on(uploads::wait(base_url, upload_id)),
         ["uploads-stages", body] => uploads::stages(body),
         ["intake-fs", dir, count, run] => runtime.block_on(intake::write_directly(dir, count.parse()?, run)),
@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
         _ => {
             eprintln!(
                 "usage: helpers catalog-baseline LISTEN DATABASE_URL | catalog-sync DATABASE_URL\n\
-                 \x20      | uploads-generate BODY CSV|- BYTES SKU_PREFIX | uploads-sink LISTEN\n\
+                 \x20      | uploads-generate BODY CSV|- BYTES SKU_PREFIX | uploads-sink LISTEN SPOOL_DIR\n\
                  \x20      | uploads-wait BASE_URL UPLOAD_ID | uploads-stages BODY\n\
                  \x20      | intake-fs DIR COUNT RUN | intake-submit BASE_URL COUNT BATCH RUN"
             );

@@ -3,8 +3,11 @@
 //! - `uploads-generate BODY CSV BYTES SKU_PREFIX`: writes a JSON array of products of at
 //!   least BYTES bytes to BODY and, unless CSV is `-`, the rows emporium's ingestion
 //!   makes of it to CSV (the `psql \copy` reference loads those).
-//! - `uploads-sink LISTEN`: the reference for the upload path, an axum handler that reads
-//!   every request body to the end and discards it.
+//! - `uploads-sink LISTEN SPOOL_DIR`: the reference for the upload path, an axum handler
+//!   that reads every request body to the end and discards it; and, at `/hash-spool`, the
+//!   node's receiving pass without the validation: the body hashed (BLAKE3) and spooled
+//!   with emporium's own `ObjectWriter` into SPOOL_DIR (then deleted), the most a node
+//!   could reach with a validator that cost nothing.
 //! - `uploads-wait BASE_URL UPLOAD_ID`: polls `GET /v1/uploads/{id}` every 20 ms on one
 //!   connection until the upload succeeded (the script times it). (A `curl | jq`
 //!   per poll took a fifth of the machine from the ingestion it measured.)
@@ -16,11 +19,14 @@ use std::{
     fs::File,
     io::{BufWriter, Write as _},
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use axum::{Router, body::Body, routing::any};
+use axum::{Router, body::Body, extract::State, routing::any};
+use emporium::storage::ObjectStorage;
 use futures::StreamExt as _;
+use object_store::{ObjectStoreExt as _, path::Path};
 
 /// Roughly the size of a product of a real catalog feed, in bytes of JSON.
 const DESCRIPTION: &str = "Solid pine table with a natural oil finish, seats six; ships flat-packed \
@@ -59,7 +65,7 @@ pub fn generate(body_path: &str, csv_path: &str, bytes: u64, prefix: &str) -> an
     Ok(())
 }
 
-pub async fn sink(listen: SocketAddr) -> anyhow::Result<()> {
+pub async fn sink(listen: SocketAddr, spool_dir: &str) -> anyhow::Result<()> {
     async fn discard(body: Body) -> String {
         let mut stream = body.into_data_stream();
         let mut bytes = 0usize;
@@ -68,7 +74,24 @@ pub async fn sink(listen: SocketAddr) -> anyhow::Result<()> {
         }
         format!("{{\"bytes\":{bytes}}}")
     }
-    let app = Router::new().fallback(any(discard));
+    async fn hash_spool(State(storage): State<Arc<ObjectStorage>>, body: Body) -> Result<String, String> {
+        let path = Path::from(format!("hash-spool/{}.json", uuid::Uuid::new_v4().simple()));
+        let mut spool = storage.writer(&path).await.map_err(|error| format!("{error:#}"))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut stream = body.into_data_stream();
+        let mut bytes = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|error| error.to_string())?;
+            bytes += chunk.len();
+            hasher.update(&chunk);
+            spool.write(chunk).await.map_err(|error| format!("{error:#}"))?;
+        }
+        spool.finish().await.map_err(|error| format!("{error:#}"))?;
+        storage.store().delete(&path).await.map_err(|error| error.to_string())?;
+        Ok(format!("{{\"bytes\":{bytes},\"digest\":\"{}\"}}", hasher.finalize().to_hex()))
+    }
+    let storage = Arc::new(ObjectStorage::local(std::path::Path::new(spool_dir))?);
+    let app = Router::new().route("/hash-spool", any(hash_spool)).fallback(any(discard)).with_state(storage);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await?;
     Ok(())
