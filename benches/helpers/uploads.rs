@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, body::Body, extract::State, routing::any};
+use axum::{Router, body::Body, extract::State, http::StatusCode, routing::any};
 use emporium::storage::ObjectStorage;
 use futures::StreamExt as _;
 use object_store::{ObjectStoreExt as _, path::Path};
@@ -74,20 +74,21 @@ pub async fn sink(listen: SocketAddr, spool_dir: &str) -> anyhow::Result<()> {
         }
         format!("{{\"bytes\":{bytes}}}")
     }
-    async fn hash_spool(State(storage): State<Arc<ObjectStorage>>, body: Body) -> Result<String, String> {
+    async fn hash_spool(State(storage): State<Arc<ObjectStorage>>, body: Body) -> Result<String, (StatusCode, String)> {
+        let failed = |error: String| (StatusCode::INTERNAL_SERVER_ERROR, error);
         let path = Path::from(format!("hash-spool/{}.json", uuid::Uuid::new_v4().simple()));
-        let mut spool = storage.writer(&path).await.map_err(|error| format!("{error:#}"))?;
+        let mut spool = storage.writer(&path).await.map_err(|error| failed(format!("{error:#}")))?;
         let mut hasher = blake3::Hasher::new();
         let mut stream = body.into_data_stream();
         let mut bytes = 0usize;
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|error| error.to_string())?;
+            let chunk = chunk.map_err(|error| failed(error.to_string()))?;
             bytes += chunk.len();
             hasher.update(&chunk);
-            spool.write(chunk).await.map_err(|error| format!("{error:#}"))?;
+            spool.write(chunk).await.map_err(|error| failed(format!("{error:#}")))?;
         }
-        spool.finish().await.map_err(|error| format!("{error:#}"))?;
-        storage.store().delete(&path).await.map_err(|error| error.to_string())?;
+        spool.finish().await.map_err(|error| failed(format!("{error:#}")))?;
+        storage.store().delete(&path).await.map_err(|error| failed(error.to_string()))?;
         Ok(format!("{{\"bytes\":{bytes},\"digest\":\"{}\"}}", hasher.finalize().to_hex()))
     }
     let storage = Arc::new(ObjectStorage::local(std::path::Path::new(spool_dir))?);
