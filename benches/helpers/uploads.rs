@@ -75,21 +75,24 @@ pub async fn sink(listen: SocketAddr, spool_dir: &str) -> anyhow::Result<()> {
         format!("{{\"bytes\":{bytes}}}")
     }
     async fn hash_spool(State(storage): State<Arc<ObjectStorage>>, body: Body) -> Result<String, (StatusCode, String)> {
-        let failed = |error: String| (StatusCode::INTERNAL_SERVER_ERROR, error);
-        let path = Path::from(format!("hash-spool/{}.json", uuid::Uuid::new_v4().simple()));
-        let mut spool = storage.writer(&path).await.map_err(|error| failed(format!("{error:#}")))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut stream = body.into_data_stream();
-        let mut bytes = 0usize;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|error| failed(error.to_string()))?;
-            bytes += chunk.len();
-            hasher.update(&chunk);
-            spool.write(chunk).await.map_err(|error| failed(format!("{error:#}")))?;
+        let spooled: anyhow::Result<String> = async {
+            let path = Path::from(format!("hash-spool/{}.json", uuid::Uuid::new_v4().simple()));
+            let mut spool = storage.writer(&path).await?;
+            let mut hasher = blake3::Hasher::new();
+            let mut stream = body.into_data_stream();
+            let mut bytes = 0usize;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                bytes += chunk.len();
+                hasher.update(&chunk);
+                spool.write(chunk).await?;
+            }
+            spool.finish().await?;
+            storage.store().delete(&path).await?;
+            Ok(format!("{{\"bytes\":{bytes},\"digest\":\"{}\"}}", hasher.finalize().to_hex()))
         }
-        spool.finish().await.map_err(|error| failed(format!("{error:#}")))?;
-        storage.store().delete(&path).await.map_err(|error| failed(error.to_string()))?;
-        Ok(format!("{{\"bytes\":{bytes},\"digest\":\"{}\"}}", hasher.finalize().to_hex()))
+        .await;
+        spooled.map_err(|error| (StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}")))
     }
     let storage = Arc::new(ObjectStorage::local(std::path::Path::new(spool_dir))?);
     let app = Router::new().route("/hash-spool", any(hash_spool)).fallback(any(discard)).with_state(storage);
