@@ -7,7 +7,10 @@
 #      the rounds' ratios, and the node's peak RSS while it hashed, validated and spooled
 #      the gigabyte; beside them, "hash + spool": the same body hashed and spooled by
 #      emporium's own writer without the validation (in the sink's process), which shows
-#      what the validation costs and the most any validator could leave;
+#      what the validation costs and the most any validator could leave; and "disk": the
+#      same bytes written by dd with O_DIRECT and synced, no network and no server, the most
+#      any node that durably spools a body before it answers could do (the sink writes
+#      nothing, so where the disk is slower than 0.7 of the sink, so is every such node);
 #   2. ingestion: rows/s from an accepted upload to its products in Postgres, against
 #      `psql \copy` of the same rows into a table of the same shape.
 # Settings: DATABASE_URL (a Postgres URL whose server we may create a database on),
@@ -43,6 +46,16 @@ post() { # url file -> "bytes_per_second http_code"; the body streams from the f
   curl -s -X POST -T "$2" -H 'Content-Type: application/json' -H 'Expect:' \
     -o "$WORK/answer.json" -w '%{speed_upload} %{http_code}\n' "$1"
 }
+disk_write() { # file -> bytes per second: the disk's own speed for the same bytes, synced
+  local started took direct=oflag=direct
+  # O_DIRECT like the node's spool writer, unless the filesystem refuses it (tmpfs).
+  dd if=/dev/null of="$WORK/disk-write" oflag=direct 2>/dev/null || direct=
+  started="$(date +%s.%N)"
+  dd if="$1" of="$WORK/disk-write" bs=4M $direct conv=fsync status=none || return 1
+  took="$(python3 -c "print($(date +%s.%N) - $started)")"
+  rm -f "$WORK/disk-write"
+  python3 -c "print($(stat -c %s "$1") / $took)"
+}
 # CPU time (user + system, in clock ticks) a process has used so far: per POST, what the
 # server side cost the machine, which the two sides share with curl.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
@@ -56,8 +69,10 @@ PIDS+=("$SINK_PID")
 wait_http "http://127.0.0.1:${SINK_PORT}/"
 # One POST first so that neither side pays for reading the new file from disk.
 post "http://127.0.0.1:${SINK_PORT}/v1/products" "$WORK/upload.json" >/dev/null
-# Sides: the sink (the reference), emporium, and "hash + spool": the node's receiving pass
-# without the validation, in the sink's process (the most any validator could leave).
+# Sides: the sink (the reference), emporium, "hash + spool": the node's receiving pass
+# without the validation, in the sink's process (the most any validator could leave), and
+# "disk": the storage alone (the most any node that spools could do).
+SIDES=(sink emporium hash-spool disk)
 declare -A SPEEDS CPU SPEED_NOW CPU_NOW # per side: the rounds' figures ("a,b,…,"), this round's
 PEAK_KB=0
 per_gib() { python3 -c "print($1 / $TICKS_PER_SECOND / ($UPLOAD_SIZE / 2**30))"; }
@@ -66,10 +81,13 @@ for round in $(seq 1 "$UPLOAD_ROUNDS"); do
   fresh_node_state
   start_node "$WORK/data" DATABASE_URL="$DB_URL" JOB_WORKERS=0
   # The order rotates, so that no side always comes first or last.
-  case $((round % 3)) in
-    1) order="sink emporium hash-spool" ;; 2) order="emporium hash-spool sink" ;; 0) order="hash-spool sink emporium" ;;
-  esac
-  for side in $order; do
+  first=$(((round - 1) % ${#SIDES[@]}))
+  for side in "${SIDES[@]:first}" "${SIDES[@]:0:first}"; do
+    if [ "$side" = disk ]; then
+      speed="$(disk_write "$WORK/upload.json")" || { echo "dd could not write to $WORK" >&2; exit 1; }
+      SPEED_NOW[$side]="$speed" SPEEDS[$side]+="$speed," # dd's CPU is not a server's: not counted
+      continue
+    fi
     case $side in
       sink) pid=$SINK_PID url="http://127.0.0.1:${SINK_PORT}/v1/products" ;;
       hash-spool) pid=$SINK_PID url="http://127.0.0.1:${SINK_PORT}/hash-spool" ;;
@@ -86,6 +104,7 @@ for round in $(seq 1 "$UPLOAD_ROUNDS"); do
   python3 -c "print(f'   round $round: emporium {${SPEED_NOW[emporium]} / 1e6:.0f} MB/s ({${CPU_NOW[emporium]}:.2f} CPU s/GiB),'
     f' sink {${SPEED_NOW[sink]} / 1e6:.0f} MB/s ({${CPU_NOW[sink]}:.2f}),'
     f' hash + spool {${SPEED_NOW[hash-spool]} / 1e6:.0f} MB/s ({${CPU_NOW[hash-spool]}:.2f}),'
+    f' disk {${SPEED_NOW[disk]} / 1e6:.0f} MB/s,'
     f' ratio {${SPEED_NOW[emporium]} / ${SPEED_NOW[sink]}:.2f}')"
 done
 rm -f "$WORK/upload.json"
@@ -133,16 +152,19 @@ join() { local IFS=,; echo "$*"; }
 
 python3 - <<PY
 import statistics
-sinks, emporiums, hash_spools = [${SPEEDS[sink]}], [${SPEEDS[emporium]}], [${SPEEDS[hash-spool]}]
+sinks, emporiums, hash_spools, disks = [${SPEEDS[sink]}], [${SPEEDS[emporium]}], [${SPEEDS[hash-spool]}], [${SPEEDS[disk]}]
 upload_ratios = [e / s for e, s in zip(emporiums, sinks)]
 ceiling_ratios = [h / s for h, s in zip(hash_spools, sinks)]
-sink, emporium, hash_spool = (statistics.median(side) / 1e6 for side in (sinks, emporiums, hash_spools))
+disk_ratios = [d / s for d, s in zip(disks, sinks)]
+sink, emporium, hash_spool, disk = (statistics.median(side) / 1e6 for side in (sinks, emporiums, hash_spools, disks))
 print()
 print(f"upload path, {$UPLOAD_SIZE / 2**30:.2f} GiB, ${UPLOAD_ITEMS} products, {len(upload_ratios)} rounds of each side:")
 print(f"  emporium POST /v1/products: {emporium:.0f} MB/s median (hash + validate + spool)")
 print(f"  minimal axum sink:          {sink:.0f} MB/s median")
 print(f"  hash + spool, no validation: {hash_spool:.0f} MB/s median, ratio {statistics.median(ceiling_ratios):.2f}"
       f" (the most a validator that cost nothing would leave)")
+print(f"  disk alone, dd of the file:  {disk:.0f} MB/s median, ratio {statistics.median(disk_ratios):.2f}"
+      f" (range {min(disk_ratios):.2f}-{max(disk_ratios):.2f}; the most any node that spools before it answers could do)")
 print(f"  ratio, median of {len(upload_ratios)} rounds: {statistics.median(upload_ratios):.2f}"
       f" (range {min(upload_ratios):.2f}-{max(upload_ratios):.2f}; goal >= 0.7)")
 print(f"  CPU per GiB received, medians: emporium {statistics.median([${CPU[emporium]}]):.2f} s,"
