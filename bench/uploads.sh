@@ -7,7 +7,8 @@
 #      the rounds' ratios, and the node's peak RSS while it hashed, validated and spooled
 #      the gigabyte; beside them, "hash + spool": the same body hashed and spooled by
 #      emporium's own writer without the validation (in the sink's process), which shows
-#      what the validation costs and the most any validator could leave; and "disk": the
+#      what the validation costs and the most any validator could leave; "spool": the same
+#      without the hash, what writing the body to the disk as it arrives allows; and "disk": the
 #      same bytes written by dd with O_DIRECT and synced, no network and no server, the most
 #      any node that durably spools a body before it answers could do (the sink writes
 #      nothing, so where the disk is slower than 0.7 of the sink, so is every such node);
@@ -70,9 +71,10 @@ wait_http "http://127.0.0.1:${SINK_PORT}/"
 # One POST first so that neither side pays for reading the new file from disk.
 post "http://127.0.0.1:${SINK_PORT}/v1/products" "$WORK/upload.json" >/dev/null
 # Sides: the sink (the reference), emporium, "hash + spool": the node's receiving pass
-# without the validation, in the sink's process (the most any validator could leave), and
-# "disk": the storage alone (the most any node that spools could do).
-SIDES=(sink emporium hash-spool disk)
+# without the validation, in the sink's process (the most any validator could leave),
+# "spool": that pass without the hash, and "disk": the storage alone (the most any node
+# that spools could do).
+SIDES=(sink emporium hash-spool spool disk)
 declare -A SPEEDS CPU SPEED_NOW CPU_NOW # per side: the rounds' figures ("a,b,…,"), this round's
 PEAK_KB=0
 per_gib() { python3 -c "print($1 / $TICKS_PER_SECOND / ($UPLOAD_SIZE / 2**30))"; }
@@ -91,6 +93,7 @@ for round in $(seq 1 "$UPLOAD_ROUNDS"); do
     case $side in
       sink) pid=$SINK_PID url="http://127.0.0.1:${SINK_PORT}/v1/products" ;;
       hash-spool) pid=$SINK_PID url="http://127.0.0.1:${SINK_PORT}/hash-spool" ;;
+      spool) pid=$SINK_PID url="http://127.0.0.1:${SINK_PORT}/spool" ;;
       emporium) pid=$NODE_PID url="http://127.0.0.1:${PORT}/v1/products" ;;
     esac
     before="$(cpu_ticks "$pid")"
@@ -104,6 +107,7 @@ for round in $(seq 1 "$UPLOAD_ROUNDS"); do
   python3 -c "print(f'   round $round: emporium {${SPEED_NOW[emporium]} / 1e6:.0f} MB/s ({${CPU_NOW[emporium]}:.2f} CPU s/GiB),'
     f' sink {${SPEED_NOW[sink]} / 1e6:.0f} MB/s ({${CPU_NOW[sink]}:.2f}),'
     f' hash + spool {${SPEED_NOW[hash-spool]} / 1e6:.0f} MB/s ({${CPU_NOW[hash-spool]}:.2f}),'
+    f' spool {${SPEED_NOW[spool]} / 1e6:.0f} MB/s ({${CPU_NOW[spool]}:.2f}),'
     f' disk {${SPEED_NOW[disk]} / 1e6:.0f} MB/s,'
     f' ratio {${SPEED_NOW[emporium]} / ${SPEED_NOW[sink]}:.2f}')"
 done
@@ -152,23 +156,28 @@ join() { local IFS=,; echo "$*"; }
 
 python3 - <<PY
 import statistics
-sinks, emporiums, hash_spools, disks = [${SPEEDS[sink]}], [${SPEEDS[emporium]}], [${SPEEDS[hash-spool]}], [${SPEEDS[disk]}]
+sinks, emporiums = [${SPEEDS[sink]}], [${SPEEDS[emporium]}]
+hash_spools, spools, disks = [${SPEEDS[hash-spool]}], [${SPEEDS[spool]}], [${SPEEDS[disk]}]
 upload_ratios = [e / s for e, s in zip(emporiums, sinks)]
 ceiling_ratios = [h / s for h, s in zip(hash_spools, sinks)]
+spool_ratios = [p / s for p, s in zip(spools, sinks)]
 disk_ratios = [d / s for d, s in zip(disks, sinks)]
-sink, emporium, hash_spool, disk = (statistics.median(side) / 1e6 for side in (sinks, emporiums, hash_spools, disks))
+sink, emporium, hash_spool, spool, disk = (statistics.median(side) / 1e6 for side in (sinks, emporiums, hash_spools, spools, disks))
 print()
 print(f"upload path, {$UPLOAD_SIZE / 2**30:.2f} GiB, ${UPLOAD_ITEMS} products, {len(upload_ratios)} rounds of each side:")
 print(f"  emporium POST /v1/products: {emporium:.0f} MB/s median (hash + validate + spool)")
 print(f"  minimal axum sink:          {sink:.0f} MB/s median")
 print(f"  hash + spool, no validation: {hash_spool:.0f} MB/s median, ratio {statistics.median(ceiling_ratios):.2f}"
       f" (the most a validator that cost nothing would leave)")
+print(f"  spool only, no hash:         {spool:.0f} MB/s median, ratio {statistics.median(spool_ratios):.2f}"
+      f" (range {min(spool_ratios):.2f}-{max(spool_ratios):.2f}; receiving while writing to the disk)")
 print(f"  disk alone, dd of the file:  {disk:.0f} MB/s median, ratio {statistics.median(disk_ratios):.2f}"
       f" (range {min(disk_ratios):.2f}-{max(disk_ratios):.2f}; the most any node that spools before it answers could do)")
 print(f"  ratio, median of {len(upload_ratios)} rounds: {statistics.median(upload_ratios):.2f}"
       f" (range {min(upload_ratios):.2f}-{max(upload_ratios):.2f}; goal >= 0.7)")
 print(f"  CPU per GiB received, medians: emporium {statistics.median([${CPU[emporium]}]):.2f} s,"
-      f" sink {statistics.median([${CPU[sink]}]):.2f} s, hash + spool {statistics.median([${CPU[hash-spool]}]):.2f} s"
+      f" sink {statistics.median([${CPU[sink]}]):.2f} s, hash + spool {statistics.median([${CPU[hash-spool]}]):.2f} s,"
+      f" spool {statistics.median([${CPU[spool]}]):.2f} s"
       f" (curl's own CPU comes on top of each, on the same $(nproc) cores)")
 print(f"  emporium peak RSS {$PEAK_KB / 1024:.0f} MiB (goal < 100 MiB)")
 ingest, with_post, copy = [$(join "${INGEST_SECONDS[@]}")], [$(join "${WITH_POST[@]}")], [$(join "${COPY_SECONDS[@]}")]

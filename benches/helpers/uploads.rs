@@ -7,7 +7,8 @@
 //!   that reads every request body to the end and discards it; and, at `/hash-spool`, the
 //!   node's receiving pass without the validation: the body hashed (BLAKE3) and spooled
 //!   with emporium's own `ObjectWriter` into SPOOL_DIR (then deleted), the most a node
-//!   could reach with a validator that cost nothing.
+//!   could reach with a validator that cost nothing; at `/spool`, the same without the
+//!   hash: what writing the body to the disk while it arrives allows at all.
 //! - `uploads-wait BASE_URL UPLOAD_ID`: polls `GET /v1/uploads/{id}` every 20 ms on one
 //!   connection until the upload succeeded (the script times it). (A `curl | jq`
 //!   per poll took a fifth of the machine from the ingestion it measured.)
@@ -74,28 +75,45 @@ pub async fn sink(listen: SocketAddr, spool_dir: &str) -> anyhow::Result<()> {
         }
         format!("{{\"bytes\":{bytes}}}")
     }
-    async fn hash_spool(State(storage): State<Arc<ObjectStorage>>, body: Body) -> Result<String, (StatusCode, String)> {
+    /// The body spooled to a fresh object, then deleted; hashed too when `hasher` is given.
+    async fn spool(
+        storage: &ObjectStorage,
+        body: Body,
+        mut hasher: Option<blake3::Hasher>,
+    ) -> Result<String, (StatusCode, String)> {
         let spooled: anyhow::Result<String> = async {
             let path = Path::from(format!("hash-spool/{}.json", uuid::Uuid::new_v4().simple()));
             let mut spool = storage.writer(&path).await?;
-            let mut hasher = blake3::Hasher::new();
             let mut stream = body.into_data_stream();
             let mut bytes = 0usize;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 bytes += chunk.len();
-                hasher.update(&chunk);
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&chunk);
+                }
                 spool.write(chunk).await?;
             }
             spool.finish().await?;
             storage.store().delete(&path).await?;
-            Ok(format!("{{\"bytes\":{bytes},\"digest\":\"{}\"}}", hasher.finalize().to_hex()))
+            let digest = hasher.map_or("null".to_owned(), |hasher| format!("\"{}\"", hasher.finalize().to_hex()));
+            Ok(format!("{{\"bytes\":{bytes},\"digest\":{digest}}}"))
         }
         .await;
         spooled.map_err(|error| (StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}")))
     }
+    async fn hash_spool(State(storage): State<Arc<ObjectStorage>>, body: Body) -> Result<String, (StatusCode, String)> {
+        spool(&storage, body, Some(blake3::Hasher::new())).await
+    }
+    async fn spool_only(State(storage): State<Arc<ObjectStorage>>, body: Body) -> Result<String, (StatusCode, String)> {
+        spool(&storage, body, None).await
+    }
     let storage = Arc::new(ObjectStorage::local(std::path::Path::new(spool_dir))?);
-    let app = Router::new().route("/hash-spool", any(hash_spool)).fallback(any(discard)).with_state(storage);
+    let app = Router::new()
+        .route("/hash-spool", any(hash_spool))
+        .route("/spool", any(spool_only))
+        .fallback(any(discard))
+        .with_state(storage);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(listener, app).await?;
     Ok(())
