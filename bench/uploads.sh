@@ -47,12 +47,13 @@ post() { # url file -> "bytes_per_second http_code"; the body streams from the f
   curl -s -X POST -T "$2" -H 'Content-Type: application/json' -H 'Expect:' \
     -o "$WORK/answer.json" -w '%{speed_upload} %{http_code}\n' "$1"
 }
+# O_DIRECT like the node's spool writer, unless the filesystem refuses it (tmpfs): asked once.
+DISK_DIRECT=oflag=direct
+dd if=/dev/null of="$WORK/disk-write" oflag=direct 2>/dev/null || DISK_DIRECT=
 disk_write() { # file -> bytes per second: the disk's own speed for the same bytes, synced
-  local started took direct=oflag=direct
-  # O_DIRECT like the node's spool writer, unless the filesystem refuses it (tmpfs).
-  dd if=/dev/null of="$WORK/disk-write" oflag=direct 2>/dev/null || direct=
+  local started took
   started="$(date +%s.%N)"
-  dd if="$1" of="$WORK/disk-write" bs=4M $direct conv=fsync status=none || return 1
+  dd if="$1" of="$WORK/disk-write" bs=4M $DISK_DIRECT conv=fsync status=none || return 1
   took="$(python3 -c "print($(date +%s.%N) - $started)")"
   rm -f "$WORK/disk-write"
   python3 -c "print($(stat -c %s "$1") / $took)"
