@@ -1,0 +1,354 @@
+//! GraphQL over HTTP: `POST /graphql` (one operation, or a batch as a JSON array), `GET
+//! /graphql` (queries from the query string, GraphiQL for browsers) and graphql-ws at
+//! `/graphql/ws`.
+//!
+//! Every request is bounded before any GraphQL work: the body (or query string, or
+//! WebSocket message) by `GRAPHQL_MAX_BODY_BYTES`, a batch by `GRAPHQL_MAX_BATCH`, each
+//! document by [`graphql::admit`]'s limits; every answer's errors by `GRAPHQL_MAX_ERRORS`.
+//! Failures that are not about a field (a body that is not JSON, a missing query, a
+//! wrong content type) answer in the same GraphQL shape, `{"errors": [{"message",
+//! "extensions": {"code"}}]}`.
+//!
+//! Media types follow the GraphQL-over-HTTP draft: a client that accepts
+//! `application/graphql-response+json` gets it, with 4xx for requests refused before
+//! execution; everyone else gets `application/json` with 200 (the legacy convention).
+
+use std::sync::Arc;
+
+use async_graphql::{BatchRequest, BatchResponse, http::graphiql_source};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use axum::{
+    Extension, Router,
+    body::Body,
+    extract::{State, WebSocketUpgrade},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use serde_json::json;
+
+use crate::{
+    graphql::{self, AppSchema, Caller, Rules, Transport},
+    guard::{self, BodyError, WriteAccess},
+    state::AppState,
+};
+
+/// What the GraphQL routes share.
+#[derive(Clone)]
+struct Endpoint {
+    schema: AppSchema,
+    /// The schema that serves graphql-ws connections (see [`Transport`]).
+    websocket_schema: AppSchema,
+    rules: Rules,
+    max_body_bytes: usize,
+    max_batch: usize,
+}
+
+pub(super) fn routes(state: &AppState) -> Router<AppState> {
+    let config = &state.config.graphql;
+    let endpoint = Arc::new(Endpoint {
+        schema: graphql::build(Some(state.clone()), Transport::Http),
+        websocket_schema: graphql::build(Some(state.clone()), Transport::WebSocket),
+        rules: Rules::new(config),
+        max_body_bytes: config.graphql_max_body_bytes,
+        max_batch: config.graphql_max_batch.max(1),
+    });
+    let timeout = state.config.http.request_timeout;
+    Router::new()
+        .route("/graphql", get(get_graphql).post(post_graphql))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, timeout))
+        .route("/graphql/ws", get(websocket))
+        .layer(Extension(endpoint))
+}
+
+/// The media type of the answer, from the request's `Accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    /// `application/json`: every GraphQL answer is a 200.
+    Json,
+    /// `application/graphql-response+json`: requests refused before execution are 4xx.
+    GraphqlResponse,
+}
+
+impl Media {
+    const GRAPHQL_RESPONSE: &'static str = "application/graphql-response+json";
+
+    /// The preferred acceptable type; no `Accept` means `application/json`.
+    fn negotiate(headers: &HeaderMap) -> Option<Self> {
+        let Some(accept) = headers.get(header::ACCEPT).and_then(|value| value.to_str().ok()) else {
+            return Some(Self::Json);
+        };
+        let accepted: Vec<&str> = accept
+            .split(',')
+            .filter(|item| !item.split(';').skip(1).any(|param| matches!(param.trim(), "q=0" | "q=0.0" | "q=0.00")))
+            .map(|item| item.split(';').next().unwrap_or_default().trim())
+            .collect();
+        if accepted.iter().any(|media| media.eq_ignore_ascii_case(Self::GRAPHQL_RESPONSE)) {
+            Some(Self::GraphqlResponse)
+        } else if accepted.iter().any(|media| matches!(*media, "application/json" | "application/*" | "*/*")) {
+            Some(Self::Json)
+        } else {
+            None
+        }
+    }
+
+    fn content_type(self) -> HeaderValue {
+        match self {
+            Self::Json => HeaderValue::from_static("application/json; charset=utf-8"),
+            Self::GraphqlResponse => HeaderValue::from_static("application/graphql-response+json; charset=utf-8"),
+        }
+    }
+}
+
+/// A GraphQL-shaped answer to a request that never reached GraphQL.
+fn refuse(media: Media, status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = json!({ "errors": [{ "message": message.into(), "extensions": { "code": code } }] });
+    answer(media, status, body.to_string().into_bytes(), HeaderMap::new())
+}
+
+fn answer(media: Media, status: StatusCode, body: Vec<u8>, mut headers: HeaderMap) -> Response {
+    headers.insert(header::CONTENT_TYPE, media.content_type());
+    (status, headers, body).into_response()
+}
+
+async fn post_graphql(
+    Extension(endpoint): Extension<Arc<Endpoint>>,
+    Extension(WriteAccess(may_write)): Extension<WriteAccess>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(media) = Media::negotiate(&headers) else {
+        return not_acceptable();
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    if !content_type.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/json") {
+        let message = "send GraphQL requests as `Content-Type: application/json`";
+        return refuse(media, StatusCode::UNSUPPORTED_MEDIA_TYPE, "BAD_REQUEST", message);
+    }
+    let bytes = match guard::read_limited(&headers, body, endpoint.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => return too_large(media, endpoint.max_body_bytes),
+        Err(BodyError::Broken(reason)) => return refuse(media, StatusCode::BAD_REQUEST, "BAD_REQUEST", reason),
+    };
+    let batch = match parse_batch(&bytes) {
+        Ok(batch) => batch,
+        Err(message) => return refuse(media, StatusCode::BAD_REQUEST, "BAD_REQUEST", message),
+    };
+    let caller = Caller { may_write, via_get: false };
+    match batch {
+        BatchRequest::Single(request) => run_one(&endpoint, media, request, caller).await,
+        BatchRequest::Batch(requests) if requests.len() > endpoint.max_batch => {
+            let message = format!(
+                "{} operations in one batch; at most {} (GRAPHQL_MAX_BATCH)",
+                requests.len(),
+                endpoint.max_batch
+            );
+            refuse(media, StatusCode::BAD_REQUEST, "BATCH_LIMIT_EXCEEDED", message)
+        }
+        BatchRequest::Batch(requests) => {
+            let mut responses = Vec::with_capacity(requests.len());
+            for request in requests {
+                responses.push(run(&endpoint, request, caller).await.response);
+            }
+            let body = serde_json::to_vec(&BatchResponse::Batch(responses)).unwrap_or_default();
+            answer(media, StatusCode::OK, body, HeaderMap::new())
+        }
+    }
+}
+
+/// One operation (a JSON object) or a batch (a non-empty array), or why the body is
+/// neither, in words (serde's message says what and where).
+fn parse_batch(bytes: &[u8]) -> Result<BatchRequest, String> {
+    let shape = "a GraphQL request is a JSON object with `query` (a string) and optionally \
+                 `operationName` (a string), `variables` and `extensions` (objects), or an array of them";
+    let explain = |error: serde_json::Error| match error.classify() {
+        serde_json::error::Category::Data => format!("{shape}: {error}"),
+        _ => format!("the body is not valid JSON: {error}"),
+    };
+    match bytes.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice(bytes).map(BatchRequest::Single).map_err(explain),
+        Some(b'[') => match serde_json::from_slice::<Vec<async_graphql::Request>>(bytes).map_err(explain)? {
+            requests if requests.is_empty() => Err("the batch is empty: send at least one operation".into()),
+            requests => Ok(BatchRequest::Batch(requests)),
+        },
+        Some(_) => Err(format!("the body is not valid JSON, or not an object or array: {shape}")),
+        None => Err(format!("the body is empty: {shape}")),
+    }
+}
+
+/// GraphiQL for browsers, queries from the query string for everyone else.
+async fn get_graphql(
+    Extension(endpoint): Extension<Arc<Endpoint>>,
+    Extension(WriteAccess(may_write)): Extension<WriteAccess>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let query = uri.query().unwrap_or_default();
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_html && query.is_empty() {
+        return Html(graphiql_source("/graphql", Some("/graphql/ws"))).into_response();
+    }
+    let Some(media) = Media::negotiate(&headers) else {
+        return not_acceptable();
+    };
+    if query.len() > endpoint.max_body_bytes {
+        return too_large(media, endpoint.max_body_bytes);
+    }
+    match request_from_query_string(query) {
+        Ok(request) => run_one(&endpoint, media, request, Caller { may_write, via_get: true }).await,
+        Err(message) => refuse(media, StatusCode::BAD_REQUEST, "BAD_REQUEST", message),
+    }
+}
+
+/// `query`, `operationName` (or `operation_name`), and `variables` and `extensions` as JSON.
+fn request_from_query_string(query: &str) -> Result<async_graphql::Request, String> {
+    let mut request = async_graphql::Request::new("");
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "query" => request.query = value.into_owned(),
+            "operationName" | "operation_name" => request.operation_name = Some(value.into_owned()),
+            "variables" => {
+                request.variables = serde_json::from_str(&value)
+                    .map_err(|error| format!("`variables` is not a JSON object: {error}"))?;
+            }
+            "extensions" => {
+                request.extensions = serde_json::from_str(&value)
+                    .map_err(|error| format!("`extensions` is not a JSON object: {error}"))?;
+            }
+            _ => {}
+        }
+    }
+    Ok(request)
+}
+
+fn too_large(media: Media, limit: usize) -> Response {
+    let message = format!("the GraphQL request exceeds GRAPHQL_MAX_BODY_BYTES ({limit} bytes)");
+    refuse(media, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", message)
+}
+
+fn not_acceptable() -> Response {
+    let message = "GraphQL answers as application/json or application/graphql-response+json: accept one of them";
+    refuse(Media::Json, StatusCode::NOT_ACCEPTABLE, "NOT_ACCEPTABLE", message)
+}
+
+const NO_QUERY: &str = "the request has no `query`";
+
+/// One operation's answer.
+struct Outcome {
+    response: async_graphql::Response,
+    /// Refused before execution: it did not parse, validate or pass the limits.
+    refused: bool,
+}
+
+async fn run(endpoint: &Endpoint, mut request: async_graphql::Request, caller: Caller) -> Outcome {
+    if request.query.trim().is_empty() {
+        let error = async_graphql::ServerError::new(NO_QUERY, None);
+        let mut response = async_graphql::Response::from_errors(vec![error]);
+        if let Some(extensions) = response.errors.first_mut().map(|error| error.extensions.get_or_insert_default()) {
+            extensions.set("code", "BAD_REQUEST");
+        }
+        return Outcome { response, refused: true };
+    }
+    let mut response = match graphql::admit(&mut request, Some(&caller), &endpoint.rules).await {
+        Ok(()) => endpoint.schema.execute(request).await,
+        Err(error) => async_graphql::Response::from_errors(vec![error]),
+    };
+    // Field errors carry a path; errors about the whole document do not.
+    let refused = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|error| error.path.is_empty());
+    graphql::finish_errors(&mut response.errors, &endpoint.rules);
+    Outcome { response, refused }
+}
+
+async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Request, caller: Caller) -> Response {
+    if request.query.trim().is_empty() {
+        return refuse(media, StatusCode::BAD_REQUEST, "BAD_REQUEST", NO_QUERY);
+    }
+    let Outcome { mut response, refused } = run(endpoint, request, caller).await;
+    let unauthenticated = graphql::is_unauthenticated(&response.errors);
+    let status = if unauthenticated {
+        StatusCode::UNAUTHORIZED
+    } else if refused && media == Media::GraphqlResponse {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let mut headers = std::mem::take(&mut response.http_headers);
+    if unauthenticated {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    let body = serde_json::to_vec(&response).unwrap_or_default();
+    answer(media, status, body, headers)
+}
+
+/// graphql-ws (and the older subscriptions-transport-ws): subscriptions, and queries or
+/// mutations for clients that send everything over one socket. The connection may write
+/// when the upgrade request's `Authorization` header allows it, or — browsers cannot set
+/// headers on a WebSocket — the `Authorization` field of the `connection_init` payload.
+async fn websocket(
+    State(state): State<AppState>,
+    Extension(endpoint): Extension<Arc<Endpoint>>,
+    Extension(WriteAccess(header_allows)): Extension<WriteAccess>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let tokens = state.config.api_tokens.clone();
+    let schema = endpoint.websocket_schema.clone();
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(endpoint.max_body_bytes)
+        .max_frame_size(endpoint.max_body_bytes)
+        .on_upgrade(move |stream| {
+            GraphQLWebSocket::new(stream, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let from_payload =
+                        payload.get("Authorization").and_then(serde_json::Value::as_str).and_then(guard::bearer_token);
+                    let may_write =
+                        header_allows || from_payload.is_some_and(|token| guard::presented_one_of(&tokens, token));
+                    let mut data = async_graphql::Data::default();
+                    data.insert(Caller { may_write, via_get: false });
+                    Ok(data)
+                })
+                .serve()
+        })
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepting(value: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static(value));
+        headers
+    }
+
+    #[test]
+    fn the_answer_media_follows_accept() {
+        assert_eq!(Media::negotiate(&HeaderMap::new()), Some(Media::Json));
+        assert_eq!(Media::negotiate(&accepting("*/*")), Some(Media::Json));
+        assert_eq!(Media::negotiate(&accepting("application/json")), Some(Media::Json));
+        let both = accepting("application/graphql-response+json, application/json;q=0.9");
+        assert_eq!(Media::negotiate(&both), Some(Media::GraphqlResponse));
+        assert_eq!(Media::negotiate(&accepting("text/plain")), None);
+        assert_eq!(
+            Media::negotiate(&accepting("application/graphql-response+json;q=0, application/json")),
+            Some(Media::Json)
+        );
+    }
+
+    #[test]
+    fn get_requests_take_both_spellings_of_the_operation_name() {
+        let request = request_from_query_string("query=%7Ba%7D&operationName=A&variables=%7B%22x%22%3A1%7D").unwrap();
+        assert_eq!(request.query, "{a}");
+        assert_eq!(request.operation_name.as_deref(), Some("A"));
+        let request = request_from_query_string("query=%7Ba%7D&operation_name=B").unwrap();
+        assert_eq!(request.operation_name.as_deref(), Some("B"));
+        assert!(request_from_query_string("query=%7Ba%7D&variables=nope").is_err());
+    }
+}
