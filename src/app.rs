@@ -5,6 +5,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Config, parse_feed_source},
@@ -12,6 +13,7 @@ use crate::{
     events::EventBus,
     feed, http,
     jobs::{JobQueue, JobRegistry, Workers, periodic},
+    server::{self, ServerLimits},
     state::{AppState, Upstreams},
     storage::ObjectStorage,
 };
@@ -19,6 +21,8 @@ use crate::{
 pub struct App {
     pub state: AppState,
     listener: TcpListener,
+    /// `ADMIN_LISTEN`: `/metrics` and the detailed `/health`, off the public address.
+    admin_listener: Option<TcpListener>,
     simulator: Option<sim::RunningSim>,
 }
 
@@ -26,8 +30,11 @@ impl App {
     /// Everything a node needs before it serves; any failure here is a configuration or
     /// dependency problem, reported as one clear error.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let listener =
-            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener = server::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+        let admin_listener = match config.http.admin_listen {
+            Some(addr) => Some(server::bind(addr).with_context(|| format!("cannot listen on {addr} (ADMIN_LISTEN)"))?),
+            None => None,
+        };
         crate::telemetry::spawn_metrics_upkeep();
         let node_id: Arc<str> = config.node_id.clone().unwrap_or_else(default_node_id).into();
 
@@ -59,8 +66,9 @@ impl App {
             upstreams: Arc::new(upstreams),
             feed,
             catalog,
+            requests_deadline: CancellationToken::new(),
         };
-        Ok(Self { state, listener, simulator })
+        Ok(Self { state, listener, admin_listener, simulator })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -69,16 +77,40 @@ impl App {
 
     /// Serves until `shutdown` resolves, then stops in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { state, listener, simulator } = self;
+        let Self { state, listener, admin_listener, simulator } = self;
         let workers = Workers::spawn(state.clone(), job_registry(), state.config.jobs.job_workers);
         let mut scheduler = periodic::start(state.clone(), periodic_jobs(&state.config)).await?;
         let feed_pollers = feed::spawn_pollers(&state.feed)?;
-        let app = http::app(state.clone());
-
-        tracing::info!(addr = %listener.local_addr()?, node = %state.node_id, "emporium is serving; GraphiQL at /graphql");
+        let limits = ServerLimits {
+            max_connections: server::connection_budget(state.config.http.max_connections),
+            header_timeout: state.config.http.header_timeout,
+            write_timeout: state.config.http.write_timeout,
+        };
         // Open websockets (subscriptions) would keep a graceful shutdown waiting forever:
         // after the grace period the server stops regardless.
-        http::serve(listener, app, shutdown, state.config.jobs.shutdown_grace + Duration::from_secs(1)).await;
+        let grace = state.config.jobs.shutdown_grace + Duration::from_secs(1);
+        let stop = CancellationToken::new();
+        let admin = admin_listener.map(|listener| {
+            let router = http::admin(state.clone());
+            let deadline = state.requests_deadline.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                server::serve(listener, router, limits, stop.cancelled_owned(), grace, deadline).await
+            })
+        });
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            node = %state.node_id,
+            max_connections = limits.max_connections,
+            "emporium is serving; GraphiQL at /graphql"
+        );
+        let public =
+            server::serve(listener, http::app(state.clone()), limits, shutdown, grace, state.requests_deadline.clone());
+        public.await;
+        stop.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
+        }
         tracing::info!("shutting down: finishing running jobs");
         feed_pollers.shutdown();
         let _ = scheduler.shutdown().await;

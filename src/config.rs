@@ -44,6 +44,10 @@ pub struct DatabaseArgs {
     /// Largest number of pooled database connections per node.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
+    /// How long a request waits for a pooled connection before it fails with 503
+    /// `UPSTREAM_UNAVAILABLE` (the pool is exhausted or the database unreachable).
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub database_acquire_timeout: Duration,
 }
 
 impl DatabaseArgs {
@@ -102,6 +106,9 @@ pub struct Config {
     pub http: HttpConfig,
 
     #[command(flatten)]
+    pub graphql: GraphqlConfig,
+
+    #[command(flatten)]
     pub upstreams: UpstreamConfig,
 
     #[command(flatten)]
@@ -156,18 +163,64 @@ pub struct HttpConfig {
     /// Requests in flight on this node beyond which every route but /health answers 503.
     #[arg(long, env = "MAX_INFLIGHT_REQUESTS", default_value_t = 4096)]
     pub max_inflight_requests: usize,
-    /// Deepest GraphQL query accepted.
-    #[arg(long, env = "GRAPHQL_MAX_DEPTH", default_value_t = 12)]
-    pub graphql_max_depth: usize,
-    /// Highest GraphQL query complexity accepted (each field costs 1, lists multiply by `first`).
-    #[arg(long, env = "GRAPHQL_MAX_COMPLEXITY", default_value_t = 20_000)]
-    pub graphql_max_complexity: usize,
+    /// Open client connections served at once (lowered to stay below the file-descriptor
+    /// limit); beyond it `/health` still answers and everything else gets 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers; also how long an idle kept-alive
+    /// connection stays open.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// A response write that makes no progress for this long closes the connection (a
+    /// client that stops reading frees its place).
+    #[arg(long, env = "HTTP_WRITE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
     /// Largest page a connection returns (`first` above it is refused).
     #[arg(long, env = "PAGE_MAX", default_value_t = 100)]
     pub page_max: usize,
     /// Time limit of one ordinary request (not uploads nor subscriptions).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// A second address for `/metrics` and the detailed `/health`. Set: the public
+    /// listener answers `/health` with the overall status only and has no `/metrics`.
+    #[arg(long, env = "ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token for `/metrics` and the detailed `/health` on the public listener.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+/// Limits on what one GraphQL request may ask; each refusal names its setting.
+#[derive(Debug, Clone, Args)]
+pub struct GraphqlConfig {
+    /// Largest GraphQL request: a POST body, a GET query string, a WebSocket message.
+    #[arg(long, env = "GRAPHQL_MAX_BODY_BYTES", default_value = "1MiB", value_parser = parse_size)]
+    pub graphql_max_body_bytes: usize,
+    /// Deepest field nesting (introspection's `ofType` chain does not count).
+    #[arg(long, env = "GRAPHQL_MAX_DEPTH", default_value_t = 12)]
+    pub graphql_max_depth: usize,
+    /// Highest query complexity (each field costs 1, lists multiply by `first`).
+    #[arg(long, env = "GRAPHQL_MAX_COMPLEXITY", default_value_t = 20_000)]
+    pub graphql_max_complexity: usize,
+    /// Most fields in one document once its fragments are expanded.
+    #[arg(long, env = "GRAPHQL_MAX_FIELDS", default_value_t = 2_000)]
+    pub graphql_max_fields: usize,
+    /// Most aliased fields in one document.
+    #[arg(long, env = "GRAPHQL_MAX_ALIASES", default_value_t = 100)]
+    pub graphql_max_aliases: usize,
+    /// Most top-level fields in one operation: each may run its own SQL statements, so
+    /// this is the statement budget of one operation.
+    #[arg(long, env = "GRAPHQL_MAX_ROOT_FIELDS", default_value_t = 20)]
+    pub graphql_max_root_fields: usize,
+    /// Most directive uses in one document.
+    #[arg(long, env = "GRAPHQL_MAX_DIRECTIVES", default_value_t = 50)]
+    pub graphql_max_directives: usize,
+    /// Most errors in one response; the rest are counted in a last `TOO_MANY_ERRORS` error.
+    #[arg(long, env = "GRAPHQL_MAX_ERRORS", default_value_t = 20)]
+    pub graphql_max_errors: usize,
+    /// Most operations in one batched request (a JSON array).
+    #[arg(long, env = "GRAPHQL_MAX_BATCH", default_value_t = 10)]
+    pub graphql_max_batch: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -224,6 +277,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("`{text}` is not a valid duration"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// [`parse_bytes`] for sizes held in memory.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let bytes = parse_bytes(text)?;
+    usize::try_from(bytes).map_err(|_| format!("`{text}` is too large"))
 }
 
 /// Parses a size in bytes: `1048576`, `512KiB`, `10MiB`, `8GiB` (also KB/MB/GB as powers of 1000).

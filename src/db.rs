@@ -32,7 +32,7 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<DatabaseConnection> 
         .max_connections(args.database_max_connections)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
-        .acquire_timeout(Duration::from_secs(15))
+        .acquire_timeout(args.database_acquire_timeout)
         .sqlx_logging(false)
         // WAL lets readers work beside the single writer; the busy timeout (replaced once
         // connected by `retry_soon_when_busy`) makes writers queue instead of failing while

@@ -103,11 +103,30 @@ impl AppError {
 }
 
 /// Anything that is an `anyhow`-compatible error is an internal error unless a domain
-/// mapped it to something more precise first.
+/// mapped it to something more precise first, or the database could not be reached.
 impl<E: Into<anyhow::Error>> From<E> for AppError {
     fn from(error: E) -> Self {
-        Self::Internal(error.into())
+        let error = error.into();
+        if database_unavailable(&error) {
+            tracing::warn!(error = format!("{error:#}"), "database unavailable");
+            return Self::unavailable("the database is busy or unreachable; retry shortly", Some(DATABASE_RETRY_AFTER));
+        }
+        Self::Internal(error)
     }
+}
+
+/// Seconds a client should wait after the database could not be reached.
+const DATABASE_RETRY_AFTER: u64 = 2;
+
+/// No pooled connection within `DATABASE_ACQUIRE_TIMEOUT`, or the connection itself failed:
+/// the request may succeed later, so it is a 503, not a 500.
+fn database_unavailable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sea_orm::DbErr>(),
+            Some(sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_))
+        )
+    })
 }
 
 impl IntoResponse for AppError {

@@ -1,9 +1,10 @@
-//! `GET /health`: each dependency's state as JSON; 503 when a dependency this node
-//! cannot serve without (database, Redis when configured, object storage) is down.
+//! The health report behind `GET /health`: each dependency's state as JSON; 503 when a
+//! dependency this node cannot serve without (database, Redis when configured, object
+//! storage) is down.
 
 use std::{collections::BTreeMap, time::Instant};
 
-use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use axum::http::StatusCode;
 use sea_orm::ConnectionTrait as _;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -34,16 +35,17 @@ impl Check {
     }
 }
 
-pub async fn handler(State(state): State<AppState>) -> impl IntoResponse {
+/// The node's status (200, or 503 when a critical dependency is down) and the report.
+pub async fn report(state: &AppState) -> (StatusCode, Value) {
     let (database, redis, objects, jobs, offers, feeds, intake, uploads) = tokio::join!(
-        database(&state),
-        redis(&state),
-        object_store(&state),
-        jobs(&state),
-        crate::catalog::health(&state),
-        crate::feed::health(&state),
-        crate::intake::health(&state),
-        crate::uploads::health(&state),
+        database(state),
+        redis(state),
+        object_store(state),
+        jobs(state),
+        crate::catalog::health(state),
+        crate::feed::health(state),
+        crate::intake::health(state),
+        crate::uploads::health(state),
     );
     let checks: BTreeMap<&str, Check> = [
         ("database", database),
@@ -74,7 +76,7 @@ pub async fn handler(State(state): State<AppState>) -> impl IntoResponse {
         "mode": if state.redis.is_some() { "cluster" } else { "embedded" },
         "checks": checks,
     });
-    (code, Json(body))
+    (code, body)
 }
 
 async fn database(state: &AppState) -> Check {

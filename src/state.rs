@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use sea_orm::DatabaseConnection;
+use tokio_util::sync::CancellationToken;
 
 use crate::{config::Config, events::EventBus, jobs::JobQueue, storage::ObjectStorage};
 
@@ -23,6 +24,9 @@ pub struct AppState {
     pub feed: crate::feed::Gateway,
     /// The catalog's offers service client and GraphQL batch loaders (per node).
     pub catalog: Arc<crate::catalog::Catalog>,
+    /// Cancelled when a stopping node's grace period is about to end: long requests (an
+    /// upload still arriving) answer 503 with `Retry-After` while they still can.
+    pub requests_deadline: CancellationToken,
 }
 
 /// Where the third-party services are, after the embedded simulator (if any) started.

@@ -79,8 +79,6 @@ pub struct Served {
     pub etag: HeaderValue,
     /// The same items, for GraphQL.
     pub items: Arc<[String]>,
-    /// The HTTP/1.1 response heads of the fast path, built on first use.
-    pub(super) wire_heads: std::sync::OnceLock<super::wire::Heads>,
 }
 
 impl Served {
@@ -94,7 +92,7 @@ impl Served {
         let hash = blake3::hash(&body).to_hex();
         let etag =
             HeaderValue::from_str(&format!("\"{}\"", &hash[..32])).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
-        Self { body: Bytes::from(body), etag, items: items.into(), wire_heads: Default::default() }
+        Self { body: Bytes::from(body), etag, items: items.into() }
     }
 }
 
@@ -162,7 +160,7 @@ impl Gateway {
         self.inner.served.load_full()
     }
 
-    /// A client slot, or `None` when `FEED_MAX_CLIENTS` requests are already in flight.
+    /// A client slot, or `None` when `FEED_MAX_CLIENTS` clients hold one already.
     pub fn try_client_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.inner.clients.clone().try_acquire_owned().ok()
     }

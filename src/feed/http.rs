@@ -1,8 +1,13 @@
 //! `GET /v1/feed`: the served union from memory, bounded by `FEED_MAX_CLIENTS`.
 //!
+//! A client is a connection: the first feed request on a connection takes one of the
+//! `FEED_MAX_CLIENTS` slots and the connection keeps it until it closes (the server's
+//! idle and write timeouts close connections that stop talking or stop reading). Beyond
+//! the limit, the feed answers 503 with `Retry-After`.
+//!
 //! The hot path does no JSON work and clones nothing but reference counts: a request slot
-//! and a client slot (semaphore permits), the current response (an arc-swap load), a
-//! conditional check, and pre-counted metric handles.
+//! (a semaphore permit), the current response (an arc-swap load), a conditional check,
+//! and pre-counted metric handles.
 
 use std::{
     convert::Infallible,
@@ -15,7 +20,7 @@ use axum::{
     Router,
     body::Body,
     extract::{Request, State},
-    http::{self, HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -24,7 +29,7 @@ use http_body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Gateway, gateway::Served};
-use crate::error::AppError;
+use crate::{error::AppError, server::ConnectionScope};
 
 /// Bodies are handed to the connection in pieces this big, so a client that reads slowly
 /// keeps its slot until the last piece has been taken (a 1,000-item feed is one piece).
@@ -32,7 +37,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// The feed route: the gateway, and the node's request slots (`MAX_INFLIGHT_REQUESTS`),
 /// taken here rather than by the load-shedding middleware, which would cost this route a
-/// tenth of its speed. The server also calls [`FeedRoute::answer`] before routing at all.
+/// tenth of its speed.
 #[derive(Clone)]
 pub struct FeedRoute {
     gateway: Gateway,
@@ -40,6 +45,9 @@ pub struct FeedRoute {
 }
 
 pub const PATH: &str = "/v1/feed";
+
+/// The key under which a connection holds its feed client slot.
+const CLIENT_SLOT: &str = "feed-client";
 
 impl FeedRoute {
     pub fn new(gateway: Gateway, inflight: Arc<Semaphore>) -> Self {
@@ -51,40 +59,40 @@ impl FeedRoute {
         Router::new().route(PATH, get(serve_feed)).with_state(self)
     }
 
-    /// The answer to `request` when it is a `GET` or `HEAD` of the feed, else `None`.
-    pub fn answer<B>(&self, request: &http::Request<B>) -> Option<Response> {
-        let head = match *request.method() {
-            Method::GET => false,
-            Method::HEAD => true,
-            _ => return None,
-        };
-        (request.uri().path() == PATH).then(|| self.respond(head, request.headers()))
-    }
-
-    /// Takes a request slot and a client slot for a feed request and loads what to send.
-    /// Counts nothing: the caller answers, and counts what it answered.
-    pub(super) fn admit(&self, if_none_match: Option<&[u8]>) -> Admission {
+    /// Takes a request slot, and a client slot for the connection unless it holds one
+    /// already (kept until the connection closes), and loads what to send.
+    fn admit(&self, connection: Option<&ConnectionScope>, if_none_match: Option<&[u8]>) -> Admission {
         let Ok(request_slot) = self.inflight.clone().try_acquire_owned() else {
             return Admission::Shed;
         };
-        let Some(client_slot) = self.gateway.try_client_slot() else {
-            return Admission::Rejected;
+        // Without a connection scope (never through the server) the slot lasts the request.
+        let client_slot = match connection {
+            Some(connection) => match connection.hold_once(CLIENT_SLOT, || self.gateway.try_client_slot()) {
+                true => None,
+                false => return Admission::Rejected,
+            },
+            None => match self.gateway.try_client_slot() {
+                Some(slot) => Some(slot),
+                None => return Admission::Rejected,
+            },
         };
         let served = self.gateway.served();
         let modified = !if_none_match.is_some_and(|tags| etag_matches(tags, served.etag.as_bytes()));
-        Admission::Serve { served, modified, slots: [client_slot, request_slot] }
+        Admission::Serve { served, modified, slots: Slots { request: request_slot, client: client_slot } }
     }
 
-    fn respond(&self, head: bool, headers: &HeaderMap) -> Response {
+    fn respond(&self, head: bool, connection: Option<&ConnectionScope>, headers: &HeaderMap) -> Response {
         let if_none_match = headers.get(header::IF_NONE_MATCH).map(HeaderValue::as_bytes);
-        let (served, modified, slots) = match self.admit(if_none_match) {
+        let (served, modified, slots) = match self.admit(connection, if_none_match) {
             Admission::Serve { served, modified, slots } => (served, modified, slots),
-            Admission::Shed => return crate::http::shed(),
+            Admission::Shed => return crate::guard::shed(),
             Admission::Rejected => {
                 RequestCounters::get().count(head, Outcome::Rejected);
                 metrics::counter!("emporium_feed_clients_rejected_total").increment(1);
-                let message =
-                    format!("the feed serves at most {} clients at once; retry shortly", self.gateway.max_clients());
+                let message = format!(
+                    "the feed serves at most {} connected clients at once (FEED_MAX_CLIENTS); retry shortly",
+                    self.gateway.max_clients()
+                );
                 return AppError::unavailable(message, Some(1)).into_response();
             }
         };
@@ -104,21 +112,29 @@ impl FeedRoute {
     }
 
     /// Counts a request answered with the feed (a 200, or a 304 unless `modified`).
-    pub(super) fn count(head: bool, modified: bool) {
+    fn count(head: bool, modified: bool) {
         RequestCounters::get().count(head, if modified { Outcome::Ok } else { Outcome::NotModified });
     }
 }
 
+/// What a feed response holds until its body has been handed to the connection.
+struct Slots {
+    #[allow(dead_code)] // held for its drop
+    request: OwnedSemaphorePermit,
+    #[allow(dead_code)] // held for its drop
+    client: Option<OwnedSemaphorePermit>,
+}
+
 /// The feed's `content-type`.
-pub(super) const CONTENT_TYPE: &str = "application/json";
+const CONTENT_TYPE: &str = "application/json";
 /// Caches may keep the feed but must ask again (a 304 is cheap): it changes any time.
-pub(super) const CACHE_CONTROL: &str = "no-cache";
+const CACHE_CONTROL: &str = "no-cache";
 
 /// Whether a feed request may be served now.
-pub(super) enum Admission {
+enum Admission {
     /// Serve `served` (a 304 unless `modified`), holding `slots` until the body is handed
     /// to the connection.
-    Serve { served: Arc<Served>, modified: bool, slots: [OwnedSemaphorePermit; 2] },
+    Serve { served: Arc<Served>, modified: bool, slots: Slots },
     /// The node is at `MAX_INFLIGHT_REQUESTS`.
     Shed,
     /// The feed is at `FEED_MAX_CLIENTS`.
@@ -126,7 +142,8 @@ pub(super) enum Admission {
 }
 
 async fn serve_feed(State(route): State<FeedRoute>, request: Request) -> Response {
-    route.respond(request.method() == Method::HEAD, request.headers())
+    let connection = request.extensions().get::<ConnectionScope>();
+    route.respond(request.method() == Method::HEAD, connection, request.headers())
 }
 
 /// `If-None-Match` matches: `*`, or one of the listed tags equal to ours (weak comparison,
@@ -136,11 +153,11 @@ fn etag_matches(if_none_match: &[u8], ours: &[u8]) -> bool {
     tags.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/").as_bytes() == ours)
 }
 
-/// The response body: the shared bytes, in pieces, holding the client slot and the request
-/// slot until the last piece is taken (or the connection is dropped).
+/// The response body: the shared bytes, in pieces, holding the request slot (and a
+/// request-scoped client slot) until the last piece is taken (or the connection is dropped).
 struct FeedBody {
     rest: Bytes,
-    slots: Option<[OwnedSemaphorePermit; 2]>,
+    slots: Option<Slots>,
 }
 
 impl http_body::Body for FeedBody {
@@ -220,7 +237,7 @@ mod tests {
         use http_body::Body as _;
         let semaphore = Arc::new(Semaphore::new(2));
         let permit = || semaphore.clone().try_acquire_owned().expect("a free permit");
-        let slots = Some([permit(), permit()]);
+        let slots = Some(Slots { request: permit(), client: Some(permit()) });
         let mut body = FeedBody { rest: Bytes::from(vec![b'x'; CHUNK * 2 + 1]), slots };
         assert_eq!(body.size_hint().exact(), Some((CHUNK * 2 + 1) as u64));
         let mut context = Context::from_waker(futures::task::noop_waker_ref());

@@ -14,9 +14,9 @@
 //! snapshot, without duplicates, sorted by byte order (stable: the same data gives the
 //! same bytes and the same `ETag` on every node). The body is serialized once per change
 //! and swapped atomically with its `ETag`, so a request does no JSON work; a matching
-//! `If-None-Match` gets 304. At most `FEED_MAX_CLIENTS` requests are served at once; a
-//! request holds its slot until its body has been handed to the connection, so slow
-//! consumers count, and the next ones get 503 with `Retry-After`.
+//! `If-None-Match` gets 304. At most `FEED_MAX_CLIENTS` clients (connections) use the
+//! feed at once: a connection keeps its slot until it closes, and the server's write
+//! timeout drops a client that stops reading; the next ones get 503 with `Retry-After`.
 //!
 //! **A cache, not shared state.** Snapshots live in this node's memory and every node
 //! polls on its own: nothing to migrate, nothing shared in a cluster. Nodes may briefly
@@ -27,7 +27,6 @@ mod gateway;
 mod graphql;
 mod http;
 mod poller;
-mod wire;
 
 use std::time::Duration;
 
@@ -37,7 +36,6 @@ pub use gateway::{Gateway, PollFailure, Source, SourceStatus, SourceView};
 pub use graphql::FeedQuery;
 pub use http::FeedRoute;
 pub use poller::{PollError, Pollers, parse_items, spawn_pollers};
-pub use wire::{Replay, serve_leading_requests};
 
 use crate::{
     config::parse_duration,
@@ -51,7 +49,7 @@ pub const STALE_AFTER_PERIODS: u32 = 3;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FeedConfig {
-    /// Requests to `GET /v1/feed` served at once on this node; beyond that, 503 with Retry-After.
+    /// Clients (connections) using `GET /v1/feed` at once on this node; beyond that, 503 with Retry-After.
     #[arg(long, env = "FEED_MAX_CLIENTS", default_value_t = 1024, value_parser = parse_positive)]
     pub feed_max_clients: usize,
     /// Largest upstream feed body accepted, in bytes; a larger one is cut off while streaming.

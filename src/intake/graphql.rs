@@ -224,8 +224,10 @@ impl IntakeMutation {
         ctx: &Context<'_>,
         messages: Vec<IntakeMessageInput>,
     ) -> async_graphql::Result<Vec<IntakeMessage>> {
-        let messages = submit::from_seed_messages(messages.into_iter().map(SeedMessage::from).collect())?;
-        let rows = submit::queue(state(ctx), messages).await?;
+        let state = state(ctx);
+        let max_bytes = state.config.intake.intake_max_body_bytes;
+        let messages = submit::from_seed_messages(messages.into_iter().map(SeedMessage::from).collect(), max_bytes)?;
+        let rows = submit::queue(state, messages).await?;
         Ok(rows.into_iter().map(IntakeMessage).collect())
     }
 }

@@ -86,13 +86,21 @@ pub fn parse_body(bytes: &[u8]) -> AppResult<Vec<NewMessage>> {
     Ok(messages)
 }
 
-/// Validates messages that arrived as GraphQL input (the same rules as the REST route).
-pub fn from_seed_messages(inputs: Vec<SeedMessage>) -> AppResult<Vec<NewMessage>> {
+/// Validates messages that arrived as GraphQL input (the same rules as the REST route,
+/// the same `INTAKE_MAX_BODY_BYTES`: `max_bytes` for all messages as written).
+pub fn from_seed_messages(inputs: Vec<SeedMessage>, max_bytes: usize) -> AppResult<Vec<NewMessage>> {
     check_count(inputs.len())?;
     let mut errors = Vec::new();
     let mut messages = Vec::with_capacity(inputs.len());
+    let mut total_bytes = 0usize;
     for (index, input) in inputs.into_iter().enumerate() {
         let body = serde_json::to_string(&input).map_err(anyhow::Error::from)?;
+        total_bytes = total_bytes.saturating_add(body.len());
+        if total_bytes > max_bytes {
+            return Err(AppError::PayloadTooLarge(format!(
+                "the messages exceed INTAKE_MAX_BODY_BYTES ({max_bytes} bytes) from messages[{index}] on"
+            )));
+        }
         let fields = match serde_json::to_value(&input).map_err(anyhow::Error::from)? {
             serde_json::Value::Object(fields) => fields,
             _ => Map::new(),

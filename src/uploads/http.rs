@@ -22,7 +22,7 @@ use crate::{db::to_datetime, error::AppError, state::AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/v1/products", post(post_products).route_layer(middleware::from_fn(crate::http::require_write)))
+        .route("/v1/products", post(post_products).route_layer(middleware::from_fn(crate::guard::require_write)))
         .route("/v1/uploads/{id}", get(get_upload))
 }
 

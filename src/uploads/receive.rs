@@ -99,7 +99,7 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
     let mut scan = BackgroundScan::start();
     let mut hasher = blake3::Hasher::new();
     let mut received: u64 = 0;
-    let outcome: Result<(), Rejection> = async {
+    let receiving = async {
         loop {
             let next = match tokio::time::timeout(BackgroundScan::FLUSH_AFTER, stream.next()).await {
                 Ok(next) => next,
@@ -150,8 +150,17 @@ pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Resul
             writer.write(chunk).await.map_err(storage_failed)?;
         }
         Ok(())
-    }
-    .await;
+    };
+    // A stopping node answers an upload still arriving when its grace period ends, while
+    // it still can, instead of cutting the connection.
+    let outcome: Result<(), Rejection> = tokio::select! {
+        outcome = receiving => outcome,
+        () = state.requests_deadline.cancelled() => Err(AppError::unavailable(
+            "this node is shutting down; send the upload again (any node takes it)",
+            Some(1),
+        )
+        .into()),
+    };
 
     let summary = match outcome {
         Ok(()) => scan.finish().await.map_err(Rejection::App).and_then(|scanned| scanned.map_err(Rejection::Invalid)),
