@@ -7,6 +7,7 @@ mod support;
 mod catalog;
 mod feed;
 mod foundation;
+mod hostile;
 mod intake;
 mod jobs;
 mod store;

@@ -272,3 +272,158 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+impl NodeProcess {
+    /// Like [`NodeProcess::spawn`], with the node's file-descriptor limit set to `nofile`
+    /// (soft and hard) by the shell that then `exec`s the binary (same process id).
+    pub async fn spawn_with_nofile(env: &TestEnv, extra: &[(&str, &str)], nofile: u64) -> Self {
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut command = tokio::process::Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" serve"))
+            .arg(env!("CARGO_BIN_EXE_emporium"))
+            .env_clear()
+            .env("LISTEN", addr.to_string())
+            .envs(env.env_vars());
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn emporium through sh");
+        let node = Self { addr, child };
+        node.wait_ready().await;
+        node
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the node process is running")
+    }
+
+    /// Sends SIGTERM and returns at once: the caller keeps talking to the node while it
+    /// shuts down.
+    pub fn send_sigterm(&self) {
+        let status = std::process::Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        assert!(matches!(&status, Ok(status) if status.success()), "kill -TERM {}: {status:?}", self.pid());
+    }
+
+    /// Whether the process has not exited (nor been reaped).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own; `None` if it did not.
+    pub async fn wait_exit(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(timeout, self.child.wait()).await.ok().and_then(Result::ok)
+    }
+
+    /// (VmRSS, VmHWM) of the node, in bytes: its resident memory now, and the most it ever had.
+    pub fn memory(&self) -> (u64, u64) {
+        memory_of(self.pid())
+    }
+}
+
+/// (VmRSS, VmHWM) of process `pid` from `/proc/<pid>/status`, in bytes.
+pub fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let field = |name: &str| -> u64 {
+        let line =
+            status.lines().find(|line| line.starts_with(name)).unwrap_or_else(|| panic!("no {name} in {status}"));
+        let kib: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("cannot parse `{line}`"));
+        kib * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// GETs `/health` on a fresh connection and asserts an answer (any status) within 1 s;
+/// a connection refused or reset is retried within that second. Returns the status.
+pub async fn assert_responsive(node: &NodeProcess) -> u16 {
+    health_answer(node.addr, Duration::from_secs(1))
+        .await
+        .unwrap_or_else(|miss| panic!("GET /health on {} got no answer within 1s: {miss:?}", node.addr))
+}
+
+/// Why a health probe got no answer in time.
+#[derive(Debug)]
+pub struct HealthMiss {
+    /// Connections tried (each refused, reset or closed, except perhaps the last).
+    pub attempts: u32,
+    pub last_error: String,
+    /// The longest any one attempt waited for a reaction (an answer, a refusal, a reset,
+    /// a close): long waits mean the node did not react at all.
+    pub longest_wait: Duration,
+}
+
+/// GETs `/health` on a fresh connection: the status of an answer (any status) within
+/// `budget`, retrying a connection refused, reset or closed within that time; else why not.
+pub async fn health_answer(addr: SocketAddr, budget: Duration) -> Result<u16, HealthMiss> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let started = Instant::now();
+    let mut attempts = 0;
+    let mut last_error = String::from("no attempt finished");
+    let mut longest_wait = Duration::ZERO;
+    while started.elapsed() < budget {
+        attempts += 1;
+        let attempt_started = Instant::now();
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.write_all(b"GET /health HTTP/1.1\r\nHost: emporium\r\nConnection: close\r\n\r\n").await?;
+            let mut received = Vec::with_capacity(1024);
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut response = httparse::Response::new(&mut headers);
+                if let Ok(httparse::Status::Complete(_)) = response.parse(&received) {
+                    return Ok(response.code.unwrap_or_default());
+                }
+                if stream.read_buf(&mut received).await? == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed before an answer"));
+                }
+            }
+        };
+        let outcome = tokio::time::timeout(budget.saturating_sub(started.elapsed()), attempt).await;
+        longest_wait = longest_wait.max(attempt_started.elapsed());
+        match outcome {
+            Ok(Ok(status)) => return Ok(status),
+            Ok(Err(error)) => {
+                last_error = error.to_string();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => break,
+        }
+    }
+    Err(HealthMiss { attempts, last_error, longest_wait })
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit (so a test can open
+/// thousands of sockets; node processes spawned afterwards inherit it) and returns the
+/// soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the `rlimit` passed by
+    // reference, which lives on this stack frame for the duration of each call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            // An unlimited hard limit cannot be the soft one (the kernel caps it at nr_open).
+            let wanted = libc::rlimit { rlim_cur: limit.rlim_max.min(1 << 20), rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                limit.rlim_cur = wanted.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
