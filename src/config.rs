@@ -199,7 +199,8 @@ pub struct GraphqlConfig {
     /// Deepest field nesting (introspection's `ofType` chain does not count).
     #[arg(long, env = "GRAPHQL_MAX_DEPTH", default_value_t = 12)]
     pub graphql_max_depth: usize,
-    /// Highest query complexity (each field costs 1, lists multiply by `first`).
+    /// Highest operation cost: each field costs 1 plus its selection, times the page size
+    /// (`first`, `last`, or the default page) for lists; reported in `extensions.cost`.
     #[arg(long, env = "GRAPHQL_MAX_COMPLEXITY", default_value_t = 20_000)]
     pub graphql_max_complexity: usize,
     /// Most fields in one document once its fragments are expanded.
@@ -218,6 +219,17 @@ pub struct GraphqlConfig {
     /// Most errors in one response; the rest are counted in a last `TOO_MANY_ERRORS` error.
     #[arg(long, env = "GRAPHQL_MAX_ERRORS", default_value_t = 20)]
     pub graphql_max_errors: usize,
+    /// Serve introspection (and GraphiQL, which needs it). `false` for deployments that
+    /// publish no schema.
+    #[arg(long, env = "GRAPHQL_INTROSPECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub graphql_introspection: bool,
+    /// Memory for persisted queries on this node (least recently used out first); in a
+    /// cluster they are also shared through Redis.
+    #[arg(long, env = "GRAPHQL_PERSISTED_QUERIES_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub graphql_persisted_queries_bytes: usize,
+    /// How often an open graphql-ws connection is pinged.
+    #[arg(long, env = "GRAPHQL_WS_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub graphql_ws_keepalive: Duration,
     /// Most operations in one batched request (a JSON array).
     #[arg(long, env = "GRAPHQL_MAX_BATCH", default_value_t = 10)]
     pub graphql_max_batch: usize,

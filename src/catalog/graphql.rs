@@ -370,7 +370,6 @@ pub struct CatalogQuery;
 #[Object]
 impl CatalogQuery {
     /// Products in creation order (Relay connection; `first` is capped by PAGE_MAX).
-    #[graphql(complexity = "usize::try_from(first.unwrap_or(20)).unwrap_or(0).saturating_mul(child_complexity)")]
     async fn products(
         &self,
         ctx: &Context<'_>,

@@ -41,16 +41,21 @@
 //!   chain, which GraphiQL's and graphql-js's standard introspection queries nest up
 //!   to nine times, and those queries must pass.
 //!
+//! - `cost`: what the most expensive operation may ask of the node: each field costs 1
+//!   plus its selection's cost, times the page size for a list field that pages (`first`
+//!   or `last`, as given or from the variables, else [`CostModel::default_page`] for
+//!   fields the schema pages). Reported to clients as `extensions.cost`.
+//!
 //! Every fragment definition, used or not (async-graphql's validation walks them all),
 //! must itself be within the depth, fields, aliases and directives limits, its own
 //! fields at depth 1. Spreads of unknown fragments count as nothing here;
 //! async-graphql's validation reports them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_graphql::{
-    ErrorExtensionValues, Positioned, ServerError,
-    parser::types::{ExecutableDocument, FragmentDefinition, Selection, SelectionSet},
+    ErrorExtensionValues, Positioned, ServerError, Value, Variables,
+    parser::types::{ExecutableDocument, Field, FragmentDefinition, Selection, SelectionSet},
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -60,6 +65,23 @@ pub struct OperationLimits {
     pub max_aliases: usize,
     pub max_root_fields: usize,
     pub max_directives: usize,
+    pub max_cost: usize,
+}
+
+/// Which fields multiply the cost of their selection: those the schema pages.
+#[derive(Debug, Clone, Default)]
+pub struct CostModel {
+    /// Names of fields that take a `first` argument.
+    pub paged_fields: HashSet<String>,
+    /// The page size of a paged field queried without `first` or `last`.
+    pub default_page: u64,
+}
+
+/// What [`check`] needs besides the document.
+pub struct Context<'a> {
+    pub limits: &'a OperationLimits,
+    pub cost: &'a CostModel,
+    pub variables: &'a Variables,
 }
 
 /// The expanded shape of a document (all counts saturating).
@@ -70,6 +92,8 @@ pub struct OperationShape {
     pub aliases: u64,
     pub root_fields: u64,
     pub directives: u64,
+    /// The cost of the most expensive operation.
+    pub cost: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +103,7 @@ pub enum Limit {
     Aliases,
     RootFields,
     Directives,
+    Cost,
 }
 
 impl Limit {
@@ -90,6 +115,7 @@ impl Limit {
             Self::Aliases => "ALIAS_LIMIT_EXCEEDED",
             Self::RootFields => "ROOT_FIELD_LIMIT_EXCEEDED",
             Self::Directives => "DIRECTIVE_LIMIT_EXCEEDED",
+            Self::Cost => "COMPLEXITY_LIMIT_EXCEEDED",
         }
     }
 
@@ -101,6 +127,7 @@ impl Limit {
             Self::Aliases => "GRAPHQL_MAX_ALIASES",
             Self::RootFields => "GRAPHQL_MAX_ROOT_FIELDS",
             Self::Directives => "GRAPHQL_MAX_DIRECTIVES",
+            Self::Cost => "GRAPHQL_MAX_COMPLEXITY",
         }
     }
 }
@@ -134,6 +161,13 @@ impl Refusal {
                     Limit::Aliases => format!("uses {found} aliases"),
                     Limit::RootFields => format!("selects {found} top-level fields"),
                     Limit::Directives => format!("uses {found} directives"),
+                    Limit::Cost => {
+                        let what = format!("costs {found} (each field 1, times the page size of lists)");
+                        return format!(
+                            "the operation {what}; the limit is {max} ({}): ask for fewer items per list or fewer fields",
+                            limit.setting()
+                        );
+                    }
                 };
                 format!("the operation {what} once fragments are expanded; the limit is {max} ({})", limit.setting())
             }
@@ -168,13 +202,14 @@ impl Refusal {
 /// When several limits are exceeded, the first of depth, aliases, directives, root fields
 /// and fields is reported, with the largest count found for it (in an operation or
 /// in a fragment definition). A fragment cycle is reported before any limit.
-pub fn check(document: &ExecutableDocument, limits: &OperationLimits) -> Result<OperationShape, Refusal> {
-    let fragments = summarize_fragments(document)?;
+pub fn check(document: &ExecutableDocument, context: &Context<'_>) -> Result<OperationShape, Refusal> {
+    let limits = context.limits;
+    let fragments = summarize_fragments(document, context)?;
 
     let mut shape = OperationShape::default();
     for (_, operation) in document.operations.iter() {
         let operation = &operation.node;
-        let mut summary = summarize(&operation.selection_set.node, &fragments);
+        let mut summary = summarize(&operation.selection_set.node, &fragments, context);
         let variable_directives =
             operation.variable_definitions.iter().map(|variable| count(variable.node.directives.len()));
         summary.directives = variable_directives
@@ -184,6 +219,7 @@ pub fn check(document: &ExecutableDocument, limits: &OperationLimits) -> Result<
         shape.aliases = shape.aliases.saturating_add(summary.aliases);
         shape.directives = shape.directives.saturating_add(summary.directives);
         shape.root_fields = shape.root_fields.max(summary.top_fields);
+        shape.cost = shape.cost.max(summary.cost);
     }
 
     // The largest fragment counts the limits must also hold for.
@@ -193,6 +229,7 @@ pub fn check(document: &ExecutableDocument, limits: &OperationLimits) -> Result<
         aliases: largest.aliases.max(summary.aliases),
         directives: largest.directives.max(summary.directives),
         top_fields: 0,
+        cost: 0,
     });
 
     // The most specific limit first, so a refusal names what the document abuses: 25,000
@@ -203,6 +240,7 @@ pub fn check(document: &ExecutableDocument, limits: &OperationLimits) -> Result<
         (Limit::Directives, limits.max_directives, shape.directives.max(largest.directives)),
         (Limit::RootFields, limits.max_root_fields, shape.root_fields),
         (Limit::Fields, limits.max_fields, shape.fields.max(largest.fields)),
+        (Limit::Cost, limits.max_cost, shape.cost),
     ];
     for (limit, max, found) in checks {
         if found > count(max) {
@@ -222,6 +260,7 @@ struct Summary {
     directives: u64,
     /// Fields at this set's own level, through spreads and inline fragments.
     top_fields: u64,
+    cost: u64,
 }
 
 impl Summary {
@@ -232,6 +271,7 @@ impl Summary {
         self.aliases = self.aliases.saturating_add(other.aliases);
         self.directives = self.directives.saturating_add(other.directives);
         self.top_fields = self.top_fields.saturating_add(other.top_fields);
+        self.cost = self.cost.saturating_add(other.cost);
     }
 }
 
@@ -254,7 +294,7 @@ impl Fragments<'_> {
 
 /// Summarises every fragment definition after the fragments it spreads (a post-order
 /// walk of the spread graph with an explicit stack), refusing cycles.
-fn summarize_fragments(document: &ExecutableDocument) -> Result<Fragments<'_>, Refusal> {
+fn summarize_fragments<'a>(document: &'a ExecutableDocument, context: &Context<'_>) -> Result<Fragments<'a>, Refusal> {
     let mut definitions: Vec<(&str, &Positioned<FragmentDefinition>)> =
         document.fragments.iter().map(|(name, definition)| (name.as_str(), definition)).collect();
     definitions.sort_unstable_by(|a, b| a.1.pos.cmp(&b.1.pos).then_with(|| a.0.cmp(b.0)));
@@ -309,7 +349,7 @@ fn summarize_fragments(document: &ExecutableDocument) -> Result<Fragments<'_>, R
                 let fragment = frame.fragment;
                 stack.pop();
                 if let Some((_, definition)) = fragments.definitions.get(fragment) {
-                    let mut summary = summarize(&definition.selection_set.node, &fragments);
+                    let mut summary = summarize(&definition.selection_set.node, &fragments, context);
                     summary.directives = summary.directives.saturating_add(count(definition.directives.len()));
                     fragments.summaries[fragment] = Some(summary);
                 }
@@ -334,13 +374,13 @@ fn collect_spreads(set: &SelectionSet, index: &HashMap<&str, usize>, out: &mut V
 }
 
 /// The expanded counts of `set`, with every fragment it spreads already summarised.
-fn summarize(set: &SelectionSet, fragments: &Fragments<'_>) -> Summary {
+fn summarize(set: &SelectionSet, fragments: &Fragments<'_>, context: &Context<'_>) -> Summary {
     let mut summary = Summary::default();
     for selection in &set.items {
         let item = match &selection.node {
             Selection::Field(field) => {
                 let field = &field.node;
-                let inner = summarize(&field.selection_set.node, fragments);
+                let inner = summarize(&field.selection_set.node, fragments, context);
                 let level = u64::from(field.name.node.as_str() != "ofType");
                 Summary {
                     depth: inner.depth.saturating_add(level),
@@ -348,6 +388,7 @@ fn summarize(set: &SelectionSet, fragments: &Fragments<'_>) -> Summary {
                     aliases: inner.aliases.saturating_add(u64::from(field.alias.is_some())),
                     directives: inner.directives.saturating_add(count(field.directives.len())),
                     top_fields: 1,
+                    cost: page_size(field, context).saturating_mul(inner.cost).saturating_add(1),
                 }
             }
             Selection::FragmentSpread(spread) => match fragments.get(spread.node.fragment_name.node.as_str()) {
@@ -359,7 +400,7 @@ fn summarize(set: &SelectionSet, fragments: &Fragments<'_>) -> Summary {
             },
             Selection::InlineFragment(inline) => {
                 let inline = &inline.node;
-                let mut inner = summarize(&inline.selection_set.node, fragments);
+                let mut inner = summarize(&inline.selection_set.node, fragments, context);
                 inner.directives = inner.directives.saturating_add(count(inline.directives.len()));
                 inner
             }
@@ -367,6 +408,29 @@ fn summarize(set: &SelectionSet, fragments: &Fragments<'_>) -> Summary {
         summary.add(&item);
     }
     summary
+}
+
+/// How many times a field's selection is resolved: its `first` or `last` (a literal or a
+/// variable), else the default page for a field the schema pages, else once.
+fn page_size(field: &Field, context: &Context<'_>) -> u64 {
+    let requested = field.arguments.iter().find_map(|(name, value)| {
+        if !matches!(name.node.as_str(), "first" | "last") {
+            return None;
+        }
+        let resolved =
+            value.node.clone().into_const_with(|variable| context.variables.get(&variable).cloned().ok_or(()));
+        let number = match resolved {
+            Ok(Value::Number(number)) => number.as_u64(),
+            _ => None,
+        };
+        // Negative or not a number: the resolver refuses it; count the default page.
+        Some(number.unwrap_or(context.cost.default_page))
+    });
+    match requested {
+        Some(size) => size,
+        None if context.cost.paged_fields.contains(field.name.node.as_str()) => context.cost.default_page,
+        None => 1,
+    }
 }
 
 fn count(n: usize) -> u64 {
@@ -379,12 +443,39 @@ mod tests {
 
     use super::*;
 
-    const LIMITS: OperationLimits =
-        OperationLimits { max_depth: 12, max_fields: 2000, max_aliases: 100, max_root_fields: 20, max_directives: 50 };
+    const LIMITS: OperationLimits = OperationLimits {
+        max_depth: 12,
+        max_fields: 2000,
+        max_aliases: 100,
+        max_root_fields: 20,
+        max_directives: 50,
+        max_cost: 20_000,
+    };
+
+    fn check(document: &ExecutableDocument, limits: &OperationLimits) -> Result<OperationShape, Refusal> {
+        let cost = CostModel { paged_fields: ["products".to_string()].into(), default_page: 20 };
+        super::check(document, &Context { limits, cost: &cost, variables: &Variables::default() })
+    }
 
     fn run(query: &str) -> Result<OperationShape, Refusal> {
         let document = parse_query(query).expect("the test document parses");
         check(&document, &LIMITS)
+    }
+
+    #[test]
+    fn cost_multiplies_by_the_page_asked_for_or_the_default_page() {
+        assert_eq!(run("{ a(first: 10) { b c } }").map(|shape| shape.cost), Ok(1 + 10 * 2));
+        assert_eq!(run("{ a(last: 3) { b } d }").map(|shape| shape.cost), Ok(1 + 3 + 1));
+        // A paged field queried without a page size costs the default page.
+        assert_eq!(run("{ products { nodes { id } } }").map(|shape| shape.cost), Ok(1 + 20 * 2));
+        let nested = "{ a(first: 100) { b(first: 100) { c(first: 100) { d } } } }";
+        assert_eq!(exceeded(run(nested)), (Limit::Cost, 20_000, 1 + 100 * (1 + 100 * (1 + 100))));
+        // From the variables, the operation's cost.
+        let document = parse_query("query($n: Int) { a(first: $n) { b } }").expect("parses");
+        let variables = Variables::from_json(serde_json::json!({ "n": 50 }));
+        let cost = CostModel::default();
+        let context = Context { limits: &LIMITS, cost: &cost, variables: &variables };
+        assert_eq!(super::check(&document, &context).map(|shape| shape.cost), Ok(1 + 50));
     }
 
     fn exceeded(result: Result<OperationShape, Refusal>) -> (Limit, usize, u64) {
@@ -421,7 +512,7 @@ mod tests {
         .expect("within the limits");
         // Fields: product, id, label, price, amount, currency, stock, count, other.
         // Directives: @a, @include, @skip, @b.
-        assert_eq!(shape, OperationShape { depth: 3, fields: 9, aliases: 2, root_fields: 2, directives: 4 });
+        assert_eq!(shape, OperationShape { depth: 3, fields: 9, aliases: 2, root_fields: 2, directives: 4, cost: 9 });
     }
 
     #[test]
@@ -432,8 +523,9 @@ mod tests {
             fragment F on T { p @d q { r } }
         "#)
         .expect("within the limits");
-        // A: x, p, q, r, y = 5 fields; B: twice p, q, r = 6 fields.
-        assert_eq!(shape, OperationShape { depth: 3, fields: 11, aliases: 1, root_fields: 4, directives: 3 });
+        // A: x, p, q, r, y = 5 fields; B: twice p, q, r = 6 fields. The cost is the
+        // dearer operation's (no lists here: one per field).
+        assert_eq!(shape, OperationShape { depth: 3, fields: 11, aliases: 1, root_fields: 4, directives: 3, cost: 6 });
     }
 
     #[test]
@@ -491,7 +583,7 @@ mod tests {
             text
         };
         let shape = run(&chain("__typename")).expect("a chain of one field");
-        assert_eq!(shape, OperationShape { depth: 1, fields: 1, aliases: 0, root_fields: 1, directives: 0 });
+        assert_eq!(shape, OperationShape { depth: 1, fields: 1, aliases: 0, root_fields: 1, directives: 0, cost: 1 });
         let refusal = run(&chain("...F0")).expect_err("a cycle");
         assert!(matches!(refusal, Refusal::FragmentCycle { .. }), "{refusal:?}");
     }
@@ -722,6 +814,9 @@ mod tests {
         assert!(shape.depth <= 7, "{shape:?}");
         // TypeRef: 2 + 9 * 3 = 29 fields; InputValue: 5 + 30 = 35; FullType: 4 + 71 + 36
         // + 30 + 5 + 30 = 176; the operation: 1 + 1 + 6 + 177 + 41 = 226.
-        assert_eq!(shape, OperationShape { depth: 6, fields: 226, aliases: 0, root_fields: 1, directives: 0 });
+        assert_eq!(
+            shape,
+            OperationShape { depth: 6, fields: 226, aliases: 0, root_fields: 1, directives: 0, cost: 226 }
+        );
     }
 }

@@ -1,9 +1,12 @@
 //! The GraphQL schema: each domain contributes its query, mutation and subscription
 //! objects, merged here. Cross-cutting rules live here too: the limits on what one
-//! operation may ask ([`limits`], complexity), bounded error lists, and write protection (mutations need a valid token when `API_TOKENS` is set).
+//! operation may ask ([`limits`]), bounded error lists, codes on every error, persisted
+//! queries ([`persisted`]), and write protection (mutations need a valid token when
+//! `API_TOKENS` is set, and POST).
 
 pub mod limits;
 pub mod pagination;
+pub mod persisted;
 mod system;
 
 use std::sync::Arc;
@@ -76,6 +79,9 @@ pub enum Transport {
 pub struct Rules {
     pub limits: limits::OperationLimits,
     pub max_errors: usize,
+    /// `GRAPHQL_INTROSPECTION`: when off, `__schema` and `__type` are refused.
+    introspection: bool,
+    cost: Arc<limits::CostModel>,
     parser: Parser,
 }
 
@@ -87,9 +93,69 @@ impl Rules {
             max_aliases: config.graphql_max_aliases,
             max_root_fields: config.graphql_max_root_fields,
             max_directives: config.graphql_max_directives,
+            max_cost: config.graphql_max_complexity,
         };
-        Self { limits, max_errors: config.graphql_max_errors.max(1), parser: Parser::default() }
+        let cost = limits::CostModel {
+            paged_fields: paged_fields(),
+            default_page: u64::try_from(pagination::DEFAULT_PAGE).unwrap_or(u64::MAX),
+        };
+        Self {
+            limits,
+            max_errors: config.graphql_max_errors.max(1),
+            introspection: config.graphql_introspection,
+            cost: Arc::new(cost),
+            parser: Parser::default(),
+        }
     }
+
+    /// Checks a parsed document against the limits; its shape (with its cost) if it passes.
+    fn check(&self, document: &ExecutableDocument, variables: &Variables) -> ServerResult<limits::OperationShape> {
+        let context = limits::Context { limits: &self.limits, cost: &self.cost, variables };
+        let shape = limits::check(document, &context).map_err(limits::Refusal::into_server_error)?;
+        if !self.introspection && asks_for_introspection(document) {
+            let message = "introspection is off on this server (GRAPHQL_INTROSPECTION=false)";
+            return Err(coded_error(message, "INTROSPECTION_DISABLED"));
+        }
+        Ok(shape)
+    }
+}
+
+/// Whether any selection of `document` is `__schema` or `__type` (`__typename` is not
+/// introspection: clients need it for caching).
+fn asks_for_introspection(document: &ExecutableDocument) -> bool {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    fn walk(set: &SelectionSet) -> bool {
+        set.items.iter().any(|selection| match &selection.node {
+            Selection::Field(field) => {
+                matches!(field.node.name.node.as_str(), "__schema" | "__type") || walk(&field.node.selection_set.node)
+            }
+            Selection::InlineFragment(inline) => walk(&inline.node.selection_set.node),
+            Selection::FragmentSpread(_) => false,
+        })
+    }
+    document.operations.iter().any(|(_, operation)| walk(&operation.node.selection_set.node))
+        || document.fragments.values().any(|fragment| walk(&fragment.node.selection_set.node))
+}
+
+/// The names of the schema's fields that page (take `first`), read from its SDL.
+fn paged_fields() -> std::collections::HashSet<String> {
+    use async_graphql::parser::types::{TypeKind, TypeSystemDefinition};
+    let Ok(schema) = async_graphql::parser::parse_schema(sdl()) else { return Default::default() };
+    let mut names = std::collections::HashSet::new();
+    for definition in schema.definitions {
+        let TypeSystemDefinition::Type(definition) = definition else { continue };
+        let fields = match &definition.node.kind {
+            TypeKind::Object(object) => &object.fields,
+            TypeKind::Interface(interface) => &interface.fields,
+            _ => continue,
+        };
+        for field in fields {
+            if field.node.arguments.iter().any(|argument| argument.node.name.node == "first") {
+                names.insert(field.node.name.node.to_string());
+            }
+        }
+    }
+    names
 }
 
 /// Parses documents. A large one (up to `GRAPHQL_MAX_BODY_BYTES`: a second of CPU for a
@@ -112,13 +178,18 @@ impl Parser {
     const LARGE_DOCUMENT_BYTES: usize = 32 * 1024;
 
     async fn parse(&self, query: &str) -> ServerResult<ExecutableDocument> {
+        let parse_failed = |error: async_graphql::parser::Error| {
+            let mut error = ServerError::from(error);
+            error.extensions.get_or_insert_with(Default::default).set("code", "GRAPHQL_PARSE_FAILED");
+            error
+        };
         if query.len() <= Self::LARGE_DOCUMENT_BYTES {
-            return parse_query(query).map_err(Into::into);
+            return parse_query(query).map_err(parse_failed);
         }
         let _slot = self.large.acquire().await;
         let query = query.to_owned();
         match tokio::task::spawn_blocking(move || parse_query(query)).await {
-            Ok(parsed) => parsed.map_err(Into::into),
+            Ok(parsed) => parsed.map_err(parse_failed),
             Err(error) => {
                 let error: async_graphql::Error = AppError::Internal(error.into()).into();
                 Err(error.into_server_error(async_graphql::Pos::default()))
@@ -131,9 +202,10 @@ impl Parser {
 pub fn build(state: Option<AppState>, transport: Transport) -> AppSchema {
     let mut builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default());
     if let Some(state) = state {
-        // Depth is [`limits`]' (it does not count introspection's `ofType` chain);
-        // complexity is async-graphql's, computed after `limits` bounded the document.
-        builder = builder.limit_complexity(state.config.graphql.graphql_max_complexity);
+        // Depth and cost are [`limits`]', checked before async-graphql sees the document.
+        if !state.config.graphql.graphql_introspection {
+            builder = builder.disable_introspection();
+        }
         if transport == Transport::WebSocket {
             let rules = Rules::new(&state.config.graphql);
             builder = builder.extension(Guard(rules.clone())).extension(ErrorCodes(rules));
@@ -145,22 +217,30 @@ pub fn build(state: Option<AppState>, transport: Transport) -> AppSchema {
 
 /// The SDL, as committed in `schema.graphql`.
 pub fn sdl() -> String {
-    build(None, Transport::Http).sdl()
+    // `@specifiedBy` as introspection reports it (`DateTime` is RFC 3339).
+    build(None, Transport::Http).sdl_with_options(async_graphql::SDLExportOptions::new().include_specified_by())
 }
 
 /// Everything checked before `request` runs, in order, each refusal a complete error: it
 /// parses, its expanded shape is within the limits (in time linear in its size, before
 /// async-graphql's own validation, which expands fragments), and `caller` may run it.
-/// The parse is kept in the request for the execution.
-pub async fn admit(request: &mut Request, caller: Option<&Caller>, rules: &Rules) -> Result<(), ServerError> {
+/// The parse is kept in the request for the execution; the shape tells its cost.
+pub async fn admit(
+    request: &mut Request,
+    caller: Option<&Caller>,
+    rules: &Rules,
+) -> Result<limits::OperationShape, ServerError> {
     let document = rules.parser.parse(&request.query).await?;
-    limits::check(&document, &rules.limits).map_err(limits::Refusal::into_server_error)?;
+    let shape = rules.check(&document, &request.variables)?;
     if let Some(refusal) = write_refusal(&document, caller) {
         return Err(refusal);
     }
     request.set_parsed_query(document);
-    Ok(())
+    Ok(shape)
 }
+
+/// The code of a mutation sent with GET (the HTTP layer answers 405).
+pub const MUTATION_OVER_GET: &str = "METHOD_NOT_ALLOWED";
 
 /// The write check: why `caller` may not run `document`, if it may not. Mutations need
 /// write access and POST; no `Caller` means an internal call (tests, the SDL printer).
@@ -168,24 +248,35 @@ fn write_refusal(document: &ExecutableDocument, caller: Option<&Caller>) -> Opti
     let has_mutation =
         document.operations.iter().any(|(_, op): (_, &Positioned<_>)| op.node.ty == OperationType::Mutation);
     let caller = caller.filter(|_| has_mutation)?;
-    let refusal = if caller.via_get {
-        AppError::bad_input("mutations must be sent with POST")
-    } else if !caller.may_write {
-        AppError::Unauthenticated
-    } else {
+    if caller.via_get {
+        return Some(coded_error("mutations must be sent with POST: GET stays safe to repeat", MUTATION_OVER_GET));
+    }
+    if caller.may_write {
         return None;
-    };
-    let error: async_graphql::Error = refusal.into();
+    }
+    let error: async_graphql::Error = AppError::Unauthenticated.into();
     Some(error.into_server_error(async_graphql::Pos::default()))
 }
 
-/// Errors as a response carries them: each with an `extensions.code` ([`give_codes`]),
-/// no location at line 0 (a refusal that concerns no place in the document), at most
-/// `GRAPHQL_MAX_ERRORS` of them plus one that counts the rest, and at most a few
-/// locations each, so no request can make a response of unbounded size.
-pub fn finish_errors(errors: &mut Vec<ServerError>, rules: &Rules) {
+fn coded_error(message: impl Into<String>, code: &str) -> ServerError {
+    let mut error = ServerError::new(message, None);
+    error.extensions.get_or_insert_with(Default::default).set("code", code);
+    error
+}
+
+/// A response as it goes out: every error with an `extensions.code` ([`give_codes`]), no
+/// location at line 0 (a refusal that concerns no place in the document), at most
+/// `GRAPHQL_MAX_ERRORS` errors plus one that counts the rest, at most a few locations
+/// each (no request can make a response of unbounded size), and the operation's cost
+/// in `extensions.cost` when it was admitted. Returns whether the request was refused
+/// as a whole (it did not parse or validate: no data, and no error about a field).
+pub fn finish(response: &mut Response, rules: &Rules, shape: Option<&limits::OperationShape>) -> bool {
     const MAX_LOCATIONS: usize = 5;
-    give_codes(errors);
+    let refused = response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|error| error.path.is_empty());
+    let errors = &mut response.errors;
+    give_codes(errors, refused);
     for error in errors.iter_mut() {
         error.locations.retain(|location| location.line > 0);
         error.locations.truncate(MAX_LOCATIONS);
@@ -193,37 +284,46 @@ pub fn finish_errors(errors: &mut Vec<ServerError>, rules: &Rules) {
     if errors.len() > rules.max_errors {
         let omitted = errors.len() - rules.max_errors;
         errors.truncate(rules.max_errors);
-        let mut summary = ServerError::new(
+        let mut summary = coded_error(
             format!("{omitted} more errors were left out (GRAPHQL_MAX_ERRORS is {})", rules.max_errors),
-            None,
+            "TOO_MANY_ERRORS",
         );
-        let extensions = summary.extensions.get_or_insert_with(Default::default);
-        extensions.set("code", "TOO_MANY_ERRORS");
-        extensions.set("omitted", omitted);
+        if let Some(extensions) = summary.extensions.as_mut() {
+            extensions.set("omitted", omitted);
+        }
         errors.push(summary);
     }
+    if let Some(shape) = shape {
+        let cost = async_graphql::Value::from_json(serde_json::json!({
+            "requestedQueryCost": shape.cost,
+            "maximumAvailable": rules.limits.max_cost,
+        }));
+        if let Ok(cost) = cost {
+            response.extensions.insert("cost".into(), cost);
+        }
+    }
+    refused
 }
 
 /// Gives every error an `extensions.code`. Our resolvers' errors (loaders included) carry
-/// one already, from `AppError`, and so do [`limits`]' refusals. Errors async-graphql
-/// raises on its own do not: a query that does not parse or validate (unknown field, wrong
-/// type, an `Int` beyond 32 bits), no operation to run, an undefined variable, or an
-/// argument that fails its scalar's parsing (a malformed `DateTime`). Those are the
-/// client's to fix: `BAD_USER_INPUT`; too complex a query names its limit.
-fn give_codes(errors: &mut [ServerError]) {
+/// one already, from `AppError`, and so do [`limits`]' refusals and parse errors. Errors
+/// async-graphql raises on its own do not. Those that refuse the whole document are
+/// `GRAPHQL_VALIDATION_FAILED` (an unknown field, a wrong argument type), except bad
+/// variable values, which are the caller's input: `BAD_USER_INPUT`, like every error
+/// about one field's arguments (an `Int` beyond 32 bits, a malformed `DateTime`).
+fn give_codes(errors: &mut [ServerError], refused: bool) {
     for error in errors {
-        let too_complex = error.message == "Query is too complex.";
-        if too_complex {
-            error.message = "the operation is too complex (GRAPHQL_MAX_COMPLEXITY): ask for fewer items per list \
-                             (`first`) or fewer fields"
-                .into();
+        if error.message.starts_with("Subscriptions are not supported on this transport") {
+            error.message = "subscriptions are served over graphql-ws at /graphql/ws, not over HTTP".into();
+            error.extensions.get_or_insert_with(Default::default).set("code", "BAD_REQUEST");
         }
         let extensions = error.extensions.get_or_insert_with(Default::default);
-        if too_complex {
-            extensions.set("code", "COMPLEXITY_LIMIT_EXCEEDED");
-        } else if extensions.get("code").is_none() {
-            extensions.set("code", "BAD_USER_INPUT");
+        if extensions.get("code").is_some() {
+            continue;
         }
+        let about_variables = error.message.starts_with("Variable ") || error.message.contains("Invalid value for");
+        let code = if refused && !about_variables { "GRAPHQL_VALIDATION_FAILED" } else { "BAD_USER_INPUT" };
+        extensions.set("code", code);
     }
 }
 
@@ -242,13 +342,13 @@ impl Extension for Guard {
         &self,
         ctx: &ExtensionContext<'_>,
         query: &str,
-        _variables: &Variables,
+        variables: &Variables,
         _next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         // Parsed here rather than by `next` (no other extension hooks parsing), so a
         // large document is parsed off the async workers as over HTTP.
         let document = self.0.parser.parse(query).await?;
-        limits::check(&document, &self.0.limits).map_err(limits::Refusal::into_server_error)?;
+        self.0.check(&document, variables)?;
         match write_refusal(&document, ctx.data_opt::<Caller>()) {
             Some(refusal) => Err(refusal),
             None => Ok(document),
@@ -256,7 +356,7 @@ impl Extension for Guard {
     }
 }
 
-/// [`finish_errors`] for operations sent over a WebSocket.
+/// [`finish`] for operations sent over a WebSocket.
 struct ErrorCodes(Rules);
 
 impl ExtensionFactory for ErrorCodes {
@@ -269,7 +369,7 @@ impl ExtensionFactory for ErrorCodes {
 impl Extension for ErrorCodes {
     async fn request(&self, ctx: &ExtensionContext<'_>, next: NextRequest<'_>) -> Response {
         let mut response = next.run(ctx).await;
-        finish_errors(&mut response.errors, &self.0);
+        finish(&mut response, &self.0, None);
         response
     }
 
@@ -283,7 +383,7 @@ impl Extension for ErrorCodes {
         let rules = self.0.clone();
         next.run(ctx, stream)
             .map(move |mut response| {
-                finish_errors(&mut response.errors, &rules);
+                finish(&mut response, &rules, None);
                 response
             })
             .boxed()
@@ -293,15 +393,4 @@ impl Extension for ErrorCodes {
 /// The shared state inside a resolver.
 pub fn state<'a>(ctx: &async_graphql::Context<'a>) -> &'a AppState {
     ctx.data_unchecked::<AppState>()
-}
-
-/// True when an error list holds an `UNAUTHENTICATED` error (the HTTP layer answers 401).
-pub fn is_unauthenticated(errors: &[ServerError]) -> bool {
-    errors.iter().any(|error| {
-        error
-            .extensions
-            .as_ref()
-            .and_then(|ext| ext.get("code"))
-            .is_some_and(|code| *code == async_graphql::Value::from("UNAUTHENTICATED"))
-    })
 }

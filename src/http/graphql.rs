@@ -15,33 +15,37 @@
 
 use std::sync::Arc;
 
-use async_graphql::{BatchRequest, BatchResponse, http::graphiql_source};
+use async_graphql::{BatchRequest, BatchResponse};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::{
     Extension, Router,
     body::Body,
-    extract::{State, WebSocketUpgrade},
+    extract::{State, WebSocketUpgrade, ws::Message},
     http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::get,
 };
+use futures::{SinkExt as _, StreamExt as _};
 use serde_json::json;
 
 use crate::{
-    graphql::{self, AppSchema, Caller, Rules, Transport},
+    error::AppError,
+    graphql::{self, AppSchema, Caller, Rules, Transport, persisted::PersistedQueries},
     guard::{self, BodyError, WriteAccess},
     state::AppState,
 };
 
 /// What the GraphQL routes share.
-#[derive(Clone)]
 struct Endpoint {
     schema: AppSchema,
     /// The schema that serves graphql-ws connections (see [`Transport`]).
     websocket_schema: AppSchema,
     rules: Rules,
+    persisted: PersistedQueries,
     max_body_bytes: usize,
     max_batch: usize,
+    /// GraphiQL is served (it needs introspection).
+    graphiql: bool,
 }
 
 pub(super) fn routes(state: &AppState) -> Router<AppState> {
@@ -50,8 +54,14 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
         schema: graphql::build(Some(state.clone()), Transport::Http),
         websocket_schema: graphql::build(Some(state.clone()), Transport::WebSocket),
         rules: Rules::new(config),
+        persisted: PersistedQueries::new(
+            config.graphql_persisted_queries_bytes,
+            state.redis.clone(),
+            &state.config.redis_prefix,
+        ),
         max_body_bytes: config.graphql_max_body_bytes,
         max_batch: config.graphql_max_batch.max(1),
+        graphiql: config.graphql_introspection,
     });
     let timeout = state.config.http.request_timeout;
     Router::new()
@@ -189,7 +199,10 @@ async fn get_graphql(
         .and_then(|accept| accept.to_str().ok())
         .is_some_and(|accept| accept.contains("text/html"));
     if wants_html && query.is_empty() {
-        return Html(graphiql_source("/graphql", Some("/graphql/ws"))).into_response();
+        if !endpoint.graphiql {
+            return AppError::not_found("GraphiQL is off on this node (GRAPHQL_INTROSPECTION=false)").into_response();
+        }
+        return super::graphiql::page();
     }
     let Some(media) = Media::negotiate(&headers) else {
         return not_acceptable();
@@ -244,34 +257,48 @@ struct Outcome {
 }
 
 async fn run(endpoint: &Endpoint, mut request: async_graphql::Request, caller: Caller) -> Outcome {
-    if request.query.trim().is_empty() {
-        let error = async_graphql::ServerError::new(NO_QUERY, None);
-        let mut response = async_graphql::Response::from_errors(vec![error]);
-        if let Some(extensions) = response.errors.first_mut().map(|error| error.extensions.get_or_insert_default()) {
-            extensions.set("code", "BAD_REQUEST");
-        }
-        return Outcome { response, refused: true };
-    }
-    let mut response = match graphql::admit(&mut request, Some(&caller), &endpoint.rules).await {
-        Ok(()) => endpoint.schema.execute(request).await,
-        Err(error) => async_graphql::Response::from_errors(vec![error]),
+    let registration = match endpoint.persisted.resolve(&mut request).await {
+        Ok(registration) => registration,
+        Err(error) => return Outcome { response: async_graphql::Response::from_errors(vec![error]), refused: true },
     };
-    // Field errors carry a path; errors about the whole document do not.
-    let refused = response.data == async_graphql::Value::Null
-        && !response.errors.is_empty()
-        && response.errors.iter().all(|error| error.path.is_empty());
-    graphql::finish_errors(&mut response.errors, &endpoint.rules);
+    if request.query.trim().is_empty() {
+        let mut error = async_graphql::ServerError::new(NO_QUERY, None);
+        error.extensions.get_or_insert_default().set("code", "BAD_REQUEST");
+        return Outcome { response: async_graphql::Response::from_errors(vec![error]), refused: true };
+    }
+    let (mut response, shape) = match graphql::admit(&mut request, Some(&caller), &endpoint.rules).await {
+        Ok(shape) => {
+            if let Some(registration) = registration {
+                endpoint.persisted.register(registration, &request.query).await;
+            }
+            (endpoint.schema.execute(request).await, Some(shape))
+        }
+        Err(error) => (async_graphql::Response::from_errors(vec![error]), None),
+    };
+    let refused = graphql::finish(&mut response, &endpoint.rules, shape.as_ref());
     Outcome { response, refused }
 }
 
 async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Request, caller: Caller) -> Response {
-    if request.query.trim().is_empty() {
+    let hash_only = request.query.is_empty() && request.extensions.contains_key("persistedQuery");
+    if request.query.trim().is_empty() && !hash_only {
         return refuse(media, StatusCode::BAD_REQUEST, "BAD_REQUEST", NO_QUERY);
     }
     let Outcome { mut response, refused } = run(endpoint, request, caller).await;
-    let unauthenticated = graphql::is_unauthenticated(&response.errors);
+    let has_code = |code: &str| {
+        response.errors.iter().any(|error| {
+            error.extensions.as_ref().and_then(|extensions| extensions.get("code"))
+                == Some(&async_graphql::Value::from(code))
+        })
+    };
+    let unauthenticated = has_code("UNAUTHENTICATED");
     let status = if unauthenticated {
         StatusCode::UNAUTHORIZED
+    } else if has_code(graphql::MUTATION_OVER_GET) {
+        StatusCode::METHOD_NOT_ALLOWED
+    } else if has_code(graphql::persisted::NOT_FOUND) {
+        // Apollo's link retries with the query on this answer; keep it a 200.
+        StatusCode::OK
     } else if refused && media == Media::GraphqlResponse {
         StatusCode::BAD_REQUEST
     } else {
@@ -281,29 +308,61 @@ async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Requ
     if unauthenticated {
         headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
-    let body = serde_json::to_vec(&response).unwrap_or_default();
-    answer(media, status, body, headers)
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    // A request refused before execution has no `data` at all in the newer media type.
+    let body = match serde_json::to_value(&response) {
+        Ok(mut value) if refused && media == Media::GraphqlResponse => {
+            if let Some(object) = value.as_object_mut() {
+                object.remove("data");
+            }
+            serde_json::to_vec(&value)
+        }
+        _ => serde_json::to_vec(&response),
+    };
+    answer(media, status, body.unwrap_or_default(), headers)
 }
 
 /// graphql-ws (and the older subscriptions-transport-ws): subscriptions, and queries or
 /// mutations for clients that send everything over one socket. The connection may write
 /// when the upgrade request's `Authorization` header allows it, or — browsers cannot set
 /// headers on a WebSocket — the `Authorization` field of the `connection_init` payload.
+/// With `CORS_ORIGINS` set, a browser's upgrade from another origin is refused (403):
+/// CORS does not cover WebSockets, so without this check any page could use a visitor's
+/// session. Pings every `GRAPHQL_WS_KEEPALIVE` keep idle subscriptions open through
+/// proxies and tell dead peers apart.
 async fn websocket(
     State(state): State<AppState>,
     Extension(endpoint): Extension<Arc<Endpoint>>,
     Extension(WriteAccess(header_allows)): Extension<WriteAccess>,
+    headers: HeaderMap,
     protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let origins = &state.config.cors_origins;
+    let origin = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok());
+    if let Some(origin) = origin
+        && !origins.is_empty()
+        && !origins.iter().any(|allowed| allowed.trim() == "*" || allowed.trim() == origin)
+    {
+        return AppError::Forbidden {
+            message: format!("WebSocket connections from {origin} are not allowed (CORS_ORIGINS)"),
+            retry_after: None,
+        }
+        .into_response();
+    }
     let tokens = state.config.api_tokens.clone();
     let schema = endpoint.websocket_schema.clone();
+    let keepalive = state.config.graphql.graphql_ws_keepalive.max(std::time::Duration::from_secs(1));
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(endpoint.max_body_bytes)
         .max_frame_size(endpoint.max_body_bytes)
-        .on_upgrade(move |stream| {
-            GraphQLWebSocket::new(stream, schema, protocol)
+        .on_upgrade(move |socket| async move {
+            let (mut to_client, from_client) = socket.split();
+            let (outgoing, mut queued) = futures::channel::mpsc::channel::<Message>(16);
+            let graphql = GraphQLWebSocket::new_with_pair(outgoing, from_client, schema, protocol)
                 .on_connection_init(move |payload| async move {
                     let from_payload =
                         payload.get("Authorization").and_then(serde_json::Value::as_str).and_then(guard::bearer_token);
@@ -313,7 +372,24 @@ async fn websocket(
                     data.insert(Caller { may_write, via_get: false });
                     Ok(data)
                 })
-                .serve()
+                .serve();
+            // Everything GraphQL sends, with a ping whenever the keep-alive period passes.
+            let forward = async move {
+                let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+                loop {
+                    let message = tokio::select! {
+                        message = queued.next() => match message {
+                            Some(message) => message,
+                            None => break,
+                        },
+                        _ = pings.tick() => Message::Ping(Default::default()),
+                    };
+                    if to_client.send(message).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            tokio::join!(graphql, forward);
         })
         .into_response()
 }

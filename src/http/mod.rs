@@ -2,6 +2,7 @@
 //! routes, `/health`, `/metrics`, and the cross-cutting layers (metrics, tracing, CORS,
 //! write access, load shedding, JSON errors). [`crate::server`] runs what this builds.
 
+mod graphiql;
 mod graphql;
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::{
     Json, Router,
     body::Body,
     extract::{Request, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -51,8 +52,12 @@ pub fn app(state: AppState) -> Router {
     let feed = FeedRoute::new(state.feed.clone(), inflight).routes();
     let feed = if config.cors_origins.is_empty() { feed } else { feed.layer(cors(&config.cors_origins)) };
 
-    Router::new()
-        .merge(shed)
+    let mut router = Router::new().merge(shed);
+    if config.graphql.graphql_introspection {
+        // GraphiQL's assets; the page itself is `GET /graphql` for browsers.
+        router = router.merge(graphiql::routes());
+    }
+    router
         .route("/health", get(public_health))
         .layer(middleware::from_fn_with_state(state.clone(), write_access))
         .layer(cors(&config.cors_origins))
@@ -180,7 +185,16 @@ fn cors(origins: &[String]) -> CorsLayer {
     let origins: Vec<&String> = origins.iter().filter(|origin| !origin.trim().is_empty()).collect();
     let layer = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_NONE_MATCH])
+        .allow_headers([
+            header::ACCEPT,
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            // What Apollo clients send.
+            HeaderName::from_static("apollographql-client-name"),
+            HeaderName::from_static("apollographql-client-version"),
+            HeaderName::from_static("apollo-require-preflight"),
+        ])
         .expose_headers([header::RETRY_AFTER, header::ETAG]);
     if origins.iter().any(|origin| origin.trim() == "*") {
         layer.allow_origin(Any)

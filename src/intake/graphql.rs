@@ -174,7 +174,6 @@ pub struct IntakeQuery;
 impl IntakeQuery {
     /// Intake messages, oldest first. `status: FAILED` is the dead-letter list; `messageId`
     /// finds the submissions of one client message id.
-    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn intake_messages(
         &self,
         ctx: &Context<'_>,

@@ -71,7 +71,6 @@ impl Customer {
     }
 
     /// This customer's purchases of every status, oldest first.
-    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn purchases(&self, ctx: &Context<'_>, first: Option<i32>, after: Option<String>) -> Result<Paged<Purchase>> {
         let page = Page::new(first, after, state(ctx).config.http.page_max)?;
         let loader = loader(ctx)?;
@@ -279,7 +278,6 @@ pub struct StoreQuery;
 #[Object]
 impl StoreQuery {
     /// Customers, oldest first.
-    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn customers(
         &self,
         ctx: &Context<'_>,
@@ -303,7 +301,6 @@ impl StoreQuery {
     }
 
     /// Records (the store's discs), oldest first.
-    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn records(
         &self,
         ctx: &Context<'_>,
@@ -333,7 +330,6 @@ impl StoreQuery {
     }
 
     /// Purchases of every status, oldest first: by customer, by record, by period, by status.
-    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn purchases(
         &self,
         ctx: &Context<'_>,

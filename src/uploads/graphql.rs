@@ -128,7 +128,6 @@ impl UploadQuery {
     }
 
     /// Uploads, oldest first, optionally only those in one status.
-    #[graphql(complexity = "first.unwrap_or(20).max(0) as usize * child_complexity")]
     async fn uploads(
         &self,
         ctx: &Context<'_>,
