@@ -438,7 +438,7 @@ async fn bad_input_gets_its_code_and_stores_nothing() {
         ("mutation { deleteProduct(id: \"999999\") }", "NOT_FOUND"),
         ("mutation { deleteProduct(id: \"x\") }", "BAD_USER_INPUT"),
         ("mutation { registerProduct(id: \"999999\") { id } }", "NOT_FOUND"),
-        ("subscription { offerPriceChanged(productId: \"0\") { price } }", "BAD_USER_INPUT"),
+        ("subscription { offerPriceChanged(productId: \"0\") { price } }", "BAD_REQUEST"),
     ] {
         let response = app.gql(query, json!({})).await;
         assert_eq!(error_code(&response).as_deref(), Some(code), "{query}: {response:#}");

@@ -113,7 +113,7 @@ async fn websocket_operations_get_the_same_write_check_and_error_codes() {
 
     // async-graphql's own errors get a code over the socket as over HTTP.
     let unknown_field = over_websocket(&app, None, "{ noSuchField }").await;
-    assert_eq!(websocket_codes(&unknown_field), ["BAD_USER_INPUT"], "{unknown_field:#}");
+    assert_eq!(websocket_codes(&unknown_field), ["GRAPHQL_VALIDATION_FAILED"], "{unknown_field:#}");
     let read = over_websocket(&app, None, "{ jobCounts { queued } }").await;
     assert_eq!(read["payload"]["data"]["jobCounts"]["queued"], 0, "{read:#}");
     app.stop().await;
@@ -195,9 +195,11 @@ async fn graphiql_for_browsers_queries_over_get_and_no_mutations_over_get() {
     assert_eq!(body["data"]["jobCounts"]["queued"], 0, "{body:#}");
 
     let mutation = "mutation%7BretryJob(id:%221%22)%7Bid%7D%7D";
-    let body: Value =
-        app.http.get(app.url(&format!("/graphql?query={mutation}"))).send().await.unwrap().json().await.unwrap();
-    assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "{body:#}");
+    let response = app.http.get(app.url(&format!("/graphql?query={mutation}"))).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body).as_deref(), Some("METHOD_NOT_ALLOWED"), "{body:#}");
     app.stop().await;
 }
 
@@ -219,7 +221,7 @@ async fn overly_deep_queries_are_refused() {
     assert!(body["data"].is_null());
 
     let body = app.gql("{ jobCounts { queued ", json!({})).await;
-    assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "syntax errors carry a code too: {body:#}");
+    assert_eq!(error_code(&body).as_deref(), Some("GRAPHQL_PARSE_FAILED"), "syntax errors carry a code too: {body:#}");
     let body = app.gql("query($id: ID!) { job(id: $id) { id } }", json!({})).await;
     assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "missing variables too: {body:#}");
     app.stop().await;

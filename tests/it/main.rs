@@ -7,6 +7,7 @@ mod support;
 mod catalog;
 mod feed;
 mod foundation;
+mod graphql_http;
 mod hostile;
 mod intake;
 mod jobs;

@@ -1,0 +1,129 @@
+// urql + Graphcache against a real node: relayPagination merges pages; a mutation's
+// `updates.Mutation.createProduct` appends to the cached connection without refetch.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { Client, fetchExchange, gql } from '@urql/core';
+import { cacheExchange } from '@urql/exchange-graphcache';
+import { relayPagination } from '@urql/exchange-graphcache/extras';
+
+import { createProducts, recordingFetch, sent, unique, withTimeout } from '../lib.mjs';
+import { startServer } from '../server.mjs';
+
+const PRODUCTS = gql`
+  query Products($first: Int, $after: String) {
+    products(first: $first, after: $after) {
+      edges {
+        cursor
+        node {
+          id
+          name
+          registration {
+            status
+          }
+        }
+      }
+      pageInfo {
+        hasNextPage
+        endCursor
+      }
+    }
+  }
+`;
+
+const CREATE_PRODUCT = gql`
+  mutation CreateProduct($input: CreateProductInput!) {
+    createProduct(input: $input) {
+      id
+      name
+      registration {
+        status
+      }
+    }
+  }
+`;
+
+// Types without an `id` are values, embedded in their parent. Graphcache exempts
+// `*Connection`, `*Edge` and `PageInfo` by name; any other such type must be declared
+// here (a key of null), or Graphcache warns (warning 15) and this test fails.
+const VALUE_TYPES = process.env.URQL_VALUE_TYPES?.split(',').filter(Boolean) ?? ['ProductRegistration'];
+
+let server;
+before(async () => {
+  server = await startServer();
+});
+after(async () => {
+  await server?.stop();
+});
+
+const names = (connection) => connection.edges.map((edge) => edge.node.name);
+
+test('urql Graphcache: relayPagination merges pages; updates.Mutation.createProduct appends without refetch', { timeout: 60_000 }, async () => {
+  const tag = unique();
+  const created = await createProducts(server.url, [`urql-${tag}-1`, `urql-${tag}-2`, `urql-${tag}-3`]);
+  const warnings = [];
+  const fetch = recordingFetch();
+  const cache = cacheExchange({
+    keys: Object.fromEntries(VALUE_TYPES.map((type) => [type, () => null])),
+    resolvers: { Query: { products: relayPagination() } },
+    updates: {
+      Mutation: {
+        createProduct(result, _args, cache) {
+          // Append the new product to the last cached page of `products` (the one read
+          // with `after`, else the first); relayPagination then shows it at the end of the
+          // merged list. `updateQuery` reads through the resolvers (the merged list) and
+          // writes that page back; relayPagination drops the repeated nodes when merging.
+          const pages = cache.inspectFields('Query').filter((field) => field.fieldName === 'products');
+          const last = pages.findLast((page) => page.arguments?.after) ?? pages[0];
+          if (!last) return;
+          cache.updateQuery({ query: PRODUCTS, variables: last.arguments }, (data) => {
+            if (!data?.products) return null;
+            data.products.edges.push({ __typename: 'ProductEdge', cursor: '', node: result.createProduct });
+            return data;
+          });
+        },
+      },
+    },
+    logger: (level, message) => {
+      if (level === 'warn' || level === 'error') warnings.push(message);
+    },
+  });
+  const client = new Client({ url: server.url, fetch, exchanges: [cache, fetchExchange], preferGetMethod: false });
+  const query = (variables, requestPolicy = 'network-only') =>
+    withTimeout(client.query(PRODUCTS, variables, { requestPolicy }).toPromise(), 15_000, `products ${JSON.stringify(variables)}`);
+
+  const page1 = await query({ first: 2 });
+  assert.equal(page1.error, undefined, `page 1: ${page1.error}`);
+  assert.deepEqual(names(page1.data.products), created.slice(0, 2).map((p) => p.name));
+  assert.equal(page1.data.products.pageInfo.hasNextPage, true);
+  const after = page1.data.products.pageInfo.endCursor;
+
+  const page2 = await query({ first: 2, after });
+  assert.equal(page2.error, undefined, `page 2: ${page2.error}`);
+  assert.equal(fetch.calls.length, 2, 'one request per page');
+  assert.equal(sent(fetch.calls[1]).variables.after, after);
+  assert.deepEqual(names(page2.data.products), created.map((p) => p.name), 'page 2 reads as the merged list');
+  assert.equal(page2.data.products.pageInfo.hasNextPage, false);
+
+  const cached = await query({ first: 2 }, 'cache-only');
+  assert.deepEqual(names(cached.data.products), created.map((p) => p.name), 'the cache merges both pages');
+
+  const newName = `urql-${tag}-new`;
+  const requestsBefore = fetch.calls.length;
+  const mutation = await withTimeout(
+    client.mutation(CREATE_PRODUCT, { input: { name: newName } }).toPromise(),
+    15_000,
+    'createProduct',
+  );
+  assert.equal(mutation.error, undefined, `mutation: ${mutation.error}`);
+  assert.equal(mutation.data.createProduct.name, newName);
+
+  const afterMutation = await query({ first: 2, after }, 'cache-only');
+  assert.deepEqual(names(afterMutation.data.products), [...created.map((p) => p.name), newName]);
+  const firstPageView = await query({ first: 2 }, 'cache-only');
+  assert.deepEqual(names(firstPageView.data.products), [...created.map((p) => p.name), newName]);
+  assert.equal(fetch.calls.length, requestsBefore + 1, 'only the mutation went to the server (no refetch)');
+
+  if (warnings.length) console.log(`graphcache warnings:\n${warnings.map((w) => `  ${w}`).join('\n')}`);
+  assert.deepEqual(warnings, [], 'Graphcache logged no warnings');
+});
