@@ -8,7 +8,7 @@ use std::{
 };
 
 use async_graphql::{
-    Context, Enum, ID, InputObject, Json, MaybeUndefined, Object, SimpleObject, Subscription,
+    Context, Enum, ID, InputObject, Json, MaybeUndefined, Object, SchemaBuilder, SimpleObject, Subscription,
     dataloader::{DataLoader, Loader},
 };
 use chrono::{DateTime, Utc};
@@ -36,7 +36,6 @@ type Result<T> = async_graphql::Result<T>;
 
 // ---- types ----------------------------------------------------------------------------
 
-/// A catalog product, priced by the offers the partner offers service lists for it.
 pub struct Product {
     row: Arc<ProductRow>,
     /// Set when the product came in a list: its related rows load for the whole list at once.
@@ -49,8 +48,11 @@ impl Product {
     }
 }
 
+/// A catalog product, priced by the offers the partner offers service lists for it once
+/// the product is registered there (see `registration`).
 #[Object]
 impl Product {
+    /// The product's id.
     async fn id(&self) -> ID {
         ID(self.row.id.to_string())
     }
@@ -60,25 +62,29 @@ impl Product {
         self.row.sku.as_deref()
     }
 
-    /// 1–200 characters.
+    /// 1–200 characters, trimmed.
     async fn name(&self) -> &str {
         &self.row.name
     }
 
-    /// Up to 10,000 characters.
+    /// Up to 10,000 characters; empty when none was given.
     async fn description(&self) -> &str {
         &self.row.description
     }
 
-    /// The product's other fields (a JSON object), as a bulk upload gave them.
+    /// The product's other fields (a JSON object), as a bulk upload or `createProduct`
+    /// gave them; null when there are none.
     async fn attributes(&self) -> Option<Json<serde_json::Value>> {
         self.row.attributes.as_deref().and_then(|text| serde_json::from_str(text).ok()).map(Json)
     }
 
+    /// When the product was created.
     async fn created_at(&self) -> DateTime<Utc> {
         to_datetime(self.row.created_at)
     }
 
+    /// When its name, description, sku or attributes last changed (offers and
+    /// registration do not count).
     async fn updated_at(&self) -> DateTime<Utc> {
         to_datetime(self.row.updated_at)
     }
@@ -93,7 +99,8 @@ impl Product {
         }
     }
 
-    /// The offers listed for the product now, cheapest first (read-only; refreshed by the sync).
+    /// The offers listed for the product now, cheapest first (read-only; refreshed by the
+    /// offer sync); empty before registration or when none is listed.
     async fn offers(&self, ctx: &Context<'_>) -> Result<Vec<Offer>> {
         let offers = offers_of(ctx, self.row.id, self.batch.as_ref()).await?;
         Ok(offers
@@ -102,18 +109,19 @@ impl Product {
             .collect())
     }
 
-    /// The lowest price among the current offers (minor units); null without offers.
+    /// The lowest price among the current offers, in integer minor units as the offers
+    /// service quotes them; null without offers.
     async fn lowest_price(&self, ctx: &Context<'_>) -> Result<Option<i64>> {
         Ok(offers_of(ctx, self.row.id, self.batch.as_ref()).await?.iter().map(|offer| offer.price).min())
     }
 
     /// The product's lowest offer price over a period, including offers withdrawn since.
-    /// `to` defaults to now, `from` to a day before `to`; a period spans at most 31 days.
+    /// `from` after `to`, or both given more than 31 days apart, is BAD_USER_INPUT.
     async fn price_trend(
         &self,
         ctx: &Context<'_>,
-        from: Option<DateTime<Utc>>,
-        to: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
     ) -> Result<PriceTrend> {
         let history = history_of(ctx, self.row.id, from, to, self.batch.as_ref()).await?;
         Ok(PriceTrend::new(&history.lowest_points()))
@@ -125,8 +133,8 @@ impl Product {
     async fn price_history(
         &self,
         ctx: &Context<'_>,
-        from: Option<DateTime<Utc>>,
-        to: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
     ) -> Result<Vec<OfferPriceRecord>> {
         let history = history_of(ctx, self.row.id, from, to, self.batch.as_ref()).await?;
         Ok(history
@@ -146,16 +154,19 @@ impl Product {
 /// A product's registration with the offers service.
 #[derive(SimpleObject)]
 pub struct ProductRegistration {
+    /// Where the registration stands.
     pub status: RegistrationStatus,
     /// Why the last registration attempt failed (PENDING: it will be retried; FAILED:
     /// given up), or, once REGISTERED, why the last offer sync of this product failed.
     /// Null when the last attempt succeeded.
     pub last_error: Option<String>,
+    /// When the offers service last accepted the product; null if it never has.
     pub registered_at: Option<DateTime<Utc>>,
-    /// When the offers last synced were fetched.
+    /// When the offers last synced were fetched; null before the first sync.
     pub offers_updated_at: Option<DateTime<Utc>>,
 }
 
+/// Where a product stands with the offers service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 pub enum RegistrationStatus {
     /// Not registered yet: registration is queued or being retried (the offers service
@@ -178,7 +189,6 @@ impl From<Registration> for RegistrationStatus {
     }
 }
 
-/// An offer for a product, as the offers service lists it (read-only).
 pub struct Offer {
     row: OfferRow,
     /// The product, when the offer was reached through it.
@@ -186,8 +196,11 @@ pub struct Offer {
     batch: Option<Arc<Batch>>,
 }
 
+/// An offer for a product, as the offers service lists it (read-only, refreshed by the
+/// offer sync; a withdrawn offer disappears).
 #[Object]
 impl Offer {
+    /// Our id of the offer.
     async fn id(&self) -> ID {
         ID(self.row.id.to_string())
     }
@@ -197,11 +210,12 @@ impl Offer {
         &self.row.source_id
     }
 
-    /// Minor units.
+    /// Integer minor units, as the offers service quotes them.
     async fn price(&self) -> i64 {
         self.row.price
     }
 
+    /// Units in stock as the offers service reports them (zero or more).
     async fn items_in_stock(&self) -> i64 {
         self.row.items_in_stock
     }
@@ -216,6 +230,7 @@ impl Offer {
         to_datetime(self.row.updated_at)
     }
 
+    /// The product the offer is for.
     async fn product(&self, ctx: &Context<'_>) -> Result<Product> {
         if let Some(product) = &self.product {
             return Ok(Product { row: product.clone(), batch: self.batch.clone() });
@@ -225,13 +240,13 @@ impl Offer {
         Ok(Product::alone(row))
     }
 
-    /// The offer's recorded price changes in a period, oldest first. `to` defaults to
-    /// now, `from` to a day before `to`; a period spans at most 31 days.
+    /// The offer's recorded price changes in a period, oldest first. `from` after `to`,
+    /// or both given more than 31 days apart, is BAD_USER_INPUT.
     async fn price_history(
         &self,
         ctx: &Context<'_>,
-        from: Option<DateTime<Utc>>,
-        to: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
     ) -> Result<Vec<PricePoint>> {
         let history = history_of(ctx, self.row.product_id, from, to, self.batch.as_ref()).await?;
         Ok(history.offer_changes(&self.row.source_id).into_iter().map(PricePoint::from).collect())
@@ -242,8 +257,8 @@ impl Offer {
     async fn price_trend(
         &self,
         ctx: &Context<'_>,
-        from: Option<DateTime<Utc>>,
-        to: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
     ) -> Result<PriceTrend> {
         let history = history_of(ctx, self.row.product_id, from, to, self.batch.as_ref()).await?;
         Ok(PriceTrend::new(&history.offer_points(&self.row.source_id)))
@@ -253,8 +268,9 @@ impl Offer {
 /// A price at a moment.
 #[derive(SimpleObject)]
 pub struct PricePoint {
+    /// When the price took effect (the period's start, for the price already in effect then).
     pub at: DateTime<Utc>,
-    /// Minor units.
+    /// Integer minor units.
     pub price: i64,
 }
 
@@ -269,24 +285,30 @@ impl From<(i64, i64)> for PricePoint {
 pub struct OfferPriceRecord {
     /// The offers service's id of the offer (the offer itself may be gone).
     pub offer_source_id: String,
-    /// Minor units; null when the offer was withdrawn at that moment.
+    /// Integer minor units; null when the offer was withdrawn at that moment.
     pub price: Option<i64>,
+    /// When the change was recorded by the offer sync.
     pub at: DateTime<Utc>,
 }
 
 /// Prices over a period and how they moved.
 #[derive(SimpleObject)]
 pub struct PriceTrend {
-    /// The prices in the period, oldest first: the price when it starts, then each change.
+    /// The prices in the period (integer minor units), oldest first: the price when it
+    /// starts, then each change; empty when there was no price in the period.
     pub prices: Vec<i64>,
     /// The same prices with the moment each took effect.
     pub points: Vec<PricePoint>,
+    /// The first of `prices`; null without data.
     pub first_price: Option<i64>,
+    /// The last of `prices` (the price at the end of the period); null without data.
     pub last_price: Option<i64>,
+    /// The lowest of `prices`; null without data.
     pub min_price: Option<i64>,
+    /// The highest of `prices`; null without data.
     pub max_price: Option<i64>,
     /// Rise (+) or fall (−) from the first to the last price, in percent of the first
-    /// (two decimals); null without data.
+    /// (two decimals); null without data or when the first price is 0.
     pub change_percent: Option<f64>,
 }
 
@@ -308,49 +330,59 @@ impl PriceTrend {
 /// A change of one offer's price, found by the offer sync.
 #[derive(SimpleObject, Clone)]
 pub struct OfferPriceChange {
+    /// The product whose offer changed.
     pub product_id: ID,
     /// Our id of the offer.
     pub offer_id: ID,
     /// The offers service's id of the offer.
     pub offer_source_id: String,
-    /// Null when the offer just appeared.
+    /// The price before, in integer minor units; null when the offer just appeared.
     pub previous_price: Option<i64>,
-    /// Null when the offer was withdrawn.
+    /// The new price, in integer minor units; null when the offer was withdrawn.
     pub price: Option<i64>,
+    /// When the offer sync fetched the change.
     pub at: DateTime<Utc>,
 }
 
 // ---- inputs ---------------------------------------------------------------------------
 
+/// A new product. Its registration with the offers service is queued with it.
 #[derive(InputObject)]
 pub struct CreateProductInput {
     /// 1–200 characters (surrounding spaces are trimmed).
     pub name: String,
-    /// Up to 10,000 characters.
+    /// Up to 10,000 characters; empty when omitted.
     #[graphql(default)]
     pub description: String,
-    /// Optional client key, 1–100 characters, unique.
+    /// Optional client key: 1–100 characters (trimmed, no control characters), unique
+    /// (a taken sku is CONFLICT).
     pub sku: Option<String>,
     /// Optional extra fields: a JSON object of at most 64 KiB.
     pub attributes: Option<Json<serde_json::Value>>,
 }
 
-/// Fields to change; omitted fields stay as they are.
+/// Fields to change; omitted fields stay as they are. At least one field must be given
+/// (BAD_USER_INPUT otherwise).
 #[derive(InputObject)]
 pub struct UpdateProductInput {
+    /// 1–200 characters (surrounding spaces are trimmed); null or omitted: unchanged.
     pub name: Option<String>,
+    /// Up to 10,000 characters; null or omitted: unchanged.
     pub description: Option<String>,
-    /// Null removes the sku.
+    /// 1–100 characters, unique (a taken sku is CONFLICT); null removes the sku, omitted
+    /// keeps it.
     pub sku: MaybeUndefined<String>,
-    /// Null removes the attributes.
+    /// A JSON object of at most 64 KiB; null removes the attributes, omitted keeps them.
     pub attributes: MaybeUndefined<Json<serde_json::Value>>,
 }
 
+/// Which products to list; every given condition must hold.
 #[derive(InputObject, Default)]
 pub struct ProductsFilter {
-    /// Case-insensitive part of the name or sku.
+    /// Case-insensitive part of the name or sku, at most 200 characters (longer is
+    /// BAD_USER_INPUT); blank means no condition.
     pub search: Option<String>,
-    /// Exactly this sku.
+    /// Exactly this sku (case-sensitive; surrounding spaces are trimmed).
     pub sku: Option<String>,
 }
 
@@ -373,9 +405,14 @@ impl CatalogQuery {
     async fn products(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
+        )]
         first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
+                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
         after: Option<String>,
-        filter: Option<ProductsFilter>,
+        #[graphql(desc = "Only products matching it; all when omitted.")] filter: Option<ProductsFilter>,
     ) -> Result<Paged<Product>> {
         let state = state(ctx);
         let page = Page::new(first, after, state.config.http.page_max)?;
@@ -390,13 +427,17 @@ impl CatalogQuery {
     }
 
     /// A product by id (NOT_FOUND when there is none).
-    async fn product(&self, ctx: &Context<'_>, id: ID) -> Result<Product> {
+    async fn product(&self, ctx: &Context<'_>, #[graphql(desc = "The product's id.")] id: ID) -> Result<Product> {
         let id = parse_id(&id, "product")?;
         Ok(Product::alone(products::get(&state(ctx).db, id).await?))
     }
 
     /// An offer by id (NOT_FOUND when there is none: it may have been withdrawn).
-    async fn offer(&self, ctx: &Context<'_>, id: ID) -> Result<Offer> {
+    async fn offer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Our id of the offer (`Offer.id`).")] id: ID,
+    ) -> Result<Offer> {
         let id = parse_id(&id, "offer")?;
         let db = &state(ctx).db;
         let row = OfferRow::find_by_statement(stmt(
@@ -412,14 +453,30 @@ impl CatalogQuery {
     }
 }
 
+impl CatalogQuery {
+    /// Describes the connection this domain's lists return: async-graphql generates the
+    /// type, so no doc comment reaches it.
+    pub fn describe_connections<Q, M, S>(builder: SchemaBuilder<Q, M, S>) -> SchemaBuilder<Q, M, S> {
+        builder.override_output_type_description::<Paged<Product>>(
+            "A page of products, oldest first: `nodes` (or `edges`, each with its cursor), \
+             `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+        )
+    }
+}
+
 #[derive(Default)]
 pub struct CatalogMutation;
 
 #[Object]
 impl CatalogMutation {
     /// Creates a product; its registration with the offers service is queued at once and
-    /// survives outages (see `registration`). A taken sku is a CONFLICT.
-    async fn create_product(&self, ctx: &Context<'_>, input: CreateProductInput) -> Result<Product> {
+    /// survives outages (see `registration`). A taken sku is CONFLICT; a field beyond its
+    /// limits is BAD_USER_INPUT.
+    async fn create_product(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new product's fields.")] input: CreateProductInput,
+    ) -> Result<Product> {
         let input = NewProduct {
             name: input.name,
             description: input.description,
@@ -430,7 +487,14 @@ impl CatalogMutation {
     }
 
     /// Changes a product's fields (not its offers: those come from the offers service).
-    async fn update_product(&self, ctx: &Context<'_>, id: ID, input: UpdateProductInput) -> Result<Product> {
+    /// Unknown id: NOT_FOUND. Taken sku: CONFLICT. No field, or a field beyond its limits:
+    /// BAD_USER_INPUT.
+    async fn update_product(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The product to change.")] id: ID,
+        #[graphql(desc = "The fields to change.")] input: UpdateProductInput,
+    ) -> Result<Product> {
         let id = parse_id(&id, "product")?;
         let changes = ProductChanges {
             name: input.name,
@@ -441,16 +505,26 @@ impl CatalogMutation {
         Ok(Product::alone(products::update(state(ctx), id, changes).await?))
     }
 
-    /// Deletes a product with its offers and price history; returns its id.
-    async fn delete_product(&self, ctx: &Context<'_>, id: ID) -> Result<ID> {
+    /// Deletes a product with its offers and price history; returns its id. Unknown id:
+    /// NOT_FOUND.
+    async fn delete_product(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The product to delete.")] id: ID,
+    ) -> Result<ID> {
         let product_id = parse_id(&id, "product")?;
         products::delete(state(ctx), product_id).await?;
         Ok(id)
     }
 
     /// Queues registration with the offers service again for a product that is not
-    /// registered (FAILED, or PENDING with its retries stuck). CONFLICT when registered.
-    async fn register_product(&self, ctx: &Context<'_>, id: ID) -> Result<Product> {
+    /// registered (FAILED, or PENDING with its retries stuck). CONFLICT when registered;
+    /// NOT_FOUND for an unknown id.
+    async fn register_product(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The product to register.")] id: ID,
+    ) -> Result<Product> {
         let id = parse_id(&id, "product")?;
         Ok(Product::alone(products::register_again(state(ctx), id).await?))
     }
@@ -462,11 +536,11 @@ pub struct CatalogSubscription;
 #[Subscription]
 impl CatalogSubscription {
     /// Price changes of a product's offers (new offers, changed prices, withdrawn offers)
-    /// as the offer sync finds them, on whichever node it runs.
+    /// as the offer sync finds them, on whichever node it runs: one event per offer.
     async fn offer_price_changed(
         &self,
         ctx: &Context<'_>,
-        product_id: ID,
+        #[graphql(desc = "The product to follow; NOT_FOUND when there is none.")] product_id: ID,
     ) -> Result<impl Stream<Item = OfferPriceChange> + use<>> {
         let state = state(ctx);
         let id = parse_id(&product_id, "product")?;

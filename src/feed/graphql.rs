@@ -39,6 +39,7 @@ pub struct FeedSource {
     pub url: String,
     /// Seconds between two polls.
     pub period: f64,
+    /// The source's polling state on this node.
     pub status: FeedSourceStatusGql,
     /// When the last good snapshot was received; null before the first one.
     pub last_success_at: Option<DateTime<Utc>>,

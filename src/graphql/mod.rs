@@ -24,6 +24,10 @@ use tokio::sync::Semaphore;
 
 use crate::{config::GraphqlConfig, error::AppError, state::AppState};
 
+/// Every read. Ids are positive integers sent as strings: a malformed id is
+/// `BAD_USER_INPUT`. Paged lists (`…Connection`) are Relay cursor connections in creation
+/// (id) order: `first` rows (20 when omitted, at most `PAGE_MAX`, 100 by default) after
+/// the cursor `after`. Every error carries `extensions.code`.
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
 pub struct QueryRoot(
@@ -35,6 +39,11 @@ pub struct QueryRoot(
     crate::feed::FeedQuery,
 );
 
+/// Every write. Refused over GET (`METHOD_NOT_ALLOWED`: use POST or the WebSocket) and,
+/// when the server sets `API_TOKENS`, without `Authorization: Bearer <token>`
+/// (`UNAUTHENTICATED`). Errors carry `extensions.code`: `BAD_USER_INPUT` (a malformed id,
+/// or as each mutation says), `NOT_FOUND` and `CONFLICT` as each mutation says, and
+/// `UPSTREAM_UNAVAILABLE` or `INTERNAL` for any.
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
 pub struct MutationRoot(
@@ -44,7 +53,11 @@ pub struct MutationRoot(
     crate::intake::IntakeMutation,
 );
 
+/// Live events, over a WebSocket at `/graphql/ws` only (subprotocol `graphql-transport-ws`,
+/// or the older `graphql-ws`): over HTTP a subscription is `BAD_REQUEST`. Events published
+/// while a client is disconnected are not replayed.
 #[derive(MergedSubscription, Default)]
+#[graphql(name = "Subscription")]
 pub struct SubscriptionRoot(
     crate::catalog::graphql::CatalogSubscription,
     crate::intake::IntakeSubscription,
@@ -212,6 +225,18 @@ pub fn build(state: Option<AppState>, transport: Transport) -> AppSchema {
         }
         builder = builder.data(crate::store::loader(state.db.clone())).data(state);
     }
+    // Types async-graphql defines, out of reach of our doc comments: chrono's `DateTime`
+    // (its own text says how it is implemented) and the Relay connections.
+    const DATE_TIME: &str = "A date-time in RFC 3339 format, in UTC on output (e.g. `2026-12-04T10:15:00+00:00`, \
+        or `2026-12-04T10:15:00.123+00:00` when it has milliseconds). Inputs need an offset (`Z`, `+02:00`) and \
+        are converted to UTC.";
+    builder = builder
+        .override_output_type_description::<chrono::DateTime<chrono::Utc>>(DATE_TIME)
+        .override_input_type_description::<chrono::DateTime<chrono::Utc>>(DATE_TIME);
+    builder = crate::catalog::graphql::CatalogQuery::describe_connections(builder);
+    builder = crate::store::StoreQuery::describe_connections(builder);
+    builder = crate::intake::IntakeQuery::describe_connections(builder);
+    builder = crate::uploads::UploadQuery::describe_connections(builder);
     builder.finish()
 }
 

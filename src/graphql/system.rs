@@ -10,27 +10,41 @@ use crate::{
     jobs::{self, JobRecord},
 };
 
+/// Where a durable job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 pub enum JobStatus {
+    /// Waiting to run: new, or retrying after a failed attempt (from `runAt` on).
     Queued,
+    /// A node is running it now (a job whose node dies is run again).
     Running,
+    /// Done.
     Succeeded,
+    /// Given up, after its last attempt or an error that retrying cannot fix; `lastError`
+    /// says why, and `retryJob` queues it again.
     Failed,
 }
 
 /// A unit of durable background work (offer registration, upload ingestion, intake).
 #[derive(Debug, Clone, SimpleObject)]
 pub struct Job {
+    /// The job's id.
     pub id: ID,
+    /// What the job does: `catalog.register`, `uploads.ingest` or `intake.store`.
     pub kind: String,
+    /// Where the job stands.
     pub status: JobStatus,
+    /// Attempts started so far (`retryJob` resets it to 0).
     pub attempts: i32,
+    /// Attempts allowed before the job fails for good (set by the server per kind).
     pub max_attempts: i32,
-    /// The error of the last failed attempt.
+    /// The error of the last failed attempt (kept after a later success); null when no
+    /// attempt has failed.
     pub last_error: Option<String>,
     /// When the job is (or was) due to run next.
     pub run_at: DateTime<Utc>,
+    /// When the job was queued.
     pub created_at: DateTime<Utc>,
+    /// When it became `SUCCEEDED` or `FAILED`; null while queued or running.
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -59,9 +73,13 @@ impl From<JobRecord> for Job {
 /// How many jobs are in each state, cluster-wide.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct JobCounts {
+    /// Jobs waiting to run (new or retrying).
     pub queued: i64,
+    /// Jobs a node is running now.
     pub running: i64,
+    /// Jobs done.
     pub succeeded: i64,
+    /// Jobs given up (see `retryJob`).
     pub failed: i64,
 }
 
@@ -70,8 +88,12 @@ pub struct SystemQuery;
 
 #[Object]
 impl SystemQuery {
-    /// A durable job by id.
-    async fn job(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Job>> {
+    /// A durable job by id; null when there is none.
+    async fn job(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The job's id (e.g. `IntakeMessage.jobId`).")] id: ID,
+    ) -> async_graphql::Result<Option<Job>> {
         let id = parse_id(&id, "job")?;
         Ok(state(ctx).jobs.get(id).await.map_err(AppError::from)?.map(Job::from))
     }
@@ -94,8 +116,13 @@ pub struct SystemMutation;
 
 #[Object]
 impl SystemMutation {
-    /// Puts a failed job back in the queue with a fresh set of attempts.
-    async fn retry_job(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Job> {
+    /// Puts a failed job back in the queue with a fresh set of attempts. An unknown id is
+    /// NOT_FOUND; a job that is not `FAILED` is CONFLICT.
+    async fn retry_job(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The failed job to run again.")] id: ID,
+    ) -> async_graphql::Result<Job> {
         Ok(retry_job(ctx, parse_id(&id, "job")?).await?)
     }
 }

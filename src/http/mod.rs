@@ -46,9 +46,9 @@ pub fn app(state: AppState) -> Router {
     }
     let shed = shed.layer(middleware::from_fn_with_state(inflight.clone(), guard::shed_load));
 
-    // The feed gateway answers from memory at static-file speed: it is merged after the
-    // per-request tracing, metrics and write-access layers (it counts its own requests with
-    // pre-registered handles and only reads), and takes its request slot itself.
+    // The feed gateway answers from memory at static-file speed: it is merged after every
+    // layer (it counts its own requests with pre-registered handles, only reads, answers
+    // JSON errors itself), and takes its request slot itself.
     let feed = FeedRoute::new(state.feed.clone(), inflight).routes();
     let feed = if config.cors_origins.is_empty() { feed } else { feed.layer(cors(&config.cors_origins)) };
 
@@ -63,9 +63,10 @@ pub fn app(state: AppState) -> Router {
         .layer(cors(&config.cors_origins))
         .layer(TraceLayer::new_for_http())
         .layer(middleware::from_fn(telemetry::track_http))
-        .merge(feed)
         .fallback(not_found)
         .layer(middleware::from_fn(json_errors))
+        // The feed's answers are JSON already (its 503 too): outside every layer.
+        .merge(feed)
         .with_state(state)
 }
 

@@ -1,6 +1,6 @@
 //! GraphQL surface of the intake pipeline: thin resolvers over `submit` and `read`.
 
-use async_graphql::{Context, ID, InputObject, Object, SimpleObject, Subscription};
+use async_graphql::{Context, ID, InputObject, Object, SchemaBuilder, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
 
@@ -19,6 +19,8 @@ use crate::{
     },
 };
 
+pub struct IntakeMessage(MessageRow);
+
 /// A message submitted to the intake pipeline (seed 001): queued, then written as
 /// `<title>.json` to the bucket of its genre.
 ///
@@ -29,8 +31,6 @@ use crate::{
 /// and 32 hex digits of the title's hash. Case is kept: `Dune` and `DUNE` are two
 /// objects (object stores are case-sensitive). Messages of one genre are written in
 /// submission order, so when two share a title the later one is the object's content.
-pub struct IntakeMessage(MessageRow);
-
 #[Object]
 impl IntakeMessage {
     /// Our id for this submission (every submission gets one, even when the client's `messageId` repeats).
@@ -43,6 +43,7 @@ impl IntakeMessage {
         self.0.message_id.as_deref()
     }
 
+    /// The title as submitted; it names the object (see `key`).
     async fn title(&self) -> &str {
         &self.0.title
     }
@@ -52,6 +53,7 @@ impl IntakeMessage {
         &self.0.genre
     }
 
+    /// Where the message is in the pipeline.
     async fn status(&self) -> IntakeStatus {
         IntakeStatus::from_column(&self.0.status)
     }
@@ -83,19 +85,20 @@ impl IntakeMessage {
         ID(self.0.job_id.to_string())
     }
 
+    /// When the message was queued.
     async fn submitted_at(&self) -> DateTime<Utc> {
         to_datetime(self.0.submitted_at)
     }
 
-    /// When the message became `STORED` or `FAILED`.
+    /// When the message became `STORED` or `FAILED`; null while `QUEUED`.
     async fn processed_at(&self) -> Option<DateTime<Utc>> {
         self.0.processed_at.map(to_datetime)
     }
 }
 
-/// The result notice of a stored message (the seed's output queue).
 pub struct IntakeNotice(Notice);
 
+/// The result notice of a stored message (the seed's output queue).
 #[Object]
 impl IntakeNotice {
     /// The message's id (our submission id).
@@ -108,10 +111,12 @@ impl IntakeNotice {
         self.0.message_id.as_deref()
     }
 
+    /// The message's title, as submitted.
     async fn title(&self) -> &str {
         &self.0.title
     }
 
+    /// The message's genre, as submitted.
     async fn genre(&self) -> &str {
         &self.0.genre
     }
@@ -126,6 +131,7 @@ impl IntakeNotice {
         &self.0.object_name
     }
 
+    /// When the file was written.
     async fn stored_at(&self) -> DateTime<Utc> {
         to_datetime(self.0.processed_at)
     }
@@ -134,8 +140,11 @@ impl IntakeNotice {
 /// Messages per status, cluster-wide.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct IntakeCounts {
+    /// Messages accepted and not written yet.
     pub queued: i64,
+    /// Messages written to their bucket.
     pub stored: i64,
+    /// Messages that will not be written (the dead-letter list).
     pub failed: i64,
 }
 
@@ -143,14 +152,19 @@ pub struct IntakeCounts {
 /// contain NUL. (Over REST, `id` and `year` may also be integers.)
 #[derive(Debug, Clone, InputObject)]
 pub struct IntakeMessageInput {
-    /// The client's own message id (stored as `messageId`; not unique).
+    /// The client's own message id (stored as `messageId`; not unique), at most 256
+    /// characters.
     pub id: Option<String>,
     /// Becomes the file name `<title>.json` (at most 10,000 characters).
     pub title: String,
+    /// At most 1,000 characters.
     pub author: Option<String>,
+    /// As text (e.g. `"1965"`), at most 32 characters.
     pub year: Option<String>,
-    /// Chooses the bucket (`INTAKE_BUCKETS`); an unknown genre is accepted and ends `FAILED`.
+    /// Chooses the bucket (`INTAKE_BUCKETS`), at most 100 characters; an unknown genre is
+    /// accepted and ends `FAILED`.
     pub genre: String,
+    /// At most 100,000 characters.
     pub summary: Option<String>,
 }
 
@@ -177,10 +191,15 @@ impl IntakeQuery {
     async fn intake_messages(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
+        )]
         first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
+                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
         after: Option<String>,
-        status: Option<IntakeStatus>,
-        message_id: Option<String>,
+        #[graphql(desc = "Only messages in this status; all when omitted.")] status: Option<IntakeStatus>,
+        #[graphql(desc = "Only submissions with exactly this client message id.")] message_id: Option<String>,
     ) -> async_graphql::Result<Paged<IntakeMessage>> {
         let state = state(ctx);
         let page = Page::new(first, after, state.config.http.page_max)?;
@@ -192,8 +211,12 @@ impl IntakeQuery {
         Ok(connection(messages, page, |message: &IntakeMessage| message.0.id, totals))
     }
 
-    /// One intake message by our id.
-    async fn intake_message(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<IntakeMessage>> {
+    /// One intake message by our id; null when there is none.
+    async fn intake_message(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Our id of the message (`IntakeMessage.id`).")] id: ID,
+    ) -> async_graphql::Result<Option<IntakeMessage>> {
         let id = parse_id(&id, "intake message")?;
         Ok(read::get(&state(ctx).db, id).await?.map(IntakeMessage))
     }
@@ -210,6 +233,17 @@ impl IntakeQuery {
     }
 }
 
+impl IntakeQuery {
+    /// Describes the connection this domain's list returns: async-graphql generates the
+    /// type, so no doc comment reaches it.
+    pub fn describe_connections<Q, M, S>(builder: SchemaBuilder<Q, M, S>) -> SchemaBuilder<Q, M, S> {
+        builder.override_output_type_description::<Paged<IntakeMessage>>(
+            "A page of intake messages, oldest first: `nodes` (or `edges`, each with its cursor), \
+             `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+        )
+    }
+}
+
 #[derive(Default)]
 pub struct IntakeMutation;
 
@@ -217,10 +251,12 @@ pub struct IntakeMutation;
 impl IntakeMutation {
     /// Queues messages for writing (like `POST /v1/intake`) and returns them, `QUEUED`, in
     /// order, as soon as they are durably queued. All or nothing: if any message is invalid,
-    /// none is queued and the error names each bad field as `messages[i].field`.
+    /// none is queued and the error (BAD_USER_INPUT) names each bad field as
+    /// `messages[i].field`.
     async fn submit_intake(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "1 to 10,000 messages, together at most INTAKE_MAX_BODY_BYTES (10 MiB by default) as JSON.")]
         messages: Vec<IntakeMessageInput>,
     ) -> async_graphql::Result<Vec<IntakeMessage>> {
         let state = state(ctx);
@@ -242,6 +278,8 @@ impl IntakeSubscription {
     async fn intake_processed(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Only notices of this genre, ignoring case and surrounding spaces; every genre when \
+                          omitted. Blank is BAD_USER_INPUT.")]
         genre: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = IntakeNotice>> {
         let wanted = genre.map(|genre| genre_key(&genre));

@@ -1,7 +1,7 @@
 //! The store's GraphQL surface: thin resolvers over `customers`, `records` and
 //! `purchases`. Nested lookups go through the shared DataLoader (`loaders`).
 
-use async_graphql::{Context, ID, InputObject, Object};
+use async_graphql::{Context, ID, InputObject, Object, SchemaBuilder};
 use chrono::{DateTime, Utc};
 
 use super::{
@@ -37,12 +37,16 @@ fn optional_id(id: Option<&ID>, what: &str) -> AppResult<Option<i64>> {
     id.map(|id| parse_id(id, what)).transpose()
 }
 
+/// A customer account of the record store. A deactivated account stays, with its
+/// purchases, but can no longer buy.
 #[Object]
 impl Customer {
+    /// The customer's id.
     async fn id(&self) -> ID {
         ID(self.id.to_string())
     }
 
+    /// 1–200 characters, trimmed.
     async fn name(&self) -> &str {
         &self.name
     }
@@ -57,10 +61,12 @@ impl Customer {
         self.active
     }
 
+    /// When the account was opened.
     async fn created_at(&self) -> DateTime<Utc> {
         to_datetime(self.created_at)
     }
 
+    /// When its name, e-mail address or activity last changed.
     async fn updated_at(&self) -> DateTime<Utc> {
         to_datetime(self.updated_at)
     }
@@ -71,7 +77,17 @@ impl Customer {
     }
 
     /// This customer's purchases of every status, oldest first.
-    async fn purchases(&self, ctx: &Context<'_>, first: Option<i32>, after: Option<String>) -> Result<Paged<Purchase>> {
+    async fn purchases(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(
+            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
+        )]
+        first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
+                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
+        after: Option<String>,
+    ) -> Result<Paged<Purchase>> {
         let page = Page::new(first, after, state(ctx).config.http.page_max)?;
         let loader = loader(ctx)?;
         let key = CustomerPage { customer_id: self.id, after: page.after, limit: page.fetch_limit() };
@@ -85,24 +101,30 @@ impl Customer {
     }
 }
 
+/// A record (disc) the store sells, with its current price and the units on hand.
 #[Object]
 impl Record {
+    /// The record's id.
     async fn id(&self) -> ID {
         ID(self.id.to_string())
     }
 
+    /// 1–200 characters, trimmed.
     async fn title(&self) -> &str {
         &self.title
     }
 
+    /// 1–200 characters, trimmed.
     async fn artist(&self) -> &str {
         &self.artist
     }
 
+    /// 1–200 characters, trimmed, as entered (the `genre` filter ignores case).
     async fn genre(&self) -> &str {
         &self.genre
     }
 
+    /// From 1860 to next year.
     async fn release_year(&self) -> i32 {
         self.release_year
     }
@@ -122,6 +144,7 @@ impl Record {
         self.stock > 0
     }
 
+    /// When the record was added.
     async fn created_at(&self) -> DateTime<Utc> {
         to_datetime(self.created_at)
     }
@@ -132,33 +155,39 @@ impl Record {
     }
 }
 
+/// One customer's purchase of units of one record, at the price of the moment. An
+/// attempt without enough stock is stored too, as `OUT_OF_STOCK`.
 #[Object]
 impl Purchase {
+    /// The purchase's id.
     async fn id(&self) -> ID {
         ID(self.id.to_string())
     }
 
+    /// The buyer.
     async fn customer(&self, ctx: &Context<'_>) -> Result<Customer> {
         let customer =
             loader(ctx)?.load_one(CustomerKey(self.customer_id)).await.map_err(BatchError::into_app_error)?;
         Ok(customer.ok_or_else(|| AppError::Internal(anyhow::anyhow!("purchase {} has no customer", self.id)))?)
     }
 
+    /// The record bought.
     async fn record(&self, ctx: &Context<'_>) -> Result<Record> {
         let record = loader(ctx)?.load_one(RecordKey(self.record_id)).await.map_err(BatchError::into_app_error)?;
         Ok(record.ok_or_else(|| AppError::Internal(anyhow::anyhow!("purchase {} has no record", self.id)))?)
     }
 
+    /// Units bought, one or more.
     async fn quantity(&self) -> i32 {
         self.quantity
     }
 
-    /// The record's price when the purchase was made, in minor units.
+    /// The record's price when the purchase was made, in minor units (cents).
     async fn unit_price(&self) -> Result<i32> {
         Ok(int(self.unit_price, "unit price")?)
     }
 
-    /// `unitPrice × quantity`, in minor units.
+    /// `unitPrice × quantity`, in minor units (cents); at most 2147483647.
     async fn total(&self) -> Result<i32> {
         Ok(int(self.total, "total")?)
     }
@@ -169,10 +198,12 @@ impl Purchase {
         Ok(self.current_status()? == PurchaseStatus::Effective)
     }
 
+    /// Where the purchase stands.
     async fn status(&self) -> Result<PurchaseStatus> {
         Ok(self.current_status()?)
     }
 
+    /// When the purchase was made.
     async fn created_at(&self) -> DateTime<Utc> {
         to_datetime(self.created_at)
     }
@@ -189,7 +220,8 @@ impl Purchase {
 pub struct CustomerFilterInput {
     /// Only active (true) or only deactivated (false) customers.
     pub active: Option<bool>,
-    /// Case-insensitive substring of the name or the e-mail address.
+    /// Case-insensitive substring of the name or the e-mail address; blank means no
+    /// condition.
     pub search: Option<String>,
 }
 
@@ -197,13 +229,14 @@ pub struct CustomerFilterInput {
 #[derive(Debug, Default, InputObject)]
 #[graphql(name = "RecordFilter")]
 pub struct RecordFilterInput {
-    /// Case-insensitive substring of the artist.
+    /// Case-insensitive substring of the artist; blank means no condition.
     pub artist: Option<String>,
-    /// Case-insensitive substring of the title.
+    /// Case-insensitive substring of the title; blank means no condition.
     pub title: Option<String>,
-    /// The genre, ignoring case (exact otherwise).
+    /// The genre, ignoring case and surrounding spaces (exact otherwise); blank means no
+    /// condition.
     pub genre: Option<String>,
-    /// Exact release year (1860 to next year).
+    /// Exact release year, 1860 to next year (BAD_USER_INPUT otherwise).
     pub release_year: Option<i32>,
     /// True: at least one unit on hand. False: sold out.
     pub in_stock: Option<bool>,
@@ -211,38 +244,50 @@ pub struct RecordFilterInput {
 
 /// Which purchases to list; every given condition must hold. The period is half-open
 /// and compared in UTC: `from` inclusive, `to` exclusive (offsets in the given
-/// date-times are honoured); `from` after `to` is refused.
+/// date-times are honoured); `from` after `to` is BAD_USER_INPUT.
 #[derive(Debug, Default, InputObject)]
 #[graphql(name = "PurchaseFilter")]
 pub struct PurchaseFilterInput {
+    /// Only this customer's purchases.
     pub customer_id: Option<ID>,
+    /// Only purchases of this record.
     pub record_id: Option<ID>,
     /// Purchases made at or after this instant (inclusive).
     pub from: Option<DateTime<Utc>>,
     /// Purchases made before this instant (exclusive).
     pub to: Option<DateTime<Utc>>,
+    /// Only purchases in this status.
     pub status: Option<PurchaseStatus>,
 }
 
+/// A new customer account; it starts active.
 #[derive(Debug, InputObject)]
 pub struct CreateCustomerInput {
-    /// 1 to 200 characters (trimmed).
+    /// 1 to 200 characters (trimmed, no control characters).
     pub name: String,
-    /// A valid address, unique ignoring case (deactivated customers keep theirs).
+    /// A valid address of at most 254 characters (trimmed), unique ignoring case
+    /// (deactivated customers keep theirs).
     pub email: String,
 }
 
 /// Omitted fields keep their value.
 #[derive(Debug, InputObject)]
 pub struct UpdateCustomerInput {
+    /// 1 to 200 characters (trimmed); null or omitted: unchanged.
     pub name: Option<String>,
+    /// A valid address, unique ignoring case (CONFLICT when taken); null or omitted:
+    /// unchanged.
     pub email: Option<String>,
 }
 
+/// A new record for the catalog.
 #[derive(Debug, InputObject)]
 pub struct CreateRecordInput {
+    /// 1 to 200 characters (trimmed, no control characters).
     pub title: String,
+    /// 1 to 200 characters (trimmed, no control characters).
     pub artist: String,
+    /// 1 to 200 characters (trimmed, no control characters).
     pub genre: String,
     /// 1860 to next year.
     pub release_year: i32,
@@ -256,17 +301,25 @@ pub struct CreateRecordInput {
 /// purchases, cancellations and `restockRecord`, so concurrent changes add up.
 #[derive(Debug, InputObject)]
 pub struct UpdateRecordInput {
+    /// 1 to 200 characters (trimmed); null or omitted: unchanged.
     pub title: Option<String>,
+    /// 1 to 200 characters (trimmed); null or omitted: unchanged.
     pub artist: Option<String>,
+    /// 1 to 200 characters (trimmed); null or omitted: unchanged.
     pub genre: Option<String>,
+    /// 1860 to next year; null or omitted: unchanged.
     pub release_year: Option<i32>,
-    /// Minor units; applies to purchases made from now on.
+    /// Minor units (cents), zero or more; applies to purchases made from now on. Null or
+    /// omitted: unchanged.
     pub price: Option<i32>,
 }
 
+/// A purchase to make (see `createPurchase`).
 #[derive(Debug, InputObject)]
 pub struct CreatePurchaseInput {
+    /// The buyer: an active customer.
     pub customer_id: ID,
+    /// The record to buy.
     pub record_id: ID,
     /// One or more units.
     pub quantity: i32,
@@ -281,9 +334,14 @@ impl StoreQuery {
     async fn customers(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
+        )]
         first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
+                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
         after: Option<String>,
-        filter: Option<CustomerFilterInput>,
+        #[graphql(desc = "Only customers matching it; all when omitted.")] filter: Option<CustomerFilterInput>,
     ) -> Result<Paged<Customer>> {
         let state = state(ctx);
         let page = Page::new(first, after, state.config.http.page_max)?;
@@ -296,7 +354,11 @@ impl StoreQuery {
     }
 
     /// A customer by id; null when there is none.
-    async fn customer(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Customer>> {
+    async fn customer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The customer's id.")] id: ID,
+    ) -> Result<Option<Customer>> {
         Ok(customers::find(&state(ctx).db, parse_id(&id, "customer")?).await?)
     }
 
@@ -304,9 +366,14 @@ impl StoreQuery {
     async fn records(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
+        )]
         first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
+                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
         after: Option<String>,
-        filter: Option<RecordFilterInput>,
+        #[graphql(desc = "Only records matching it; all when omitted.")] filter: Option<RecordFilterInput>,
     ) -> Result<Paged<Record>> {
         let state = state(ctx);
         let page = Page::new(first, after, state.config.http.page_max)?;
@@ -325,7 +392,7 @@ impl StoreQuery {
     }
 
     /// A record by id; null when there is none.
-    async fn record(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Record>> {
+    async fn record(&self, ctx: &Context<'_>, #[graphql(desc = "The record's id.")] id: ID) -> Result<Option<Record>> {
         Ok(records::find(&state(ctx).db, parse_id(&id, "record")?).await?)
     }
 
@@ -333,9 +400,14 @@ impl StoreQuery {
     async fn purchases(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
+        )]
         first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
+                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
         after: Option<String>,
-        filter: Option<PurchaseFilterInput>,
+        #[graphql(desc = "Only purchases matching it; all when omitted.")] filter: Option<PurchaseFilterInput>,
     ) -> Result<Paged<Purchase>> {
         let state = state(ctx);
         let page = Page::new(first, after, state.config.http.page_max)?;
@@ -354,8 +426,32 @@ impl StoreQuery {
     }
 
     /// A purchase by id; null when there is none.
-    async fn purchase(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Purchase>> {
+    async fn purchase(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The purchase's id.")] id: ID,
+    ) -> Result<Option<Purchase>> {
         Ok(purchases::find(&state(ctx).db, parse_id(&id, "purchase")?).await?)
+    }
+}
+
+impl StoreQuery {
+    /// Describes the connections this domain's lists return: async-graphql generates the
+    /// types, so no doc comment reaches them.
+    pub fn describe_connections<Q, M, S>(builder: SchemaBuilder<Q, M, S>) -> SchemaBuilder<Q, M, S> {
+        builder
+            .override_output_type_description::<Paged<Customer>>(
+                "A page of customers, oldest first: `nodes` (or `edges`, each with its cursor), \
+                 `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+            )
+            .override_output_type_description::<Paged<Record>>(
+                "A page of records, oldest first: `nodes` (or `edges`, each with its cursor), \
+                 `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+            )
+            .override_output_type_description::<Paged<Purchase>>(
+                "A page of purchases, oldest first: `nodes` (or `edges`, each with its cursor), \
+                 `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+            )
     }
 }
 
@@ -366,12 +462,22 @@ pub struct StoreMutation;
 impl StoreMutation {
     /// Opens a customer account. A malformed e-mail is BAD_USER_INPUT; an address
     /// already used by any customer (ignoring case) is CONFLICT.
-    async fn create_customer(&self, ctx: &Context<'_>, input: CreateCustomerInput) -> Result<Customer> {
+    async fn create_customer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new account's name and e-mail address.")] input: CreateCustomerInput,
+    ) -> Result<Customer> {
         Ok(customers::create(&state(ctx).db, &input.name, &input.email).await?)
     }
 
-    /// Changes a customer's name or e-mail (same rules as `createCustomer`).
-    async fn update_customer(&self, ctx: &Context<'_>, id: ID, input: UpdateCustomerInput) -> Result<Customer> {
+    /// Changes a customer's name or e-mail (same rules as `createCustomer`); an unknown id
+    /// is NOT_FOUND.
+    async fn update_customer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The customer to change.")] id: ID,
+        #[graphql(desc = "The fields to change.")] input: UpdateCustomerInput,
+    ) -> Result<Customer> {
         let id = parse_id(&id, "customer")?;
         let changes = CustomerChanges { name: input.name, email: input.email };
         Ok(customers::update(&state(ctx).db, id, changes).await?)
@@ -379,12 +485,20 @@ impl StoreMutation {
 
     /// Deactivates an account: it stays, with its purchases, but can no longer buy.
     /// Deactivating an inactive customer is CONFLICT; an unknown id is NOT_FOUND.
-    async fn deactivate_customer(&self, ctx: &Context<'_>, id: ID) -> Result<Customer> {
+    async fn deactivate_customer(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The customer to deactivate.")] id: ID,
+    ) -> Result<Customer> {
         Ok(customers::deactivate(&state(ctx).db, parse_id(&id, "customer")?).await?)
     }
 
-    /// Adds a record to the catalog.
-    async fn create_record(&self, ctx: &Context<'_>, input: CreateRecordInput) -> Result<Record> {
+    /// Adds a record to the catalog. A field beyond its limits is BAD_USER_INPUT.
+    async fn create_record(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The new record's fields.")] input: CreateRecordInput,
+    ) -> Result<Record> {
         let new = NewRecord {
             title: input.title,
             artist: input.artist,
@@ -397,7 +511,13 @@ impl StoreMutation {
     }
 
     /// Changes a record's catalog data or price (not its stock; see `restockRecord`).
-    async fn update_record(&self, ctx: &Context<'_>, id: ID, input: UpdateRecordInput) -> Result<Record> {
+    /// Unknown id: NOT_FOUND. A field beyond its limits: BAD_USER_INPUT.
+    async fn update_record(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The record to change.")] id: ID,
+        #[graphql(desc = "The fields to change.")] input: UpdateRecordInput,
+    ) -> Result<Record> {
         let id = parse_id(&id, "record")?;
         let changes = RecordChanges {
             title: input.title,
@@ -409,8 +529,14 @@ impl StoreMutation {
         Ok(records::update(&state(ctx).db, id, changes).await?)
     }
 
-    /// Adds `quantity` (one or more) units to the stock, atomically.
-    async fn restock_record(&self, ctx: &Context<'_>, id: ID, quantity: i32) -> Result<Record> {
+    /// Adds `quantity` (one or more) units to the stock, atomically. Unknown id: NOT_FOUND.
+    /// Quantity below 1, or a stock that would pass 2147483647: BAD_USER_INPUT.
+    async fn restock_record(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The record to restock.")] id: ID,
+        #[graphql(desc = "Units to add, one or more.")] quantity: i32,
+    ) -> Result<Record> {
         Ok(records::restock(&state(ctx).db, parse_id(&id, "record")?, quantity).await?)
     }
 
@@ -420,7 +546,11 @@ impl StoreMutation {
     /// oversold, however many buy at once. Unknown customer or record: NOT_FOUND.
     /// Deactivated customer: CONFLICT. Quantity below 1, or a total above 2147483647
     /// minor units: BAD_USER_INPUT. Nothing is stored on an error.
-    async fn create_purchase(&self, ctx: &Context<'_>, input: CreatePurchaseInput) -> Result<Purchase> {
+    async fn create_purchase(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Who buys how many units of which record.")] input: CreatePurchaseInput,
+    ) -> Result<Purchase> {
         let new = NewPurchase {
             customer_id: parse_id(&input.customer_id, "customer")?,
             record_id: parse_id(&input.record_id, "record")?,
@@ -432,7 +562,11 @@ impl StoreMutation {
     /// Cancels an `EFFECTIVE` purchase: it becomes `CANCELLED` and its units return to
     /// stock, exactly once. Cancelling a cancelled or out-of-stock purchase is CONFLICT;
     /// an unknown id is NOT_FOUND.
-    async fn cancel_purchase(&self, ctx: &Context<'_>, id: ID) -> Result<Purchase> {
+    async fn cancel_purchase(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The purchase to cancel.")] id: ID,
+    ) -> Result<Purchase> {
         Ok(purchases::cancel(&state(ctx).db, parse_id(&id, "purchase")?).await?)
     }
 }

@@ -2,7 +2,7 @@
 //! subscription. Uploads themselves arrive over REST (`POST /v1/products`): a GraphQL
 //! request cannot stream a gigabyte body.
 
-use async_graphql::{Context, Enum, ID, Object, SimpleObject, Subscription};
+use async_graphql::{Context, Enum, ID, Object, SchemaBuilder, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
 
@@ -19,6 +19,7 @@ use crate::{
     },
 };
 
+/// Where an upload's ingestion stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 pub enum UploadStatus {
     /// Accepted; waiting for a node to ingest it.
@@ -56,7 +57,9 @@ impl UploadStatus {
 pub struct UploadItemRejection {
     /// Position of the item in the uploaded array, from 0.
     pub index: i64,
+    /// The item's sku, as uploaded.
     pub sku: String,
+    /// Why the catalog refused the item.
     pub reason: String,
 }
 
@@ -69,7 +72,9 @@ impl From<ItemRejection> for UploadItemRejection {
 /// A bulk product upload (`POST /v1/products`) and its ingestion.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct Upload {
+    /// The upload's id (the `upload_id` that `POST /v1/products` answered).
     pub id: ID,
+    /// Where the ingestion stands.
     pub status: UploadStatus,
     /// Size of the body in bytes.
     pub bytes: i64,
@@ -89,8 +94,11 @@ pub struct Upload {
     pub products_updated: i64,
     /// Why ingestion failed, when `status` is `FAILED`.
     pub error: Option<String>,
+    /// When the upload was accepted.
     pub created_at: DateTime<Utc>,
+    /// When its status or progress last changed.
     pub updated_at: DateTime<Utc>,
+    /// When it became `SUCCEEDED` or `FAILED`; null before.
     pub finished_at: Option<DateTime<Utc>>,
 }
 
@@ -121,8 +129,13 @@ pub struct UploadQuery;
 
 #[Object]
 impl UploadQuery {
-    /// An upload by id (the `upload_id` that `POST /v1/products` answered).
-    async fn upload(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<Option<Upload>> {
+    /// An upload by id (the `upload_id` that `POST /v1/products` answered); null when
+    /// there is none.
+    async fn upload(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The upload's id.")] id: ID,
+    ) -> async_graphql::Result<Option<Upload>> {
         let id = parse_id(&id, "upload")?;
         Ok(model::get(&state(ctx).db, id).await?.map(Upload::from))
     }
@@ -131,9 +144,14 @@ impl UploadQuery {
     async fn uploads(
         &self,
         ctx: &Context<'_>,
+        #[graphql(
+            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
+        )]
         first: Option<i32>,
+        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
+                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
         after: Option<String>,
-        status: Option<UploadStatus>,
+        #[graphql(desc = "Only uploads in this status; all when omitted.")] status: Option<UploadStatus>,
     ) -> async_graphql::Result<Paged<Upload>> {
         let state = state(ctx);
         let page = Page::new(first, after, state.config.http.page_max)?;
@@ -146,6 +164,17 @@ impl UploadQuery {
     }
 }
 
+impl UploadQuery {
+    /// Describes the connection this domain's list returns: async-graphql generates the
+    /// type, so no doc comment reaches it.
+    pub fn describe_connections<Q, M, S>(builder: SchemaBuilder<Q, M, S>) -> SchemaBuilder<Q, M, S> {
+        builder.override_output_type_description::<Paged<Upload>>(
+            "A page of uploads, oldest first: `nodes` (or `edges`, each with its cursor), \
+             `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+        )
+    }
+}
+
 #[derive(Default)]
 pub struct UploadSubscription;
 
@@ -153,7 +182,11 @@ pub struct UploadSubscription;
 impl UploadSubscription {
     /// The upload as it is now, then again after every committed batch, until it
     /// succeeds or fails (the stream then ends).
-    async fn upload_progress(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<impl Stream<Item = Upload>> {
+    async fn upload_progress(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The upload to follow; NOT_FOUND when there is none.")] id: ID,
+    ) -> async_graphql::Result<impl Stream<Item = Upload>> {
         let id = parse_id(&id, "upload")?;
         let state = state(ctx).clone();
         // Subscribe before reading the current state, so no update falls in between.
