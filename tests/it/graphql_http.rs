@@ -173,3 +173,31 @@ async fn websockets_from_other_origins_are_refused_when_origins_are_configured()
     assert!(allowed.contains("apollographql-client-name") && allowed.contains("apollo-require-preflight"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn open_websockets_are_pinged() {
+    use futures::StreamExt as _;
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| {
+        config.graphql.graphql_ws_keepalive = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let mut request = app.url("/graphql/ws").replacen("http", "ws", 1).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("upgrade");
+    // Silent client: the server pings within its keep-alive period (plus a margin).
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Ping(_))) => return true,
+                Some(Ok(_)) => continue,
+                _ => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(ping, Ok(true), "a ping within 5 s");
+    app.stop().await;
+}
