@@ -283,7 +283,8 @@ fn write_refusal(document: &ExecutableDocument, caller: Option<&Caller>) -> Opti
     Some(error.into_server_error(async_graphql::Pos::default()))
 }
 
-fn coded_error(message: impl Into<String>, code: &str) -> ServerError {
+/// An error about the whole request (no location), with its `extensions.code`.
+pub fn coded_error(message: impl Into<String>, code: &str) -> ServerError {
     let mut error = ServerError::new(message, None);
     error.extensions.get_or_insert_with(Default::default).set("code", code);
     error

@@ -15,6 +15,8 @@ use async_graphql::{Request, ServerError, Value};
 use lru::LruCache;
 use sha2::{Digest as _, Sha256};
 
+use super::coded_error;
+
 /// How long Redis keeps a registered query.
 const REDIS_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -55,20 +57,20 @@ impl PersistedQueries {
     pub async fn resolve(&self, request: &mut Request) -> Result<Option<Registration>, ServerError> {
         let Some(persisted) = request.extensions.get("persistedQuery") else { return Ok(None) };
         let Value::Object(persisted) = persisted else {
-            return Err(refusal("`extensions.persistedQuery` must be an object", "BAD_REQUEST"));
+            return Err(coded_error("`extensions.persistedQuery` must be an object", "BAD_REQUEST"));
         };
         if persisted.get("version") != Some(&Value::from(1)) {
-            return Err(refusal("only version 1 of persisted queries is supported", NOT_SUPPORTED));
+            return Err(coded_error("only version 1 of persisted queries is supported", NOT_SUPPORTED));
         }
         let hash = match persisted.get("sha256Hash") {
             Some(Value::String(hash)) if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 hash.to_ascii_lowercase()
             }
-            _ => return Err(refusal("`sha256Hash` must be 64 hexadecimal digits", "BAD_REQUEST")),
+            _ => return Err(coded_error("`sha256Hash` must be 64 hexadecimal digits", "BAD_REQUEST")),
         };
         if !request.query.is_empty() {
             if format!("{:x}", Sha256::digest(request.query.as_bytes())) != hash {
-                return Err(refusal("provided sha does not match query", "BAD_REQUEST"));
+                return Err(coded_error("provided sha does not match query", "BAD_REQUEST"));
             }
             return Ok(Some(Registration { hash }));
         }
@@ -77,7 +79,7 @@ impl PersistedQueries {
                 request.query = query;
                 Ok(None)
             }
-            None => Err(refusal("PersistedQueryNotFound", NOT_FOUND)),
+            None => Err(coded_error("PersistedQueryNotFound", NOT_FOUND)),
         }
     }
 
@@ -141,12 +143,6 @@ impl PersistedQueries {
         }
         metrics::gauge!("emporium_graphql_persisted_queries").set(local.queries.len() as f64);
     }
-}
-
-fn refusal(message: &str, code: &str) -> ServerError {
-    let mut error = ServerError::new(message, None);
-    error.extensions.get_or_insert_with(Default::default).set("code", code);
-    error
 }
 
 #[cfg(test)]

@@ -262,8 +262,7 @@ async fn run(endpoint: &Endpoint, mut request: async_graphql::Request, caller: C
         Err(error) => return Outcome { response: async_graphql::Response::from_errors(vec![error]), refused: true },
     };
     if request.query.trim().is_empty() {
-        let mut error = async_graphql::ServerError::new(NO_QUERY, None);
-        error.extensions.get_or_insert_default().set("code", "BAD_REQUEST");
+        let error = graphql::coded_error(NO_QUERY, "BAD_REQUEST");
         return Outcome { response: async_graphql::Response::from_errors(vec![error]), refused: true };
     }
     let (mut response, shape) = match graphql::admit(&mut request, Some(&caller), &endpoint.rules).await {
