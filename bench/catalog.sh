@@ -3,7 +3,7 @@
 #   1. 10,000 products × 5 offers seeded directly into a fresh Postgres database;
 #   2. requests/s of `products(first: 50){ nodes { name offers { price itemsInStock } } }`
 #      through emporium's GraphQL endpoint vs a minimal axum handler serving the same JSON
-#      from one hand-written SQL query (benches/helpers/catalog.rs), with wrk, in the same run;
+#      from one hand-written SQL query (bench/helpers/catalog.rs), with wrk, in the same run;
 #   3. one full offer sync of the 10,000 products against the bundled simulator (products/s).
 # Settings: DATABASE_URL (a Postgres URL whose server we may create a database on),
 # BENCH_DURATION (wrk seconds per side, default 15), BENCH_CONNECTIONS (default 32).

@@ -4,7 +4,7 @@
 #     batches of 100; messages/s from the first submission until every one is `STORED`
 #     (its file written to the genre's bucket on local storage and its notice recorded);
 #   - reference: the same 10,000 files (same names, same bytes) written straight to
-#     disk with tokio::fs, 16 at a time (benches/helpers/intake.rs).
+#     disk with tokio::fs, 16 at a time (bench/helpers/intake.rs).
 # Several pairs of rounds; the median of the pairs' ratios counts (see below).
 # Embedded mode (SQLite, local object-store folder) unless DATABASE_URL is set.
 # Settings: BENCH_MESSAGES (default 10000), BENCH_BATCH (default 100), BENCH_ROUNDS (default 5).

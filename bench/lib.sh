@@ -43,7 +43,7 @@ build_release() {
   HELPERS="$(cargo bench --bench helpers --no-run --message-format=json 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.name == "helpers" and .executable != null) | .executable' |
     tail -1)"
-  [ -x "$HELPERS" ] || { echo "could not build the bench helpers (benches/helpers/)" >&2; exit 1; }
+  [ -x "$HELPERS" ] || { echo "could not build the bench helpers (bench/helpers/)" >&2; exit 1; }
 }
 
 # start_node DATA_DIR [NAME=value …]: starts `emporium serve` (release) on a free loopback

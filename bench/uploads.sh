@@ -2,7 +2,7 @@
 # Upload benchmark (issue 5), run from the repo root, in one run:
 #   1. upload path: POST a generated 1 GiB JSON array (millions of products) to
 #      `POST /v1/products` and, as the reference, to a minimal axum sink that reads and
-#      discards the body (benches/helpers/uploads.rs); MB/s of both in rounds (one POST
+#      discards the body (bench/helpers/uploads.rs); MB/s of both in rounds (one POST
 #      of each side per round, order rotating, a fresh node each round), the median of
 #      the rounds' ratios, and the node's peak RSS while it hashed, validated and spooled
 #      the gigabyte; beside them, "hash + spool": the same body hashed and spooled by

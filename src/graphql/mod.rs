@@ -33,7 +33,7 @@ use crate::{config::GraphqlConfig, error::AppError, state::AppState};
 pub struct QueryRoot(
     system::SystemQuery,
     crate::catalog::graphql::CatalogQuery,
-    crate::store::StoreQuery,
+    crate::records::RecordsQuery,
     crate::intake::IntakeQuery,
     crate::uploads::UploadQuery,
     crate::feed::FeedQuery,
@@ -49,7 +49,7 @@ pub struct QueryRoot(
 pub struct MutationRoot(
     system::SystemMutation,
     crate::catalog::graphql::CatalogMutation,
-    crate::store::StoreMutation,
+    crate::records::RecordsMutation,
     crate::intake::IntakeMutation,
 );
 
@@ -223,7 +223,7 @@ pub fn build(state: Option<AppState>, transport: Transport) -> AppSchema {
             let rules = Rules::new(&state.config.graphql);
             builder = builder.extension(Guard(rules.clone())).extension(ErrorCodes(rules));
         }
-        builder = builder.data(crate::store::loader(state.db.clone())).data(state);
+        builder = builder.data(crate::records::loader(state.db.clone())).data(state);
     }
     // Types async-graphql defines, out of reach of our doc comments: chrono's `DateTime`
     // (its own text says how it is implemented) and the Relay connections.
@@ -234,7 +234,7 @@ pub fn build(state: Option<AppState>, transport: Transport) -> AppSchema {
         .override_output_type_description::<chrono::DateTime<chrono::Utc>>(DATE_TIME)
         .override_input_type_description::<chrono::DateTime<chrono::Utc>>(DATE_TIME);
     builder = crate::catalog::graphql::CatalogQuery::describe_connections(builder);
-    builder = crate::store::StoreQuery::describe_connections(builder);
+    builder = crate::records::RecordsQuery::describe_connections(builder);
     builder = crate::intake::IntakeQuery::describe_connections(builder);
     builder = crate::uploads::UploadQuery::describe_connections(builder);
     builder.finish()

@@ -11,6 +11,6 @@ mod graphql_http;
 mod hostile;
 mod intake;
 mod jobs;
+mod records;
 mod schema_docs;
-mod store;
 mod uploads;

@@ -14,7 +14,7 @@ use super::{
     customers,
     model::{Customer, Purchase, Record},
     purchases::{self, CustomerPage},
-    records,
+    record,
 };
 use crate::error::AppError;
 
@@ -76,7 +76,7 @@ impl Loader<RecordKey> for StoreBatches {
 
     async fn load(&self, keys: &[RecordKey]) -> Result<HashMap<RecordKey, Record>, BatchError> {
         let ids: Vec<i64> = keys.iter().map(|key| key.0).collect();
-        let rows = records::by_ids(&self.db, &ids).await?;
+        let rows = record::by_ids(&self.db, &ids).await?;
         Ok(rows.into_iter().map(|record| (RecordKey(record.id), record)).collect())
     }
 }

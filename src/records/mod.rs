@@ -17,8 +17,8 @@ pub mod graphql;
 mod loaders;
 mod model;
 mod purchases;
-mod records;
+mod record;
 mod validate;
 
-pub use graphql::{StoreMutation, StoreQuery};
+pub use graphql::{RecordsMutation, RecordsQuery};
 pub use loaders::{StoreLoader, loader};

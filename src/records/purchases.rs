@@ -25,7 +25,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult as _, Transac
 use super::{
     customers,
     model::{Conditions, PURCHASE_COLUMNS, Purchase, PurchaseStatus},
-    records::{self, MAX_STOCK},
+    record::{self, MAX_STOCK},
     validate,
 };
 use crate::{
@@ -87,7 +87,7 @@ async fn why_refused(db: &DatabaseConnection, new: NewPurchase) -> AppResult<App
     if !customer.active {
         return Ok(AppError::conflict(format!("customer {} is deactivated and cannot purchase", customer.id)));
     }
-    let record = records::get(db, new.record_id).await?;
+    let record = record::get(db, new.record_id).await?;
     if record.price * i64::from(new.quantity) > MAX_TOTAL {
         return Ok(AppError::bad_input(format!(
             "{} × {} minor units exceeds the largest total ({MAX_TOTAL})",

@@ -9,7 +9,7 @@ use super::{
     loaders::{BatchError, CustomerKey, PurchaseCountKey, RecordKey, StoreLoader},
     model::{Customer, Purchase, PurchaseStatus, Record},
     purchases::{self, CustomerPage, NewPurchase},
-    records::{self, NewRecord, RecordChanges},
+    record::{self, NewRecord, RecordChanges},
 };
 use crate::{
     db::to_datetime,
@@ -326,10 +326,10 @@ pub struct CreatePurchaseInput {
 }
 
 #[derive(Default)]
-pub struct StoreQuery;
+pub struct RecordsQuery;
 
 #[Object]
-impl StoreQuery {
+impl RecordsQuery {
     /// Customers, oldest first.
     async fn customers(
         &self,
@@ -378,22 +378,22 @@ impl StoreQuery {
         let state = state(ctx);
         let page = Page::new(first, after, state.config.http.page_max)?;
         let filter = filter.unwrap_or_default();
-        let filter = records::RecordFilter {
+        let filter = record::RecordFilter {
             artist: filter.artist,
             title: filter.title,
             genre: filter.genre,
             release_year: filter.release_year,
             in_stock: filter.in_stock,
         };
-        let rows = records::list(&state.db, &filter, page).await?;
+        let rows = record::list(&state.db, &filter, page).await?;
         let db = state.db.clone();
-        let totals = Totals::new(move || async move { records::count(&db, &filter).await });
+        let totals = Totals::new(move || async move { record::count(&db, &filter).await });
         Ok(connection(rows, page, |record| record.id, totals))
     }
 
     /// A record by id; null when there is none.
     async fn record(&self, ctx: &Context<'_>, #[graphql(desc = "The record's id.")] id: ID) -> Result<Option<Record>> {
-        Ok(records::find(&state(ctx).db, parse_id(&id, "record")?).await?)
+        Ok(record::find(&state(ctx).db, parse_id(&id, "record")?).await?)
     }
 
     /// Purchases of every status, oldest first: by customer, by record, by period, by status.
@@ -435,7 +435,7 @@ impl StoreQuery {
     }
 }
 
-impl StoreQuery {
+impl RecordsQuery {
     /// Describes the connections this domain's lists return: async-graphql generates the
     /// types, so no doc comment reaches them.
     pub fn describe_connections<Q, M, S>(builder: SchemaBuilder<Q, M, S>) -> SchemaBuilder<Q, M, S> {
@@ -456,10 +456,10 @@ impl StoreQuery {
 }
 
 #[derive(Default)]
-pub struct StoreMutation;
+pub struct RecordsMutation;
 
 #[Object]
-impl StoreMutation {
+impl RecordsMutation {
     /// Opens a customer account. A malformed e-mail is BAD_USER_INPUT; an address
     /// already used by any customer (ignoring case) is CONFLICT.
     async fn create_customer(
@@ -507,7 +507,7 @@ impl StoreMutation {
             price: input.price,
             stock: input.stock,
         };
-        Ok(records::create(&state(ctx).db, new).await?)
+        Ok(record::create(&state(ctx).db, new).await?)
     }
 
     /// Changes a record's catalog data or price (not its stock; see `restockRecord`).
@@ -526,7 +526,7 @@ impl StoreMutation {
             release_year: input.release_year,
             price: input.price,
         };
-        Ok(records::update(&state(ctx).db, id, changes).await?)
+        Ok(record::update(&state(ctx).db, id, changes).await?)
     }
 
     /// Adds `quantity` (one or more) units to the stock, atomically. Unknown id: NOT_FOUND.
@@ -537,7 +537,7 @@ impl StoreMutation {
         #[graphql(desc = "The record to restock.")] id: ID,
         #[graphql(desc = "Units to add, one or more.")] quantity: i32,
     ) -> Result<Record> {
-        Ok(records::restock(&state(ctx).db, parse_id(&id, "record")?, quantity).await?)
+        Ok(record::restock(&state(ctx).db, parse_id(&id, "record")?, quantity).await?)
     }
 
     /// Buys `quantity` units of a record at its current price. With enough stock the
