@@ -8,18 +8,34 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Config, parse_feed_source},
+    catalog::{self, Catalog},
+    config::Config,
     db,
     events::EventBus,
-    feed, http,
+    feed, http, intake,
     jobs::{JobQueue, JobRegistry, Workers, periodic},
+    node::Node,
+    records::Records,
     server::{self, ServerLimits},
-    state::{AppState, Upstreams},
+    state::AppState,
     storage::ObjectStorage,
+    uploads,
 };
 
+/// Where the third-party services are, after the embedded simulator (if any) started.
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    pub offers_url: String,
+    /// `(url, period)` per partner feed.
+    pub feed_sources: Vec<(String, std::time::Duration)>,
+    /// True when these point at the in-process simulator.
+    pub simulated: bool,
+}
+
 pub struct App {
+    /// The shared infrastructure (tests reach the database and the queue through it).
     pub state: AppState,
+    pub node: Node,
     listener: TcpListener,
     /// `ADMIN_LISTEN`: `/metrics` and the detailed `/health`, off the public address.
     admin_listener: Option<TcpListener>,
@@ -47,39 +63,56 @@ impl App {
             }
             None => (None, EventBus::local()),
         };
-        let objects = ObjectStorage::from_config(&config)?;
-        let dedup = crate::uploads::dedup_window(&config, redis.as_ref());
+        let objects =
+            ObjectStorage::open(config.object_store_url.as_deref(), &config.database.data_dir.join("objects"))?;
         let (upstreams, simulator) = upstreams(&config).await?;
         let jobs = JobQueue::new(db.clone(), config.jobs.clone());
-        let feed = feed::Gateway::new(&upstreams.feed_sources, &config.feed);
-        let catalog = Arc::new(crate::catalog::Catalog::new(&db, &config, &upstreams.offers_url, &node_id)?);
 
         let state = AppState {
-            config: Arc::new(config),
             db,
             redis,
+            redis_prefix: config.redis_prefix.as_str().into(),
             events,
             objects,
-            dedup,
             jobs,
             node_id,
-            upstreams: Arc::new(upstreams),
-            feed,
-            catalog,
+            page_max: config.paging.page_max,
             requests_deadline: CancellationToken::new(),
         };
-        Ok(Self { state, listener, admin_listener, simulator })
+        let catalog =
+            Arc::new(Catalog::new(&state, config.catalog.clone(), &upstreams.offers_url, upstreams.simulated)?);
+        let node = Node {
+            records: Records::new(&state),
+            uploads: uploads::Uploads::new(&state, config.uploads.clone(), catalog.clone()),
+            intake: intake::Intake::new(&state, config.intake.clone(), config.http.request_timeout),
+            feed: feed::Gateway::new(&upstreams.feed_sources, &config.feed),
+            simulated_feeds: upstreams.simulated,
+            catalog,
+            shared: state.clone(),
+            config: Arc::new(config),
+        };
+        Ok(Self { state, node, listener, admin_listener, simulator })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or(self.state.config.listen)
+        self.listener.local_addr().unwrap_or(self.node.config.listen)
     }
 
     /// Serves until `shutdown` resolves, then stops in order.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { state, listener, admin_listener, simulator } = self;
-        let workers = Workers::spawn(state.clone(), job_registry(), state.config.jobs.job_workers);
-        let mut scheduler = periodic::start(state.clone(), periodic_jobs(&state.config)).await?;
+        let Self { state: shared, node: state, listener, admin_listener, simulator } = self;
+        let workers = Workers::spawn(
+            shared.jobs.clone(),
+            shared.node_id.clone(),
+            job_registry(&state),
+            state.config.jobs.job_workers,
+        );
+        let leases = periodic::Leases {
+            db: shared.db.clone(),
+            node: shared.node_id.clone(),
+            lease: state.config.jobs.periodic_lease,
+        };
+        let mut scheduler = periodic::start(leases, periodic_jobs(&state)).await?;
         let feed_pollers = feed::spawn_pollers(&state.feed)?;
         let limits = ServerLimits {
             max_connections: server::connection_budget(state.config.http.max_connections),
@@ -92,7 +125,7 @@ impl App {
         let stop = CancellationToken::new();
         let admin = admin_listener.map(|listener| {
             let router = http::admin(state.clone());
-            let deadline = state.requests_deadline.clone();
+            let deadline = shared.requests_deadline.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 server::serve(listener, router, limits, stop.cancelled_owned(), grace, deadline).await
@@ -100,12 +133,18 @@ impl App {
         });
         tracing::info!(
             addr = %listener.local_addr()?,
-            node = %state.node_id,
+            node = %shared.node_id,
             max_connections = limits.max_connections,
             "emporium is serving; GraphiQL at /graphql"
         );
-        let public =
-            server::serve(listener, http::app(state.clone()), limits, shutdown, grace, state.requests_deadline.clone());
+        let public = server::serve(
+            listener,
+            http::app(state.clone()),
+            limits,
+            shutdown,
+            grace,
+            shared.requests_deadline.clone(),
+        );
         public.await;
         stop.cancel();
         if let Some(admin) = admin {
@@ -118,27 +157,27 @@ impl App {
         if let Some(simulator) = simulator {
             simulator.shutdown().await;
         }
-        state.db.clone().close().await.ok();
+        shared.db.clone().close().await.ok();
         tracing::info!("stopped");
         Ok(())
     }
 }
 
 /// Every durable job kind this binary runs.
-pub fn job_registry() -> JobRegistry {
+pub fn job_registry(node: &Node) -> JobRegistry {
     let mut registry = JobRegistry::default();
-    crate::catalog::register_jobs(&mut registry);
-    crate::intake::register_jobs(&mut registry);
-    crate::uploads::register_jobs(&mut registry);
+    catalog::register_jobs(&node.catalog, &mut registry);
+    intake::register_jobs(&node.intake, &mut registry);
+    uploads::register_jobs(&node.uploads, &mut registry);
     registry
 }
 
 /// Every periodic job this binary schedules.
-pub fn periodic_jobs(config: &Config) -> Vec<periodic::Periodic> {
-    let mut jobs = periodic::housekeeping(&config.jobs);
-    jobs.extend(crate::catalog::periodic(config));
-    jobs.extend(crate::intake::periodic(config));
-    jobs.extend(crate::uploads::periodic());
+pub fn periodic_jobs(node: &Node) -> Vec<periodic::Periodic> {
+    let mut jobs = periodic::housekeeping(&node.shared.jobs);
+    jobs.extend(catalog::periodic(&node.catalog));
+    jobs.extend(intake::periodic(&node.intake));
+    jobs.extend(uploads::periodic(&node.uploads));
     jobs
 }
 
@@ -170,7 +209,7 @@ async fn connect_redis(url: &str) -> anyhow::Result<(redis::Client, redis::aio::
 async fn upstreams(config: &Config) -> anyhow::Result<(Upstreams, Option<sim::RunningSim>)> {
     let mut feed_sources = Vec::new();
     for source in &config.upstreams.feed_sources {
-        feed_sources.push(parse_feed_source(source).map_err(|error| anyhow::anyhow!(error))?);
+        feed_sources.push(feed::parse_feed_source(source).map_err(|error| anyhow::anyhow!(error))?);
     }
     if !config.upstreams.needs_simulator() {
         let offers_url = config.upstreams.offers_url.clone().unwrap_or_default();

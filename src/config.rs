@@ -2,9 +2,11 @@
 //! Defaults give the embedded mode; `DATABASE_URL`, `REDIS_URL` and `OBJECT_STORE_URL`
 //! switch the shared parts to their cluster backends.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::settings::{parse_duration, parse_size};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,38 +28,11 @@ pub enum Command {
     /// Run the service (the default when no command is given).
     Serve(Box<Config>),
     /// Apply database migrations and exit.
-    Migrate(DatabaseArgs),
+    Migrate(crate::db::DatabaseArgs),
     /// Print the GraphQL schema (SDL) to stdout.
     Schema,
     /// Run the upstream simulator (offers service and partner feeds) on its own.
     Sim(SimArgs),
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct DatabaseArgs {
-    /// Postgres URL (`postgres://…`) or SQLite URL (`sqlite://…`). Unset: SQLite file `<DATA_DIR>/emporium.db`.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// Folder for embedded-mode state: the SQLite file and the local object store.
-    #[arg(long, env = "DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// Largest number of pooled database connections per node.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
-    pub database_max_connections: u32,
-    /// How long a request waits for a pooled connection before it fails with 503
-    /// `UPSTREAM_UNAVAILABLE` (the pool is exhausted or the database unreachable).
-    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
-    pub database_acquire_timeout: Duration,
-}
-
-impl DatabaseArgs {
-    /// The URL to connect to, and whether it is the embedded default.
-    pub fn resolved_url(&self) -> String {
-        match &self.database_url {
-            Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("emporium.db").display()),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -67,7 +42,7 @@ pub struct Config {
     pub listen: SocketAddr,
 
     #[command(flatten)]
-    pub database: DatabaseArgs,
+    pub database: crate::db::DatabaseArgs,
 
     /// Redis URL for the cluster dedup window and cross-node events. Unset: in-process.
     #[arg(long, env = "REDIS_URL")]
@@ -100,10 +75,13 @@ pub struct Config {
     pub node_id: Option<String>,
 
     #[command(flatten)]
-    pub jobs: JobsConfig,
+    pub jobs: crate::jobs::JobsConfig,
 
     #[command(flatten)]
     pub http: HttpConfig,
+
+    #[command(flatten)]
+    pub paging: crate::paging::PagingConfig,
 
     #[command(flatten)]
     pub graphql: GraphqlConfig,
@@ -125,40 +103,6 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct JobsConfig {
-    /// Durable jobs run concurrently on this node (0 = this node runs no jobs).
-    #[arg(long, env = "JOB_WORKERS", default_value_t = 4)]
-    pub job_workers: usize,
-    /// How long a claimed job stays ours without a heartbeat before another node may take it.
-    #[arg(long, env = "JOB_LEASE", default_value = "30s", value_parser = parse_duration)]
-    pub job_lease: Duration,
-    /// How often an idle node looks for due jobs.
-    #[arg(long, env = "JOB_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
-    pub job_poll_interval: Duration,
-    /// Attempts before a job is marked failed for good.
-    #[arg(long, env = "JOB_MAX_ATTEMPTS", default_value_t = 10)]
-    pub job_max_attempts: i32,
-    /// First retry delay; doubles each attempt (with jitter) up to JOB_BACKOFF_MAX.
-    #[arg(long, env = "JOB_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
-    pub job_backoff_base: Duration,
-    /// Longest retry delay.
-    #[arg(long, env = "JOB_BACKOFF_MAX", default_value = "10m", value_parser = parse_duration)]
-    pub job_backoff_max: Duration,
-    /// Finished jobs are deleted after this long.
-    #[arg(long, env = "JOB_RETENTION", default_value = "24h", value_parser = parse_duration)]
-    pub job_retention: Duration,
-    /// Lease of a running periodic job: a node that dies mid-run blocks the job at most this long.
-    #[arg(long, env = "PERIODIC_LEASE", default_value = "30s", value_parser = parse_duration)]
-    pub periodic_lease: Duration,
-    /// When finished jobs are purged (six-field cron, seconds first).
-    #[arg(long, env = "JOBS_PURGE_CRON", default_value = "0 17 * * * *")]
-    pub jobs_purge_cron: String,
-    /// On shutdown, how long running jobs may finish before they are released to other nodes.
-    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
-}
-
-#[derive(Debug, Clone, Args)]
 pub struct HttpConfig {
     /// Requests in flight on this node beyond which every route but /health answers 503.
     #[arg(long, env = "MAX_INFLIGHT_REQUESTS", default_value_t = 4096)]
@@ -175,9 +119,6 @@ pub struct HttpConfig {
     /// client that stops reading frees its place).
     #[arg(long, env = "HTTP_WRITE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub write_timeout: Duration,
-    /// Largest page a connection returns (`first` above it is refused).
-    #[arg(long, env = "PAGE_MAX", default_value_t = 100)]
-    pub page_max: usize,
     /// Time limit of one ordinary request (not uploads nor subscriptions).
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -271,99 +212,42 @@ pub struct SimArgs {
     pub feed_items: usize,
 }
 
-/// Parses `250ms`, `30s`, `5m`, `2h` or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 =
-        number.parse().map_err(|_| format!("`{text}` is not a duration (examples: 250ms, 30s, 5m, 2h)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use ms, s, m or h)")),
-    };
-    if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("`{text}` is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-/// [`parse_bytes`] for sizes held in memory.
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let bytes = parse_bytes(text)?;
-    usize::try_from(bytes).map_err(|_| format!("`{text}` is too large"))
-}
-
-/// Parses a size in bytes: `1048576`, `512KiB`, `10MiB`, `8GiB` (also KB/MB/GB as powers of 1000).
-pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| format!("`{text}` is not a size (examples: 1048576, 10MiB, 8GiB)"))?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => return Err(format!("`{text}`: unknown unit `{other}` (use B, KiB, MiB, GiB, TiB, KB, MB or GB)")),
-    };
-    value.checked_mul(factor).ok_or_else(|| format!("`{text}` is too large"))
-}
-
-/// Parses one `URL@PERIOD` feed source (`http://a/data@15s`).
-pub fn parse_feed_source(text: &str) -> Result<(String, Duration), String> {
-    let (url, period) = text
-        .trim()
-        .rsplit_once('@')
-        .ok_or_else(|| format!("feed source `{text}` must be URL@PERIOD, for example http://host/data@15s"))?;
-    let parsed = url::Url::parse(url).map_err(|error| format!("feed source `{text}`: bad URL: {error}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("feed source `{text}`: only http and https are supported"));
-    }
-    let period = parse_duration(period)?;
-    if period < Duration::from_secs(1) {
-        return Err(format!("feed source `{text}`: the period must be at least 1s"));
-    }
-    Ok((url.to_string(), period))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
-
-    #[test]
-    fn sizes_parse_with_units() {
-        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
-        assert_eq!(parse_bytes("10MiB"), Ok(10 << 20));
-        assert_eq!(parse_bytes("8GiB"), Ok(8 << 30));
-        assert_eq!(parse_bytes("2 KB"), Ok(2000));
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("5XB").is_err());
-        assert!(parse_bytes("99999999999TiB").is_err());
-    }
+    use crate::feed::parse_feed_source;
 
     #[test]
     fn bare_invocation_is_serve_with_defaults() {
         let cli = Cli::try_parse_from(["emporium"]).expect("parses");
         assert!(cli.command.is_none());
         assert_eq!(cli.serve.listen.port(), 8000);
+    }
+
+    #[test]
+    fn sources_and_limits_come_from_flags() {
+        let cli = Cli::try_parse_from([
+            "emporium",
+            "--feed-source",
+            "http://a/data@15s",
+            "--feed-source",
+            "http://b/data@30s,http://c/data@1m",
+            "--feed-max-clients",
+            "4",
+            "--feed-max-body-bytes",
+            "1000",
+            "--feed-timeout",
+            "2s",
+        ])
+        .expect("parses");
+        let sources: Vec<_> =
+            cli.serve.upstreams.feed_sources.iter().map(|source| parse_feed_source(source).expect("valid")).collect();
+        let periods: Vec<u64> = sources.iter().map(|(_, period)| period.as_secs()).collect();
+        assert_eq!(periods, [15, 30, 60]);
+        assert_eq!(sources[1].0, "http://b/data");
+        assert_eq!(cli.serve.feed.feed_max_clients, 4);
+        assert_eq!(cli.serve.feed.feed_max_body_bytes, 1000);
+        assert_eq!(cli.serve.feed.feed_timeout.as_secs(), 2);
+        assert!(Cli::try_parse_from(["emporium", "--feed-max-clients", "0"]).is_err());
     }
 }

@@ -5,7 +5,7 @@
 //! must write first (e.g. a conditional `UPDATE`): a deferred read-then-write
 //! transaction can fail with SQLITE_BUSY instead of waiting for the lock.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use chrono::{DateTime, TimeZone as _, Utc};
@@ -15,10 +15,38 @@ use sea_orm::{
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
-use crate::config::DatabaseArgs;
+use crate::settings::parse_duration;
 
 /// Any number; all nodes use it to serialize migrations on Postgres.
 const MIGRATION_LOCK_KEY: i64 = 0x656d_706f_7269_756d; // "emporium"
+
+/// The database section of the settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// Postgres URL (`postgres://…`) or SQLite URL (`sqlite://…`). Unset: SQLite file `<DATA_DIR>/emporium.db`.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Folder for embedded-mode state: the SQLite file and the local object store.
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Largest number of pooled database connections per node.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+    /// How long a request waits for a pooled connection before it fails with 503
+    /// `UPSTREAM_UNAVAILABLE` (the pool is exhausted or the database unreachable).
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
+    pub database_acquire_timeout: Duration,
+}
+
+impl DatabaseArgs {
+    /// The URL to connect to, and whether it is the embedded default.
+    pub fn resolved_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("emporium.db").display()),
+        }
+    }
+}
 
 /// Connects to the configured database, creating the SQLite file (and its folder) on first start.
 pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<DatabaseConnection> {

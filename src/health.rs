@@ -1,15 +1,14 @@
-//! The health report behind `GET /health`: each dependency's state as JSON; 503 when a
-//! dependency this node cannot serve without (database, Redis when configured, object
-//! storage) is down.
+//! What `GET /health` is made of: a [`Check`] per dependency or domain, and the checks
+//! of the shared infrastructure (database, Redis, object storage, job queue). The report
+//! that joins every check is assembled above the domains (`http::health`).
 
-use std::{collections::BTreeMap, time::Instant};
+use std::time::Instant;
 
-use axum::http::StatusCode;
 use sea_orm::ConnectionTrait as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{db::stmt, state::AppState};
+use crate::{db::stmt, jobs::JobQueue, storage::ObjectStorage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,54 +34,10 @@ impl Check {
     }
 }
 
-/// The node's status (200, or 503 when a critical dependency is down) and the report.
-pub async fn report(state: &AppState) -> (StatusCode, Value) {
-    let (database, redis, objects, jobs, offers, feeds, intake, uploads) = tokio::join!(
-        database(state),
-        redis(state),
-        object_store(state),
-        jobs(state),
-        crate::catalog::health(state),
-        crate::feed::health(state),
-        crate::intake::health(state),
-        crate::uploads::health(state),
-    );
-    let checks: BTreeMap<&str, Check> = [
-        ("database", database),
-        ("redis", redis),
-        ("object_store", objects),
-        ("jobs", jobs),
-        ("offers_service", offers),
-        ("feeds", feeds),
-        ("intake", intake),
-        ("uploads", uploads),
-    ]
-    .into_iter()
-    .collect();
-    let unhealthy = checks.values().any(|check| check.critical && check.status == Status::Down);
-    let degraded = checks.values().any(|check| check.status != Status::Up);
-    let overall = if unhealthy {
-        Status::Down
-    } else if degraded {
-        Status::Degraded
-    } else {
-        Status::Up
-    };
-    let code = if unhealthy { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    let body = json!({
-        "status": overall,
-        "node": &*state.node_id,
-        "version": env!("CARGO_PKG_VERSION"),
-        "mode": if state.redis.is_some() { "cluster" } else { "embedded" },
-        "checks": checks,
-    });
-    (code, body)
-}
-
-async fn database(state: &AppState) -> Check {
+pub async fn database(db: &sea_orm::DatabaseConnection) -> Check {
     let started = Instant::now();
-    let backend = format!("{:?}", state.db.get_database_backend()).to_lowercase();
-    match state.db.execute_raw(stmt(&state.db, "SELECT 1", [])).await {
+    let backend = format!("{:?}", db.get_database_backend()).to_lowercase();
+    match db.execute_raw(stmt(db, "SELECT 1", [])).await {
         Ok(_) => {
             Check::new(Status::Up, true, json!({ "backend": backend, "latency_ms": started.elapsed().as_millis() }))
         }
@@ -90,8 +45,8 @@ async fn database(state: &AppState) -> Check {
     }
 }
 
-async fn redis(state: &AppState) -> Check {
-    let Some(manager) = &state.redis else {
+pub async fn redis(redis: Option<&redis::aio::ConnectionManager>) -> Check {
+    let Some(manager) = redis else {
         return Check::new(Status::Up, false, json!({ "mode": "in-process (no REDIS_URL)" }));
     };
     let started = Instant::now();
@@ -102,10 +57,11 @@ async fn redis(state: &AppState) -> Check {
     }
 }
 
-async fn object_store(state: &AppState) -> Check {
+/// Writes, reads and deletes a probe object named after `node`.
+pub async fn object_store(objects: &ObjectStorage, node: &str) -> Check {
     let started = Instant::now();
-    let location = state.objects.location().to_string();
-    match state.objects.check(&state.node_id).await {
+    let location = objects.location().to_string();
+    match objects.check(node).await {
         Ok(()) => {
             Check::new(Status::Up, true, json!({ "location": location, "latency_ms": started.elapsed().as_millis() }))
         }
@@ -113,8 +69,8 @@ async fn object_store(state: &AppState) -> Check {
     }
 }
 
-async fn jobs(state: &AppState) -> Check {
-    match state.jobs.counts().await {
+pub async fn jobs(jobs: &JobQueue) -> Check {
+    match jobs.counts().await {
         Ok(counts) => Check::new(Status::Up, false, json!({ "counts": counts })),
         Err(error) => Check::new(Status::Down, false, json!({ "error": error.to_string() })),
     }

@@ -5,22 +5,30 @@
 //! HTTP layers thin on top; cross-cutting parts (config, db, jobs, errors, events,
 //! storage, telemetry) in their own modules.
 
-pub mod app;
-pub mod catalog;
-pub mod config;
+// Infrastructure: knows no domain.
 pub mod db;
 pub mod error;
 pub mod events;
-pub mod feed;
-pub mod graphql;
 pub mod guard;
 pub mod health;
-pub mod http;
-pub mod intake;
 pub mod jobs;
-pub mod records;
+pub mod paging;
 pub mod server;
+pub mod settings;
 pub mod state;
 pub mod storage;
 pub mod telemetry;
+
+// Domains: each owns its model, entities, logic, handle and settings section.
+pub mod catalog;
+pub mod feed;
+pub mod intake;
+pub mod records;
 pub mod uploads;
+
+// Assembly: the settings, the node's wiring, GraphQL and HTTP, and running a node.
+pub mod app;
+pub mod config;
+pub mod graphql;
+pub mod http;
+pub mod node;

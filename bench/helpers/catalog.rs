@@ -87,12 +87,12 @@ pub async fn sync(database_url: &str) -> anyhow::Result<()> {
     emporium::telemetry::init_logging("text", &config.log_filter);
     let concurrency = config.catalog.offers_sync_concurrency;
     let app = emporium::app::App::build(config).await?;
-    let state = app.state.clone();
+    let state = app.node.catalog.clone();
 
     // The seeded products are registered in our database; register them with this fresh
     // simulator too (not timed), so the sync finds their offers.
     let ids = emporium::catalog::sync::registered_product_ids(&state.db).await?;
-    let (client, db) = (&state.catalog.offers, &state.db);
+    let (client, db) = (&state.offers, &state.db);
     client.token(db).await?;
     let failures = futures::stream::iter(ids.iter().copied())
         .map(|id| async move { client.register(db, id, "bench product", "").await.is_err() })

@@ -16,6 +16,7 @@ use futures::{Stream, StreamExt as _};
 use sea_orm::{DatabaseConnection, FromQueryResult};
 use tokio::sync::OnceCell;
 
+use super::Catalog;
 use super::{
     model::{OFFER_COLUMNS, OfferRow, PRODUCT_COLUMNS, ProductRow, Registration},
     products::{self, NewProduct, ProductChanges, ProductFilter},
@@ -26,13 +27,15 @@ use crate::{
     db::{now_ms, stmt, to_datetime},
     error::AppError,
     events::EventBus,
-    graphql::{
-        pagination::{Page, Paged, Totals, connection, parse_id},
-        state,
-    },
+    paging::{Page, Paged, Totals, connection, parse_id},
 };
 
 type Result<T> = async_graphql::Result<T>;
+
+/// The catalog's handle inside a resolver (every schema that serves is built with it).
+fn state<'a>(ctx: &Context<'a>) -> &'a Catalog {
+    ctx.data_unchecked::<Arc<Catalog>>()
+}
 
 // ---- types ----------------------------------------------------------------------------
 
@@ -235,7 +238,7 @@ impl Offer {
         if let Some(product) = &self.product {
             return Ok(Product { row: product.clone(), batch: self.batch.clone() });
         }
-        let loaded = state(ctx).catalog.loaders.products.load_one(self.row.product_id).await.map_err(loader_error)?;
+        let loaded = state(ctx).loaders.products.load_one(self.row.product_id).await.map_err(loader_error)?;
         let row = loaded.ok_or_else(|| AppError::not_found(format!("no product {}", self.row.product_id)))?;
         Ok(Product::alone(row))
     }
@@ -415,7 +418,7 @@ impl CatalogQuery {
         #[graphql(desc = "Only products matching it; all when omitted.")] filter: Option<ProductsFilter>,
     ) -> Result<Paged<Product>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.config.http.page_max)?;
+        let page = Page::new(first, after, state.page_max)?;
         let filter = filter.unwrap_or_default();
         let filter = ProductFilter { search: filter.search, sku: filter.sku };
         let rows = products::list(&state.db, page, &filter).await?;
@@ -619,7 +622,7 @@ async fn offers_of(
     product_id: i64,
     batch: Option<&Arc<Batch>>,
 ) -> std::result::Result<Arc<Vec<OfferRow>>, AppError> {
-    let loader = &state(ctx).catalog.loaders.offers;
+    let loader = &state(ctx).loaders.offers;
     let Some(batch) = batch else {
         return Ok(loader.load_one(product_id).await.map_err(loader_error)?.unwrap_or_default());
     };
@@ -636,7 +639,7 @@ async fn history_of(
     batch: Option<&Arc<Batch>>,
 ) -> std::result::Result<Arc<ProductHistory>, AppError> {
     let period = Period::new(from.map(|at| at.timestamp_millis()), to.map(|at| at.timestamp_millis()))?;
-    let loader = &state(ctx).catalog.loaders.histories;
+    let loader = &state(ctx).loaders.histories;
     let Some(batch) = batch else {
         return Ok(loader.load_one((product_id, period)).await.map_err(loader_error)?.unwrap_or_default());
     };

@@ -25,7 +25,7 @@ pub mod registration;
 pub mod sync;
 pub mod trend;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
 use serde_json::json;
@@ -37,9 +37,10 @@ pub use products::{
 pub use sync::{SyncReport, sync_offers};
 
 use crate::{
-    config::{Config, parse_duration},
+    events::EventBus,
     health::{Check, Status},
-    jobs::{JobRegistry, periodic::Periodic},
+    jobs::{JobQueue, JobRegistry, periodic::Periodic},
+    settings::parse_duration,
     state::AppState,
 };
 
@@ -71,30 +72,48 @@ pub struct CatalogConfig {
     pub offers_register_concurrency: usize,
 }
 
-/// The catalog's per-node runtime: the offers service client and the GraphQL batch loaders.
+/// The catalog's handle: what it uses of the shared infrastructure, its settings, the
+/// offers service client and the GraphQL batch loaders (per node).
 pub struct Catalog {
+    pub db: DatabaseConnection,
+    pub jobs: JobQueue,
+    pub events: EventBus,
+    pub config: CatalogConfig,
     pub offers: OffersClient,
     pub(crate) loaders: graphql::Loaders,
+    /// `PAGE_MAX`.
+    pub page_max: usize,
+    /// The offers service is the bundled simulator (shown in `/health`).
+    pub simulated: bool,
 }
 
 impl Catalog {
-    pub fn new(db: &DatabaseConnection, config: &Config, offers_url: &str, node: &str) -> anyhow::Result<Self> {
-        Ok(Self { offers: OffersClient::new(offers_url, node, &config.catalog)?, loaders: graphql::Loaders::new(db) })
+    pub fn new(shared: &AppState, config: CatalogConfig, offers_url: &str, simulated: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            db: shared.db.clone(),
+            jobs: shared.jobs.clone(),
+            events: shared.events.clone(),
+            offers: OffersClient::new(offers_url, &shared.node_id, &config)?,
+            loaders: graphql::Loaders::new(&shared.db),
+            config,
+            page_max: shared.page_max,
+            simulated,
+        })
     }
 }
 
-pub fn register_jobs(registry: &mut JobRegistry) {
-    registration::register_jobs(registry);
+pub fn register_jobs(catalog: &Arc<Catalog>, registry: &mut JobRegistry) {
+    registration::register_jobs(catalog, registry);
 }
 
-pub fn periodic(config: &Config) -> Vec<Periodic> {
-    sync::periodic(config)
+pub fn periodic(catalog: &Arc<Catalog>) -> Vec<Periodic> {
+    sync::periodic(catalog)
 }
 
 /// The offers service as this deployment sees it: degraded while the last calls failed
 /// or the token is rejected; never critical (the catalog keeps serving without it).
-pub async fn health(state: &AppState) -> Check {
-    let client = &state.catalog.offers;
+pub async fn health(state: &Catalog) -> Check {
+    let client = &state.offers;
     let local = client.local_status();
     let (shared, token, last_sync) = tokio::join!(
         client::read_shared_status(&state.db),
@@ -132,7 +151,7 @@ pub async fn health(state: &AppState) -> Check {
         false,
         json!({
             "url": client.base_url(),
-            "simulated": state.upstreams.simulated,
+            "simulated": state.simulated,
             "state": state_name,
             "token_present": token_present,
             "since": shared.as_ref().map(|shared| crate::db::to_datetime(shared.since)),

@@ -9,14 +9,14 @@ use sea_orm::{
 };
 
 use super::{
+    Catalog,
     model::{self, PRODUCT_COLUMNS, ProductRow, Registration},
     registration,
 };
 use crate::{
     db::{bind_row, now_ms, stmt},
     error::{AppError, AppResult, conflict_on_unique},
-    graphql::pagination::Page,
-    state::AppState,
+    paging::Page,
 };
 
 /// One product as a bulk upload describes it; `sku` is the client's id.
@@ -78,7 +78,7 @@ fn clean(item: &ProductUpsert) -> Result<CleanUpsert, String> {
 /// item fails the whole batch with `BAD_USER_INPUT` naming its sku; use
 /// [`validate_upsert`] first to skip bad items instead.
 pub async fn upsert_by_sku(
-    state: &AppState,
+    state: &Catalog,
     txn: &DatabaseTransaction,
     batch: &[ProductUpsert],
 ) -> AppResult<UpsertOutcome> {
@@ -105,7 +105,7 @@ pub async fn upsert_by_sku(
         outcome.created += created.len() as u64;
         if !created.is_empty() {
             let ids = created.iter().map(|(id, _)| *id).collect();
-            state.jobs.enqueue(txn, registration::job(state, ids)).await?;
+            state.jobs.enqueue(txn, registration::job(&state.config, ids)).await?;
         }
     }
     if outcome.created > 0 {
@@ -266,7 +266,7 @@ fn sku_taken(sku: &Option<String>) -> impl FnOnce() -> String + '_ {
 }
 
 /// Creates a product and queues its registration, in one transaction.
-pub async fn create(state: &AppState, input: NewProduct) -> AppResult<ProductRow> {
+pub async fn create(state: &Catalog, input: NewProduct) -> AppResult<ProductRow> {
     let name = model::valid_name(&input.name).map_err(AppError::bad_input)?;
     let description = model::valid_description(&input.description).map_err(AppError::bad_input)?;
     let sku = input.sku.as_deref().map(model::valid_sku).transpose().map_err(AppError::bad_input)?;
@@ -286,14 +286,14 @@ pub async fn create(state: &AppState, input: NewProduct) -> AppResult<ProductRow
     .await
     .map_err(|error| conflict_on_unique(error, sku_taken(&sku)))?
     .ok_or_else(|| AppError::Internal(anyhow::anyhow!("insert returned no row")))?;
-    state.jobs.enqueue(&txn, registration::job(state, vec![product.id])).await?;
+    state.jobs.enqueue(&txn, registration::job(&state.config, vec![product.id])).await?;
     txn.commit().await?;
     metrics::counter!("emporium_catalog_products_created_total").increment(1);
     Ok(product)
 }
 
 /// Applies `changes` to product `id` in one statement.
-pub async fn update(state: &AppState, id: i64, changes: ProductChanges) -> AppResult<ProductRow> {
+pub async fn update(state: &Catalog, id: i64, changes: ProductChanges) -> AppResult<ProductRow> {
     let mut columns: Vec<(&str, Value)> = Vec::new();
     if let Some(name) = &changes.name {
         columns.push(("name", model::valid_name(name).map_err(AppError::bad_input)?.into()));
@@ -328,7 +328,7 @@ pub async fn update(state: &AppState, id: i64, changes: ProductChanges) -> AppRe
 }
 
 /// Deletes a product with its offers and price history.
-pub async fn delete(state: &AppState, id: i64) -> AppResult<()> {
+pub async fn delete(state: &Catalog, id: i64) -> AppResult<()> {
     let deleted =
         state.db.execute_raw(stmt(&state.db, "DELETE FROM products WHERE id = $1", [id.into()])).await?.rows_affected();
     if deleted == 0 {
@@ -400,7 +400,7 @@ pub async fn count(db: &impl ConnectionTrait, filter: &ProductFilter) -> AppResu
 
 /// Queues registration again for a product that is not registered (it failed, or its
 /// job was lost); refused for a registered product.
-pub async fn register_again(state: &AppState, id: i64) -> AppResult<ProductRow> {
+pub async fn register_again(state: &Catalog, id: i64) -> AppResult<ProductRow> {
     let txn = state.db.begin().await?;
     // Write first (SQLite); only a product that is not registered qualifies.
     let updated = txn
@@ -417,7 +417,7 @@ pub async fn register_again(state: &AppState, id: i64) -> AppResult<ProductRow> 
         txn.rollback().await?;
         return Err(AppError::conflict(format!("product {} is already registered", product.id)));
     }
-    state.jobs.enqueue(&txn, registration::job(state, vec![id])).await?;
+    state.jobs.enqueue(&txn, registration::job(&state.config, vec![id])).await?;
     let product = get(&txn, id).await?;
     txn.commit().await?;
     Ok(product)

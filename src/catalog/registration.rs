@@ -8,10 +8,13 @@
 
 use std::collections::HashSet;
 
+use std::sync::Arc;
+
 use futures::StreamExt as _;
 use sea_orm::{ConnectionTrait as _, FromQueryResult};
 
 use super::{
+    Catalog, CatalogConfig,
     client::OffersError,
     model::{PRODUCT_COLUMNS, ProductRow, REGISTER_JOB, Registration},
     sync,
@@ -19,7 +22,6 @@ use super::{
 use crate::{
     db::{in_list, now_ms, stmt},
     jobs::{JobContext, JobError, JobRegistry, NewJob},
-    state::AppState,
 };
 
 /// The payload of a registration job.
@@ -32,14 +34,15 @@ pub struct RegisterPayload {
     pub product_id: Option<i64>,
 }
 
-pub fn register_jobs(registry: &mut JobRegistry) {
-    registry.register(REGISTER_JOB, register_products);
+pub fn register_jobs(catalog: &Arc<Catalog>, registry: &mut JobRegistry) {
+    let catalog = catalog.clone();
+    registry.register(REGISTER_JOB, move |ctx, payload| register_products(catalog.clone(), ctx, payload));
 }
 
 /// A registration job for `product_ids`, with the catalog's attempt budget.
-pub fn job(state: &AppState, product_ids: Vec<i64>) -> NewJob {
+pub fn job(config: &CatalogConfig, product_ids: Vec<i64>) -> NewJob {
     NewJob::new(REGISTER_JOB, &RegisterPayload { product_ids, product_id: None })
-        .max_attempts(state.config.catalog.offers_register_attempts)
+        .max_attempts(config.offers_register_attempts)
 }
 
 /// How registering one product ended.
@@ -51,7 +54,7 @@ enum Outcome {
     Failed(String),
 }
 
-async fn register_products(state: AppState, ctx: JobContext, payload: RegisterPayload) -> Result<(), JobError> {
+async fn register_products(state: Arc<Catalog>, ctx: JobContext, payload: RegisterPayload) -> Result<(), JobError> {
     let ids: HashSet<i64> = payload.product_ids.into_iter().chain(payload.product_id).collect();
     let ids: Vec<i64> = ids.into_iter().collect();
     if ids.is_empty() {
@@ -72,7 +75,7 @@ async fn register_products(state: AppState, ctx: JobContext, payload: RegisterPa
     let last_attempt = ctx.attempt >= ctx.max_attempts;
     let outcomes: Vec<Result<Outcome, sea_orm::DbErr>> = futures::stream::iter(products)
         .map(|product| register_one(&state, product, ctx.attempt, last_attempt))
-        .buffer_unordered(state.config.catalog.offers_register_concurrency)
+        .buffer_unordered(state.config.offers_register_concurrency)
         .collect()
         .await;
     let (mut refused, mut failed) = (Vec::new(), Vec::new());
@@ -100,12 +103,12 @@ async fn register_products(state: AppState, ctx: JobContext, payload: RegisterPa
 }
 
 async fn register_one(
-    state: &AppState,
+    state: &Catalog,
     product: ProductRow,
     attempt: i32,
     last_attempt: bool,
 ) -> Result<Outcome, sea_orm::DbErr> {
-    let client = &state.catalog.offers;
+    let client = &state.offers;
     match client.register(&state.db, product.id, &product.name, &product.description).await {
         Ok(newly) => {
             mark_registered(state, product.id).await?;
@@ -133,7 +136,7 @@ async fn register_one(
     }
 }
 
-async fn mark_registered(state: &AppState, id: i64) -> Result<(), sea_orm::DbErr> {
+async fn mark_registered(state: &Catalog, id: i64) -> Result<(), sea_orm::DbErr> {
     state
         .db
         .execute_raw(stmt(
@@ -147,7 +150,7 @@ async fn mark_registered(state: &AppState, id: i64) -> Result<(), sea_orm::DbErr
 }
 
 /// The error of an attempt that will be retried; the product stays pending.
-async fn note_error(state: &AppState, id: i64, error: &str) -> Result<(), sea_orm::DbErr> {
+async fn note_error(state: &Catalog, id: i64, error: &str) -> Result<(), sea_orm::DbErr> {
     state
         .db
         .execute_raw(stmt(
@@ -159,7 +162,7 @@ async fn note_error(state: &AppState, id: i64, error: &str) -> Result<(), sea_or
     Ok(())
 }
 
-async fn mark_failed(state: &AppState, id: i64, error: &str) -> Result<(), sea_orm::DbErr> {
+async fn mark_failed(state: &Catalog, id: i64, error: &str) -> Result<(), sea_orm::DbErr> {
     state
         .db
         .execute_raw(stmt(
@@ -175,7 +178,7 @@ async fn mark_failed(state: &AppState, id: i64, error: &str) -> Result<(), sea_o
 /// Queues registration again (a product that failed, or that the service forgot): back
 /// to pending, with a fresh job, in the caller's transaction.
 pub async fn requeue(
-    state: &AppState,
+    state: &Catalog,
     conn: &impl sea_orm::ConnectionTrait,
     id: i64,
     reason: Option<&str>,
@@ -191,6 +194,6 @@ pub async fn requeue(
     if updated == 0 {
         return Ok(false);
     }
-    state.jobs.enqueue(conn, job(state, vec![id])).await?;
+    state.jobs.enqueue(conn, job(&state.config, vec![id])).await?;
     Ok(true)
 }

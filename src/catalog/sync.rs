@@ -22,16 +22,15 @@ use futures::StreamExt as _;
 use sea_orm::{ConnectionTrait as _, FromQueryResult, TransactionTrait as _, Value};
 use serde::{Deserialize, Serialize};
 
+use super::Catalog;
 use super::{
     client::{OffersError, RemoteOffer, write_setting},
     model::{OFFER_COLUMNS, OfferRow},
     registration,
 };
 use crate::{
-    config::Config,
     db::{now_ms, stmt},
     jobs::periodic::Periodic,
-    state::AppState,
 };
 
 pub const SYNC_JOB: &str = "catalog.offers_sync";
@@ -40,20 +39,27 @@ pub const PRICE_TOPIC: &str = "catalog.offer_prices";
 /// The last sync's report (JSON in `settings`), for `/health`.
 pub(super) const LAST_SYNC_KEY: &str = "offers.last_sync";
 
-pub fn periodic(config: &Config) -> Vec<Periodic> {
-    vec![Periodic::new(SYNC_JOB, config.catalog.offers_sync_cron.clone(), |state: AppState| async move {
-        let report = sync_offers(&state).await?;
-        if report.aborted || (report.failed > 0 && report.synced == 0) {
-            anyhow::bail!(
-                "offer sync {}: {} of {} products failed; last error: {}",
-                if report.aborted { "stopped early" } else { "failed" },
-                report.failed,
-                report.products,
-                report.last_error.as_deref().unwrap_or("-")
-            );
-        }
-        Ok(())
+pub fn periodic(catalog: &Arc<Catalog>) -> Vec<Periodic> {
+    let catalog = catalog.clone();
+    vec![Periodic::new(SYNC_JOB, catalog.config.offers_sync_cron.clone(), move || {
+        let catalog = catalog.clone();
+        async move { sync_periodically(&catalog).await }
     })]
+}
+
+/// One scheduled sync; a run where nothing could be synced fails (and says why).
+async fn sync_periodically(catalog: &Catalog) -> anyhow::Result<()> {
+    let report = sync_offers(catalog).await?;
+    if report.aborted || (report.failed > 0 && report.synced == 0) {
+        anyhow::bail!(
+            "offer sync {}: {} of {} products failed; last error: {}",
+            if report.aborted { "stopped early" } else { "failed" },
+            report.failed,
+            report.products,
+            report.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
 }
 
 /// What one sync run did.
@@ -98,13 +104,13 @@ pub struct PriceChanges {
 
 /// Runs one sync of every registered product (the periodic job's body; tests and the
 /// benchmark call it directly).
-pub async fn sync_offers(state: &AppState) -> anyhow::Result<SyncReport> {
+pub async fn sync_offers(state: &Catalog) -> anyhow::Result<SyncReport> {
     let started = Instant::now();
     let mut report = SyncReport { started_at: now_ms(), ..SyncReport::default() };
     let ids = registered_product_ids(&state.db).await?;
     report.products = ids.len() as u64;
 
-    let config = &state.config.catalog;
+    let config = &state.config;
     let in_a_row = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     // Every database write of a product happens inside its own future: the loop below
@@ -210,7 +216,7 @@ enum Outcome {
 
 /// Records the consequence of one product's fetch: a forgotten product is queued for
 /// registration again, a failure is noted on the product.
-async fn settle(state: &AppState, id: i64, outcome: Result<usize, OffersError>) -> Outcome {
+async fn settle(state: &Catalog, id: i64, outcome: Result<usize, OffersError>) -> Outcome {
     match outcome {
         Ok(changes) => Outcome::Synced(changes),
         Err(OffersError::NotRegistered) => {
@@ -239,15 +245,15 @@ async fn settle(state: &AppState, id: i64, outcome: Result<usize, OffersError>) 
 }
 
 /// Fetches one product's offers and applies them; returns how many prices changed.
-pub async fn sync_product(state: &AppState, product_id: i64) -> Result<usize, OffersError> {
-    let offers = state.catalog.offers.offers(&state.db, product_id).await?;
+pub async fn sync_product(state: &Catalog, product_id: i64) -> Result<usize, OffersError> {
+    let offers = state.offers.offers(&state.db, product_id).await?;
     let fetched_at = now_ms();
     Ok(apply(state, product_id, &offers, fetched_at).await?)
 }
 
 /// The error of a product's last sync, shown in its `registration.lastError` until a
 /// sync succeeds.
-async fn note_sync_error(state: &AppState, id: i64, error: &str) {
+async fn note_sync_error(state: &Catalog, id: i64, error: &str) {
     let noted = state
         .db
         .execute_raw(stmt(
@@ -268,7 +274,7 @@ async fn note_sync_error(state: &AppState, id: i64, error: &str) {
 /// and a sync) and skips a snapshot older than the one already applied: no duplicate
 /// offers, no history row written twice, no price rolled back by a late answer.
 pub async fn apply(
-    state: &AppState,
+    state: &Catalog,
     product_id: i64,
     offers: &[RemoteOffer],
     fetched_at: i64,

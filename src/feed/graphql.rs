@@ -3,8 +3,8 @@
 use async_graphql::{Context, Enum, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::{SourceStatus, SourceView};
-use crate::{db::to_datetime, graphql::state};
+use super::{Gateway, SourceStatus, SourceView};
+use crate::db::to_datetime;
 
 /// The state of one partner feed on the node that answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -80,11 +80,11 @@ impl FeedQuery {
     /// The gateway's current list: the union of every source's last good snapshot, without
     /// duplicates, sorted by byte order — the same data `GET /v1/feed` serves.
     async fn feed(&self, ctx: &Context<'_>) -> Vec<String> {
-        state(ctx).feed.served().items.to_vec()
+        ctx.data_unchecked::<Gateway>().served().items.to_vec()
     }
 
     /// Every partner feed in configuration order, with its polling state.
     async fn feed_sources(&self, ctx: &Context<'_>) -> Vec<FeedSource> {
-        state(ctx).feed.sources().into_iter().map(FeedSource::from).collect()
+        ctx.data_unchecked::<Gateway>().sources().into_iter().map(FeedSource::from).collect()
     }
 }

@@ -38,10 +38,9 @@ pub use http::FeedRoute;
 pub use poller::{PollError, Pollers, parse_items, spawn_pollers};
 
 use crate::{
-    config::parse_duration,
     db::to_datetime,
     health::{Check, Status},
-    state::AppState,
+    settings::parse_duration,
 };
 
 /// A source with no successful poll for this many periods is stale.
@@ -69,8 +68,9 @@ fn parse_positive(text: &str) -> Result<usize, String> {
 
 /// `/health`: every source with its last success, last error and staleness. Never critical:
 /// a failing partner leaves the feed stale, it does not stop this node from serving.
-pub async fn health(state: &AppState) -> Check {
-    let sources = state.feed.sources();
+/// `simulated`: the sources are the bundled simulator's.
+pub fn health(gateway: &Gateway, simulated: bool) -> Check {
+    let sources = gateway.sources();
     let all_ok = sources.iter().all(|source| source.status == SourceStatus::Ok);
     let detail: Vec<_> = sources
         .iter()
@@ -91,51 +91,34 @@ pub async fn health(state: &AppState) -> Check {
             })
         })
         .collect();
-    let served = state.feed.served();
+    let served = gateway.served();
     Check::new(
         if all_ok { Status::Up } else { Status::Degraded },
         false,
         json!({
-            "simulated": state.upstreams.simulated,
+            "simulated": simulated,
             "item_count": served.items.len(),
             "etag": served.etag_str(),
-            "clients_in_flight": state.feed.clients_in_flight(),
-            "max_clients": state.feed.max_clients(),
+            "clients_in_flight": gateway.clients_in_flight(),
+            "max_clients": gateway.max_clients(),
             "sources": detail,
         }),
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use clap::Parser as _;
-
-    use crate::config::{Cli, parse_feed_source};
-
-    #[test]
-    fn sources_and_limits_come_from_flags() {
-        let cli = Cli::try_parse_from([
-            "emporium",
-            "--feed-source",
-            "http://a/data@15s",
-            "--feed-source",
-            "http://b/data@30s,http://c/data@1m",
-            "--feed-max-clients",
-            "4",
-            "--feed-max-body-bytes",
-            "1000",
-            "--feed-timeout",
-            "2s",
-        ])
-        .expect("parses");
-        let sources: Vec<_> =
-            cli.serve.upstreams.feed_sources.iter().map(|source| parse_feed_source(source).expect("valid")).collect();
-        let periods: Vec<u64> = sources.iter().map(|(_, period)| period.as_secs()).collect();
-        assert_eq!(periods, [15, 30, 60]);
-        assert_eq!(sources[1].0, "http://b/data");
-        assert_eq!(cli.serve.feed.feed_max_clients, 4);
-        assert_eq!(cli.serve.feed.feed_max_body_bytes, 1000);
-        assert_eq!(cli.serve.feed.feed_timeout.as_secs(), 2);
-        assert!(Cli::try_parse_from(["emporium", "--feed-max-clients", "0"]).is_err());
+/// Parses one `URL@PERIOD` feed source (`http://a/data@15s`).
+pub fn parse_feed_source(text: &str) -> Result<(String, Duration), String> {
+    let (url, period) = text
+        .trim()
+        .rsplit_once('@')
+        .ok_or_else(|| format!("feed source `{text}` must be URL@PERIOD, for example http://host/data@15s"))?;
+    let parsed = url::Url::parse(url).map_err(|error| format!("feed source `{text}`: bad URL: {error}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("feed source `{text}`: only http and https are supported"));
     }
+    let period = parse_duration(period)?;
+    if period < Duration::from_secs(1) {
+        return Err(format!("feed source `{text}`: the period must be at least 1s"));
+    }
+    Ok((url.to_string(), period))
 }

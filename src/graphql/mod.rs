@@ -5,7 +5,6 @@
 //! `API_TOKENS` is set, and POST).
 
 pub mod limits;
-pub mod pagination;
 pub mod persisted;
 mod system;
 
@@ -22,7 +21,7 @@ use async_graphql::{
 use futures::{StreamExt as _, stream::BoxStream};
 use tokio::sync::Semaphore;
 
-use crate::{config::GraphqlConfig, error::AppError, state::AppState};
+use crate::{config::GraphqlConfig, error::AppError, node::Node};
 
 /// Every read. Ids are positive integers sent as strings: a malformed id is
 /// `BAD_USER_INPUT`. Paged lists (`…Connection`) are Relay cursor connections in creation
@@ -110,7 +109,7 @@ impl Rules {
         };
         let cost = limits::CostModel {
             paged_fields: paged_fields(),
-            default_page: u64::try_from(pagination::DEFAULT_PAGE).unwrap_or(u64::MAX),
+            default_page: u64::try_from(crate::paging::DEFAULT_PAGE).unwrap_or(u64::MAX),
         };
         Self {
             limits,
@@ -212,7 +211,7 @@ impl Parser {
 }
 
 /// The schema of a node; without `state`, only for printing the SDL.
-pub fn build(state: Option<AppState>, transport: Transport) -> AppSchema {
+pub fn build(state: Option<Node>, transport: Transport) -> AppSchema {
     let mut builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default());
     if let Some(state) = state {
         // Depth and cost are [`limits`]', checked before async-graphql sees the document.
@@ -223,7 +222,14 @@ pub fn build(state: Option<AppState>, transport: Transport) -> AppSchema {
             let rules = Rules::new(&state.config.graphql);
             builder = builder.extension(Guard(rules.clone())).extension(ErrorCodes(rules));
         }
-        builder = builder.data(crate::records::loader(state.db.clone())).data(state);
+        // Each domain's resolvers find their own handle; system resolvers the node's.
+        builder = builder
+            .data(state.catalog.clone())
+            .data(state.records.clone())
+            .data(state.uploads.clone())
+            .data(state.intake.clone())
+            .data(state.feed.clone())
+            .data(state);
     }
     // Types async-graphql defines, out of reach of our doc comments: chrono's `DateTime`
     // (its own text says how it is implemented) and the Relay connections.
@@ -416,7 +422,7 @@ impl Extension for ErrorCodes {
     }
 }
 
-/// The shared state inside a resolver.
-pub fn state<'a>(ctx: &async_graphql::Context<'a>) -> &'a AppState {
-    ctx.data_unchecked::<AppState>()
+/// The node inside a resolver (every schema that serves is built with it).
+fn state<'a>(ctx: &async_graphql::Context<'a>) -> &'a Node {
+    ctx.data_unchecked::<Node>()
 }

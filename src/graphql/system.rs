@@ -3,7 +3,8 @@
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use super::{pagination::parse_id, state};
+use super::state;
+use crate::paging::parse_id;
 use crate::{
     db::{execute, now_ms, to_datetime},
     error::{AppError, AppResult},
@@ -95,12 +96,12 @@ impl SystemQuery {
         #[graphql(desc = "The job's id (e.g. `IntakeMessage.jobId`).")] id: ID,
     ) -> async_graphql::Result<Option<Job>> {
         let id = parse_id(&id, "job")?;
-        Ok(state(ctx).jobs.get(id).await.map_err(AppError::from)?.map(Job::from))
+        Ok(state(ctx).shared.jobs.get(id).await.map_err(AppError::from)?.map(Job::from))
     }
 
     /// Jobs by state across the cluster.
     async fn job_counts(&self, ctx: &Context<'_>) -> async_graphql::Result<JobCounts> {
-        let counts = state(ctx).jobs.counts().await.map_err(AppError::from)?;
+        let counts = state(ctx).shared.jobs.counts().await.map_err(AppError::from)?;
         let get = |status: &str| counts.get(status).copied().unwrap_or(0);
         Ok(JobCounts {
             queued: get(jobs::QUEUED),
@@ -131,7 +132,7 @@ async fn retry_job(ctx: &Context<'_>, id: i64) -> AppResult<Job> {
     let state = state(ctx);
     let now = now_ms();
     let retried = execute(
-        &state.db,
+        &state.shared.db,
         &format!(
             "UPDATE jobs SET status = '{}', attempts = 0, run_at = $1, updated_at = $1, finished_at = NULL
                  WHERE id = $2 AND status = '{}'",
@@ -141,7 +142,7 @@ async fn retry_job(ctx: &Context<'_>, id: i64) -> AppResult<Job> {
         [now.into(), id.into()],
     )
     .await?;
-    let job = state.jobs.get(id).await?.ok_or_else(|| AppError::not_found(format!("no job {id}")))?;
+    let job = state.shared.jobs.get(id).await?.ok_or_else(|| AppError::not_found(format!("no job {id}")))?;
     if retried == 0 {
         return Err(AppError::conflict(format!("job {id} is {}, only failed jobs can be retried", job.status)));
     }

@@ -1,6 +1,6 @@
 //! GraphiQL that works offline: the page built from `graphiql/` (GraphiQL 5, see its
 //! README) is embedded in the binary at compile time, so neither a browser nor the build
-//! needs the internet or Node. [`page`] answers `GET /graphql` for browsers; [`routes`]
+//! needs the internet or Node.js. [`page`] answers `GET /graphql` for browsers; [`routes`]
 //! serves the page's scripts, styles, fonts and workers under `/graphiql/`.
 //!
 //! The page loads nothing from anywhere else: its [`CONTENT_SECURITY_POLICY`] says so to

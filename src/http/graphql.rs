@@ -32,7 +32,7 @@ use crate::{
     error::AppError,
     graphql::{self, AppSchema, Caller, Rules, Transport, persisted::PersistedQueries},
     guard::{self, BodyError, WriteAccess},
-    state::AppState,
+    node::Node,
 };
 
 /// What the GraphQL routes share.
@@ -48,7 +48,7 @@ struct Endpoint {
     graphiql: bool,
 }
 
-pub(super) fn routes(state: &AppState) -> Router<AppState> {
+pub(super) fn routes(state: &Node) -> Router<Node> {
     let config = &state.config.graphql;
     let endpoint = Arc::new(Endpoint {
         schema: graphql::build(Some(state.clone()), Transport::Http),
@@ -56,7 +56,7 @@ pub(super) fn routes(state: &AppState) -> Router<AppState> {
         rules: Rules::new(config),
         persisted: PersistedQueries::new(
             config.graphql_persisted_queries_bytes,
-            state.redis.clone(),
+            state.shared.redis.clone(),
             &state.config.redis_prefix,
         ),
         max_body_bytes: config.graphql_max_body_bytes,
@@ -332,7 +332,7 @@ async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Requ
 /// session. Pings every `GRAPHQL_WS_KEEPALIVE` keep idle subscriptions open through
 /// proxies and tell dead peers apart.
 async fn websocket(
-    State(state): State<AppState>,
+    State(state): State<Node>,
     Extension(endpoint): Extension<Arc<Endpoint>>,
     Extension(WriteAccess(header_allows)): Extension<WriteAccess>,
     headers: HeaderMap,

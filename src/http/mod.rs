@@ -27,19 +27,20 @@ use crate::{
     error::AppError,
     feed::FeedRoute,
     guard::{self, WriteAccess},
-    health,
-    state::AppState,
+    node::Node,
     telemetry,
 };
 
 /// The public listener's router.
-pub fn app(state: AppState) -> Router {
+pub fn app(state: Node) -> Router {
     let config = &state.config;
     let inflight = Arc::new(Semaphore::new(config.http.max_inflight_requests.max(1)));
 
     // Domain REST routes choose their own body limits and timeouts (uploads stream GBs).
-    let mut shed =
-        Router::new().merge(graphql::routes(&state)).merge(crate::intake::routes()).merge(crate::uploads::routes());
+    let mut shed = Router::new()
+        .merge(graphql::routes(&state))
+        .merge(crate::intake::routes().with_state(state.intake.clone()))
+        .merge(crate::uploads::routes().with_state(state.uploads.clone()));
     // With an admin listener, `/metrics` lives there only.
     if config.http.admin_listen.is_none() {
         shed = shed.route("/metrics", get(public_metrics));
@@ -71,7 +72,7 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// The admin listener's router (`ADMIN_LISTEN`): the detailed `/health` and `/metrics`.
-pub fn admin(state: AppState) -> Router {
+pub fn admin(state: Node) -> Router {
     Router::new()
         .route("/health", get(detailed_health))
         .route("/metrics", get(metrics))
@@ -83,20 +84,20 @@ pub fn admin(state: AppState) -> Router {
 /// The detailed report for the admin listener, or for `ADMIN_TOKEN` holders and everyone
 /// when neither is configured; otherwise the overall status only (load balancers need no
 /// more, and the checks name internal addresses and paths).
-async fn public_health(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let (status, mut report) = health::report(&state).await;
+async fn public_health(State(state): State<Node>, headers: HeaderMap) -> Response {
+    let (status, mut report) = state.health().await;
     if !shows_admin_detail(&state, &headers) {
         report = json!({ "status": report["status"] });
     }
     (status, Json(report)).into_response()
 }
 
-async fn detailed_health(State(state): State<AppState>) -> Response {
-    let (status, report) = health::report(&state).await;
+async fn detailed_health(State(state): State<Node>) -> Response {
+    let (status, report) = state.health().await;
     (status, Json(report)).into_response()
 }
 
-async fn public_metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn public_metrics(State(state): State<Node>, headers: HeaderMap) -> Response {
     if !shows_admin_detail(&state, &headers) {
         return AppError::Unauthenticated.into_response();
     }
@@ -104,7 +105,7 @@ async fn public_metrics(State(state): State<AppState>, headers: HeaderMap) -> Re
 }
 
 /// Whether a request on the public listener may see operational detail.
-fn shows_admin_detail(state: &AppState, headers: &HeaderMap) -> bool {
+fn shows_admin_detail(state: &Node, headers: &HeaderMap) -> bool {
     let http = &state.config.http;
     match (&http.admin_listen, &http.admin_token) {
         (Some(_), _) => false,
@@ -113,9 +114,9 @@ fn shows_admin_detail(state: &AppState, headers: &HeaderMap) -> bool {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Node>) -> Response {
     // Job counts are cluster-wide facts: read them at scrape time.
-    if let Ok(counts) = state.jobs.counts().await {
+    if let Ok(counts) = state.shared.jobs.counts().await {
         for (status, count) in counts {
             metrics::gauge!("emporium_jobs", "status" => status).set(count as f64);
         }
@@ -126,7 +127,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Notes in the request whether it may write; REST write routes enforce it with
 /// [`guard::require_write`], GraphQL mutations through the schema's write check.
-async fn write_access(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+async fn write_access(State(state): State<Node>, mut request: Request, next: Next) -> Response {
     let allowed = guard::may_write(&state.config.api_tokens, request.headers());
     request.extensions_mut().insert(WriteAccess(allowed));
     next.run(request).await

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::config::parse_duration;
+use crate::settings::parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct IntakeConfig {
@@ -84,7 +84,13 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
-    use crate::config::Cli;
+
+    /// The intake's flags on their own, as the service's command line flattens them.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        intake: IntakeConfig,
+    }
 
     #[test]
     fn routes_parse_with_and_without_a_bucket_name() {
@@ -99,16 +105,16 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_the_seed_buckets() {
+    fn defaults_are_the_scifi_and_romance_buckets() {
         let cli = Cli::try_parse_from(["emporium"]).expect("parses");
-        let intake = cli.serve.intake;
+        let intake = cli.intake;
         assert_eq!(intake.bucket_for("scifi"), Some("scifi"));
         assert_eq!(intake.bucket_for("romance"), Some("romance"));
         assert_eq!(intake.bucket_for("fantasy"), None);
         let cli =
             Cli::try_parse_from(["emporium", "--intake-bucket", "romance=romance-books,fantasy"]).expect("parses");
-        assert_eq!(cli.serve.intake.bucket_for("romance"), Some("romance-books"));
-        assert_eq!(cli.serve.intake.bucket_for("fantasy"), Some("fantasy"));
-        assert_eq!(cli.serve.intake.bucket_for("scifi"), None);
+        assert_eq!(cli.intake.bucket_for("romance"), Some("romance-books"));
+        assert_eq!(cli.intake.bucket_for("fantasy"), Some("fantasy"));
+        assert_eq!(cli.intake.bucket_for("scifi"), None);
     }
 }

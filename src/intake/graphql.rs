@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
 
 use super::{
+    Intake,
     config::genre_key,
     model::{IntakeStatus, MessageRow, Notice, PROCESSED_TOPIC},
     read::{self, MessageFilter},
@@ -13,11 +14,13 @@ use super::{
 use crate::{
     db::to_datetime,
     error::AppError,
-    graphql::{
-        pagination::{Page, Paged, Totals, connection, parse_id},
-        state,
-    },
+    paging::{Page, Paged, Totals, connection, parse_id},
 };
+
+/// The intake's handle inside a resolver (every schema that serves is built with it).
+fn state<'a>(ctx: &Context<'a>) -> &'a Intake {
+    ctx.data_unchecked::<Intake>()
+}
 
 pub struct IntakeMessage(MessageRow);
 
@@ -202,7 +205,7 @@ impl IntakeQuery {
         #[graphql(desc = "Only submissions with exactly this client message id.")] message_id: Option<String>,
     ) -> async_graphql::Result<Paged<IntakeMessage>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.config.http.page_max)?;
+        let page = Page::new(first, after, state.page_max)?;
         let filter = MessageFilter { status, message_id };
         let rows = read::list(&state.db, &filter, page).await?;
         let db = state.db.clone();
@@ -260,7 +263,7 @@ impl IntakeMutation {
         messages: Vec<IntakeMessageInput>,
     ) -> async_graphql::Result<Vec<IntakeMessage>> {
         let state = state(ctx);
-        let max_bytes = state.config.intake.intake_max_body_bytes;
+        let max_bytes = state.config.intake_max_body_bytes;
         let messages = submit::from_seed_messages(messages.into_iter().map(SeedMessage::from).collect(), max_bytes)?;
         let rows = submit::queue(state, messages).await?;
         Ok(rows.into_iter().map(IntakeMessage).collect())

@@ -12,25 +12,20 @@ use axum::{
 };
 use serde_json::json;
 
-use super::submit;
+use super::{Intake, submit};
 use crate::{
     error::{AppError, AppResult},
     guard::{BodyError, read_limited, require_write},
-    state::AppState,
 };
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Intake> {
     Router::new().route("/v1/intake", post(submit_messages).route_layer(middleware::from_fn(require_write)))
 }
 
 /// 202 `{"ids": [..], "count": n}`: our ids, in the order of the submitted messages.
-async fn submit_messages(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> AppResult<impl IntoResponse> {
-    let limit = state.config.intake.intake_max_body_bytes;
-    let timeout = state.config.http.request_timeout;
+async fn submit_messages(State(state): State<Intake>, headers: HeaderMap, body: Body) -> AppResult<impl IntoResponse> {
+    let limit = state.config.intake_max_body_bytes;
+    let timeout = state.request_timeout;
     let bytes = tokio::time::timeout(timeout, read_limited(&headers, body, limit))
         .await
         .map_err(|_| AppError::bad_input("the body did not arrive within the request timeout"))?

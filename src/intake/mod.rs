@@ -70,14 +70,56 @@ pub use model::{IntakeStatus, Notice, PROCESSED_TOPIC};
 pub use process::{STORE_KIND, object_path, reconcile};
 pub use read::health;
 
-use crate::jobs::{JobRegistry, periodic::Periodic};
+use std::{sync::Arc, time::Duration};
+
+use sea_orm::DatabaseConnection;
+
+use crate::{
+    events::EventBus,
+    jobs::{JobQueue, JobRegistry, periodic::Periodic},
+    state::AppState,
+    storage::ObjectStorage,
+};
+
+/// The intake's handle: what it uses of the shared infrastructure and its settings.
+#[derive(Clone)]
+pub struct Intake {
+    pub db: DatabaseConnection,
+    pub objects: ObjectStorage,
+    pub jobs: JobQueue,
+    pub events: EventBus,
+    pub config: Arc<IntakeConfig>,
+    /// `PAGE_MAX`.
+    pub page_max: usize,
+    /// `REQUEST_TIMEOUT`: how long `POST /v1/intake` may take to send its body.
+    pub request_timeout: Duration,
+}
+
+impl Intake {
+    pub fn new(shared: &AppState, config: IntakeConfig, request_timeout: Duration) -> Self {
+        Self {
+            db: shared.db.clone(),
+            objects: shared.objects.clone(),
+            jobs: shared.jobs.clone(),
+            events: shared.events.clone(),
+            config: Arc::new(config),
+            page_max: shared.page_max,
+            request_timeout,
+        }
+    }
+}
 
 /// The job that writes batches of messages.
-pub fn register_jobs(registry: &mut JobRegistry) {
-    registry.register(STORE_KIND, process::store_batch);
+pub fn register_jobs(intake: &Intake, registry: &mut JobRegistry) {
+    let intake = intake.clone();
+    registry.register(STORE_KIND, move |ctx, batch| process::store_batch(intake.clone(), ctx, batch));
 }
 
 /// The sweep that dead-letters messages whose job was lost.
-pub fn periodic(_config: &crate::config::Config) -> Vec<Periodic> {
-    vec![Periodic::new("intake.reconcile", "40 * * * * *", |state| async move { process::reconcile(&state).await })]
+pub fn periodic(intake: &Intake) -> Vec<Periodic> {
+    let intake = intake.clone();
+    vec![Periodic::new("intake.reconcile", "40 * * * * *", move || {
+        let intake = intake.clone();
+        async move { process::reconcile(&intake).await }
+    })]
 }

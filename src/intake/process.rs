@@ -8,11 +8,13 @@ use object_store::path::{Path, PathPart};
 use sea_orm::{ConnectionTrait as _, FromQueryResult, Value};
 use serde::{Deserialize, Serialize};
 
-use super::model::{IntakeStatus, Notice, PROCESSED_TOPIC};
+use super::{
+    Intake,
+    model::{IntakeStatus, Notice, PROCESSED_TOPIC},
+};
 use crate::{
     db::{in_list, now_ms, stmt},
     jobs::{JobContext, JobError},
-    state::AppState,
 };
 
 /// The job kind that writes one batch.
@@ -40,7 +42,7 @@ struct Pending {
 /// Idempotent: after a crash the job runs again, rewrites the same content to the same
 /// keys (an object write replaces the object atomically) and only the messages still
 /// `queued` change state, so each message is stored and announced once.
-pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) -> Result<(), JobError> {
+pub async fn store_batch(state: Intake, ctx: JobContext, batch: StoreBatch) -> Result<(), JobError> {
     let mut pending = Pending::find_by_statement(stmt(
         &state.db,
         "SELECT id, job_id, object_name, body FROM intake_messages WHERE job_id = $1 AND status = $2 ORDER BY id",
@@ -50,7 +52,7 @@ pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) ->
     .await?;
 
     // Unknown genre: a dead letter, not a job failure; retrying cannot invent a bucket.
-    let Some(bucket) = state.config.intake.bucket_for(&batch.genre).map(str::to_string) else {
+    let Some(bucket) = state.config.bucket_for(&batch.genre).map(str::to_string) else {
         let failed = fail_queued(&state, ctx.id, &format!("no bucket for genre {}", batch.genre)).await?;
         metrics::counter!("emporium_intake_failed_total", "reason" => "no_bucket").increment(failed);
         return Ok(());
@@ -65,7 +67,7 @@ pub async fn store_batch(state: AppState, ctx: JobContext, batch: StoreBatch) ->
     if ctx.attempt > 1 {
         clear_interrupted_writes(&state, &bucket, &pending).await;
     }
-    let concurrency = state.config.intake.intake_write_concurrency as usize;
+    let concurrency = state.config.intake_write_concurrency as usize;
     let (written, error) = write_in_order(&state, &bucket, pending, concurrency).await;
     let notices = mark_stored(&state, &bucket, &written).await?;
     finish_drained(&state, jobs_behind).await?;
@@ -95,7 +97,7 @@ const TAKEN_FROM_BEHIND: i64 = 2_000;
 /// drains a backlog in large batches; when their turn comes they find fewer (or no)
 /// messages still queued. Each message still belongs to its own job: only that job fails
 /// it, and only with its own attempts.
-async fn queued_behind(state: &AppState, ctx: &JobContext, genre: &str) -> Result<Vec<Pending>, sea_orm::DbErr> {
+async fn queued_behind(state: &Intake, ctx: &JobContext, genre: &str) -> Result<Vec<Pending>, sea_orm::DbErr> {
     Pending::find_by_statement(stmt(
         &state.db,
         "SELECT m.id, m.job_id, m.object_name, m.body FROM intake_messages m JOIN jobs j ON j.id = m.job_id
@@ -118,7 +120,7 @@ async fn queued_behind(state: &AppState, ctx: &JobContext, genre: &str) -> Resul
 /// nothing to do: finish them now rather than let each be claimed, find nothing and finish.
 /// (No message joins a job after its submission, and none of them can start while this job
 /// holds the group.)
-async fn finish_drained(state: &AppState, jobs: Vec<i64>) -> Result<(), sea_orm::DbErr> {
+async fn finish_drained(state: &Intake, jobs: Vec<i64>) -> Result<(), sea_orm::DbErr> {
     if jobs.is_empty() {
         return Ok(());
     }
@@ -155,7 +157,7 @@ pub fn object_path(bucket: &str, object_name: &str) -> anyhow::Result<Path> {
 /// its name's sequence (a later message must not land before an earlier one), and the
 /// others go on. Returns the ids written and the first error.
 async fn write_in_order(
-    state: &AppState,
+    state: &Intake,
     bucket: &str,
     pending: Vec<Pending>,
     concurrency: usize,
@@ -206,7 +208,7 @@ async fn write_in_order(
 
 /// `queued` → `stored` for the written messages. Only rows that were still queued change
 /// (and come back as notices), so a rerun never announces a message twice.
-async fn mark_stored(state: &AppState, bucket: &str, ids: &[i64]) -> Result<Vec<Notice>, sea_orm::DbErr> {
+async fn mark_stored(state: &Intake, bucket: &str, ids: &[i64]) -> Result<Vec<Notice>, sea_orm::DbErr> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -228,7 +230,7 @@ async fn mark_stored(state: &AppState, bucket: &str, ids: &[i64]) -> Result<Vec<
 }
 
 /// Dead-letters the job's messages that are still queued, with `reason`.
-async fn fail_queued(state: &AppState, job_id: i64, reason: &str) -> Result<u64, sea_orm::DbErr> {
+async fn fail_queued(state: &Intake, job_id: i64, reason: &str) -> Result<u64, sea_orm::DbErr> {
     let result = state
         .db
         .execute_raw(stmt(
@@ -250,7 +252,7 @@ async fn fail_queued(state: &AppState, job_id: i64, reason: &str) -> Result<u64,
 /// file (`<name>#1`, `#2`, … beside the object), which no listing shows and nothing
 /// reuses. A rerun removes those of its own messages, so the bucket holds only objects.
 /// Our names never contain `#` (it is encoded), so nothing else can match.
-async fn clear_interrupted_writes(state: &AppState, bucket: &str, pending: &[Pending]) {
+async fn clear_interrupted_writes(state: &Intake, bucket: &str, pending: &[Pending]) {
     let Some(root) = state.objects.local_root() else { return };
     let folder = root.join(bucket);
     for message in pending {
@@ -266,7 +268,7 @@ async fn clear_interrupted_writes(state: &AppState, bucket: &str, pending: &[Pen
 
 /// Dead-letters queued messages whose job can no longer write them: it failed (for
 /// example its node died on the last attempt) or was purged. Runs periodically.
-pub async fn reconcile(state: &AppState) -> anyhow::Result<()> {
+pub async fn reconcile(state: &Intake) -> anyhow::Result<()> {
     let result = state
         .db
         .execute_raw(stmt(

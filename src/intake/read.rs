@@ -7,15 +7,15 @@ use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
 
 use super::{
+    Intake,
     model::{IntakeStatus, MessageRow},
     process::STORE_KIND,
 };
 use crate::{
     db::{duration_ms, now_ms, stmt},
     error::AppResult,
-    graphql::pagination::Page,
     health::{Check, Status},
-    state::AppState,
+    paging::Page,
 };
 
 /// Which messages a list shows.
@@ -99,7 +99,7 @@ pub async fn counts(db: &impl ConnectionTrait) -> AppResult<BTreeMap<&'static st
 /// The queue's depth and the age of its oldest waiting message, dead letters, and the
 /// bucket map. Not critical: a backlog does not make the node unable to serve (storage
 /// reachability is the `object_store` check, which is).
-pub async fn health(state: &AppState) -> Check {
+pub async fn health(state: &Intake) -> Check {
     #[derive(FromQueryResult)]
     struct Row {
         waiting: i64,
@@ -118,7 +118,7 @@ pub async fn health(state: &AppState) -> Check {
     .one(&state.db)
     .await;
     let jobs = state.jobs.backlog(STORE_KIND).await;
-    let config = &state.config.intake;
+    let config = &state.config;
     let buckets: BTreeMap<&str, &str> =
         config.intake_buckets.iter().map(|route| (route.genre.as_str(), route.bucket.as_str())).collect();
     match (row, jobs) {

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{Map, value::RawValue};
 
 use super::{
+    Intake,
     config::genre_key,
     model::{IntakeStatus, MessageRow},
     names::object_name,
@@ -15,7 +16,6 @@ use crate::{
     db::{bind_row, now_ms, stmt},
     error::{AppError, AppResult},
     jobs::NewJob,
-    state::AppState,
 };
 
 /// Most messages in one request.
@@ -230,9 +230,9 @@ fn kind(value: &serde_json::Value) -> &'static str {
 /// Queues validated messages: one job per genre per `INTAKE_BATCH_SIZE` messages, each in
 /// its genre's FIFO group, and the message rows pointing at their job — one transaction.
 /// Returns the rows in submission order.
-pub async fn queue(state: &AppState, messages: Vec<NewMessage>) -> AppResult<Vec<MessageRow>> {
+pub async fn queue(state: &Intake, messages: Vec<NewMessage>) -> AppResult<Vec<MessageRow>> {
     check_count(messages.len())?;
-    let batch = state.config.intake.intake_batch_size as usize;
+    let batch = state.config.intake_batch_size as usize;
 
     // Jobs: per genre, in order of first appearance, chunks of at most `batch` messages.
     let mut genres: Vec<(String, Vec<usize>)> = Vec::new();

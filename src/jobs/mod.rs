@@ -23,9 +23,44 @@ use tokio::sync::Notify;
 pub use worker::{JobContext, JobError, JobRegistry, Workers};
 
 use crate::{
-    config::JobsConfig,
     db::{bind_row, duration_ms, execute, in_list, now_ms, stmt},
+    settings::parse_duration,
 };
+
+/// The job queue's section of the settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobsConfig {
+    /// Durable jobs run concurrently on this node (0 = this node runs no jobs).
+    #[arg(long, env = "JOB_WORKERS", default_value_t = 4)]
+    pub job_workers: usize,
+    /// How long a claimed job stays ours without a heartbeat before another node may take it.
+    #[arg(long, env = "JOB_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub job_lease: Duration,
+    /// How often an idle node looks for due jobs.
+    #[arg(long, env = "JOB_POLL_INTERVAL", default_value = "250ms", value_parser = parse_duration)]
+    pub job_poll_interval: Duration,
+    /// Attempts before a job is marked failed for good.
+    #[arg(long, env = "JOB_MAX_ATTEMPTS", default_value_t = 10)]
+    pub job_max_attempts: i32,
+    /// First retry delay; doubles each attempt (with jitter) up to JOB_BACKOFF_MAX.
+    #[arg(long, env = "JOB_BACKOFF_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub job_backoff_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "JOB_BACKOFF_MAX", default_value = "10m", value_parser = parse_duration)]
+    pub job_backoff_max: Duration,
+    /// Finished jobs are deleted after this long.
+    #[arg(long, env = "JOB_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub job_retention: Duration,
+    /// Lease of a running periodic job: a node that dies mid-run blocks the job at most this long.
+    #[arg(long, env = "PERIODIC_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub periodic_lease: Duration,
+    /// When finished jobs are purged (six-field cron, seconds first).
+    #[arg(long, env = "JOBS_PURGE_CRON", default_value = "0 17 * * * *")]
+    pub jobs_purge_cron: String,
+    /// On shutdown, how long running jobs may finish before they are released to other nodes.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
 
 pub const QUEUED: &str = "queued";
 pub const RUNNING: &str = "running";
@@ -99,6 +134,11 @@ impl JobQueue {
 
     pub fn config(&self) -> &JobsConfig {
         &self.config
+    }
+
+    /// The database the queue lives in.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     /// Enqueues on `conn`, which may be the caller's transaction: the job then exists

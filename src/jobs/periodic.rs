@@ -16,14 +16,15 @@ use sea_orm::FromQueryResult;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::{
-    db::{duration_ms, execute, now_ms, stmt},
-    state::AppState,
-};
+use sea_orm::DatabaseConnection;
 
-type Task = Arc<dyn Fn(AppState) -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+use super::JobQueue;
+use crate::db::{duration_ms, execute, now_ms, stmt};
 
-/// A job that runs on a cron schedule (six fields, seconds first).
+type Task = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+
+/// A job that runs on a cron schedule (six fields, seconds first). Its task captures
+/// what it needs (its domain's handle), so the runner knows nothing of the domains.
 #[derive(Clone)]
 pub struct Periodic {
     pub name: &'static str,
@@ -34,10 +35,10 @@ pub struct Periodic {
 impl Periodic {
     pub fn new<F, Fut>(name: &'static str, cron: impl Into<String>, task: F) -> Self
     where
-        F: Fn(AppState) -> Fut + Send + Sync + 'static,
+        F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        Self { name, cron: cron.into(), task: Arc::new(move |state| task(state).boxed()) }
+        Self { name, cron: cron.into(), task: Arc::new(move || task().boxed()) }
     }
 }
 
@@ -55,8 +56,17 @@ pub fn cron_period(expression: &str) -> anyhow::Result<Duration> {
     Ok((second - first).to_std()?)
 }
 
+/// Where periodic leases are kept and who this node is in them.
+#[derive(Clone)]
+pub struct Leases {
+    pub db: DatabaseConnection,
+    pub node: Arc<str>,
+    /// `PERIODIC_LEASE`.
+    pub lease: Duration,
+}
+
 /// Starts the scheduler with `jobs` on this node.
-pub async fn start(state: AppState, jobs: Vec<Periodic>) -> anyhow::Result<JobScheduler> {
+pub async fn start(state: Leases, jobs: Vec<Periodic>) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await.context("starting the scheduler")?;
     for job in jobs {
         let period = cron_period(&job.cron).with_context(|| format!("periodic job {}", job.name))?;
@@ -82,9 +92,9 @@ pub async fn start(state: AppState, jobs: Vec<Periodic>) -> anyhow::Result<JobSc
 }
 
 /// Runs `job` now if this node wins this period's lease.
-pub async fn run_if_leader(state: AppState, job: Periodic, period: Duration) {
-    let node = state.node_id.to_string();
-    let lease = state.jobs.config().periodic_lease;
+pub async fn run_if_leader(state: Leases, job: Periodic, period: Duration) {
+    let node = state.node.to_string();
+    let lease = state.lease;
     match try_acquire(&state, job.name, &node, lease, period / 2).await {
         Ok(true) => {}
         Ok(false) => return,
@@ -116,7 +126,7 @@ pub async fn run_if_leader(state: AppState, job: Periodic, period: Duration) {
         }))
     };
     tracing::debug!(job = job.name, "periodic job started");
-    let outcome = std::panic::AssertUnwindSafe((job.task)(state.clone())).catch_unwind().await;
+    let outcome = std::panic::AssertUnwindSafe((job.task)()).catch_unwind().await;
     drop(heartbeat);
     let error = match outcome {
         Ok(Ok(())) => None,
@@ -147,7 +157,7 @@ pub async fn run_if_leader(state: AppState, job: Periodic, period: Duration) {
 }
 
 async fn try_acquire(
-    state: &AppState,
+    state: &Leases,
     name: &str,
     node: &str,
     lease: Duration,
@@ -164,7 +174,7 @@ async fn try_acquire(
     Ok(acquired == 1)
 }
 
-async fn record_start(state: &AppState, name: &str, node: &str, started: i64) -> Option<i64> {
+async fn record_start(state: &Leases, name: &str, node: &str, started: i64) -> Option<i64> {
     #[derive(FromQueryResult)]
     struct Id {
         id: i64,
@@ -210,12 +220,19 @@ pub async fn recent_runs(
 }
 
 /// Foundation housekeeping that every deployment runs.
-pub fn housekeeping(config: &crate::config::JobsConfig) -> Vec<Periodic> {
-    vec![Periodic::new("jobs.purge", config.jobs_purge_cron.clone(), |state: AppState| async move {
-        let purged = state.jobs.purge_finished().await?;
-        let cutoff = now_ms() - duration_ms(state.jobs.config().job_retention);
-        execute(&state.db, "DELETE FROM periodic_runs WHERE started_at < $1", [cutoff.into()]).await?;
-        tracing::info!(purged, "purged finished jobs");
-        Ok(())
+pub fn housekeeping(jobs: &JobQueue) -> Vec<Periodic> {
+    let cron = jobs.config().jobs_purge_cron.clone();
+    let jobs = jobs.clone();
+    vec![Periodic::new("jobs.purge", cron, move || {
+        let jobs = jobs.clone();
+        async move { purge(&jobs).await }
     })]
+}
+
+async fn purge(jobs: &JobQueue) -> anyhow::Result<()> {
+    let purged = jobs.purge_finished().await?;
+    let cutoff = now_ms() - duration_ms(jobs.config().job_retention);
+    execute(jobs.db(), "DELETE FROM periodic_runs WHERE started_at < $1", [cutoff.into()]).await?;
+    tracing::info!(purged, "purged finished jobs");
+    Ok(())
 }

@@ -10,8 +10,7 @@ use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 
 use tracing::Instrument as _;
 
-use super::JobRecord;
-use crate::state::AppState;
+use super::{JobQueue, JobRecord};
 
 /// What a handler knows about the attempt it runs.
 #[derive(Debug, Clone)]
@@ -36,9 +35,10 @@ impl<E: Into<anyhow::Error>> From<E> for JobError {
     }
 }
 
-type Handler = Arc<dyn Fn(AppState, JobContext, String) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
+type Handler = Arc<dyn Fn(JobContext, String) -> BoxFuture<'static, Result<(), JobError>> + Send + Sync>;
 
-/// Job kinds this node can run, each with its handler.
+/// Job kinds this node can run, each with its handler. A handler captures what it needs
+/// (its domain's handle), so the queue knows nothing of the domains above it.
 #[derive(Default, Clone)]
 pub struct JobRegistry {
     handlers: HashMap<&'static str, Handler>,
@@ -50,18 +50,18 @@ impl JobRegistry {
     pub fn register<P, F, Fut>(&mut self, kind: &'static str, handler: F)
     where
         P: DeserializeOwned + Send + 'static,
-        F: Fn(AppState, JobContext, P) -> Fut + Send + Sync + 'static,
+        F: Fn(JobContext, P) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), JobError>> + Send + 'static,
     {
         let handler = Arc::new(handler);
         self.handlers.insert(
             kind,
-            Arc::new(move |state, ctx, payload: String| {
+            Arc::new(move |ctx, payload: String| {
                 let handler = handler.clone();
                 async move {
                     let payload: P = serde_json::from_str(&payload)
                         .map_err(|error| JobError::Permanent(format!("payload does not decode: {error}")))?;
-                    handler(state, ctx, payload).await
+                    handler(ctx, payload).await
                 }
                 .boxed()
             }),
@@ -82,10 +82,11 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` concurrent workers for the kinds in `registry`.
-    pub fn spawn(state: AppState, registry: JobRegistry, count: usize) -> Self {
+    /// Starts `count` concurrent workers on `queue` for the kinds in `registry`; `node`
+    /// names this node in the leases it takes.
+    pub fn spawn(queue: JobQueue, node: Arc<str>, registry: JobRegistry, count: usize) -> Self {
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run_pool(state, Arc::new(registry), count, cancel.clone()));
+        let task = tokio::spawn(run_pool(queue, node, Arc::new(registry), count, cancel.clone()));
         Self { cancel, task }
     }
 
@@ -102,9 +103,13 @@ impl Workers {
     }
 }
 
-async fn run_pool(state: AppState, registry: Arc<JobRegistry>, count: usize, cancel: CancellationToken) {
-    let queue = state.jobs.clone();
-    let node: Arc<str> = state.node_id.clone();
+async fn run_pool(
+    queue: JobQueue,
+    node: Arc<str>,
+    registry: Arc<JobRegistry>,
+    count: usize,
+    cancel: CancellationToken,
+) {
     let kinds = registry.kinds();
     let slots = Arc::new(Semaphore::new(count));
     let mut running: JoinSet<()> = JoinSet::new();
@@ -128,14 +133,13 @@ async fn run_pool(state: AppState, registry: Arc<JobRegistry>, count: usize, can
         let full_batch = free > 0 && claimed.len() == free;
         for job in claimed {
             let Ok(permit) = slots.clone().acquire_owned().await else { break };
-            let state = state.clone();
+            let queue = queue.clone();
             let registry = registry.clone();
             let node = node.clone();
             let span = tracing::info_span!("job", id = job.id, kind = %job.kind, attempt = job.attempts);
             running.spawn(
                 async move {
-                    let queue = state.jobs.clone();
-                    run_one(state, &registry, &node, job).await;
+                    run_one(queue.clone(), &registry, &node, job).await;
                     drop(permit);
                     // A finished job may have unblocked the next one of its FIFO group:
                     // look again now rather than after the poll interval.
@@ -180,8 +184,7 @@ async fn run_pool(state: AppState, registry: Arc<JobRegistry>, count: usize, can
     }
 }
 
-async fn run_one(state: AppState, registry: &JobRegistry, node: &str, job: JobRecord) {
-    let queue = state.jobs.clone();
+async fn run_one(queue: JobQueue, registry: &JobRegistry, node: &str, job: JobRecord) {
     let Some(handler) = registry.handlers.get(job.kind.as_str()).cloned() else {
         return;
     };
@@ -210,7 +213,7 @@ async fn run_one(state: AppState, registry: &JobRegistry, node: &str, job: JobRe
         }))
     };
 
-    let outcome = AssertUnwindSafe(handler(state, ctx, job.payload.clone())).catch_unwind().await;
+    let outcome = AssertUnwindSafe(handler(ctx, job.payload.clone())).catch_unwind().await;
     drop(heartbeat);
     let outcome = outcome.unwrap_or_else(|panic| {
         let message = panic

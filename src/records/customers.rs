@@ -10,7 +10,7 @@ use super::{
 use crate::{
     db::{now_ms, stmt},
     error::{AppError, AppResult, conflict_on_unique},
-    graphql::pagination::Page,
+    paging::Page,
 };
 
 /// Which customers a list shows.

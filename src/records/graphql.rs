@@ -5,6 +5,7 @@ use async_graphql::{Context, ID, InputObject, Object, SchemaBuilder};
 use chrono::{DateTime, Utc};
 
 use super::{
+    Records,
     customers::{self, CustomerChanges},
     loaders::{BatchError, CustomerKey, PurchaseCountKey, RecordKey, StoreLoader},
     model::{Customer, Purchase, PurchaseStatus, Record},
@@ -14,18 +15,18 @@ use super::{
 use crate::{
     db::to_datetime,
     error::{AppError, AppResult},
-    graphql::{
-        pagination::{Page, Paged, Totals, connection, parse_id},
-        state,
-    },
+    paging::{Page, Paged, Totals, connection, parse_id},
 };
 
 type Result<T> = async_graphql::Result<T>;
 
+/// The record store's handle inside a resolver (every schema that serves is built with it).
+fn state<'a>(ctx: &Context<'a>) -> &'a Records {
+    ctx.data_unchecked::<Records>()
+}
+
 fn loader(ctx: &Context<'_>) -> AppResult<StoreLoader> {
-    ctx.data::<StoreLoader>()
-        .cloned()
-        .map_err(|_| AppError::Internal(anyhow::anyhow!("the store loader is not registered in the schema")))
+    Ok(state(ctx).loader.clone())
 }
 
 /// Stored money and counts are checked to fit the API's 32-bit `Int` when written.
@@ -88,7 +89,7 @@ impl Customer {
                           when omitted. A malformed cursor is BAD_USER_INPUT.")]
         after: Option<String>,
     ) -> Result<Paged<Purchase>> {
-        let page = Page::new(first, after, state(ctx).config.http.page_max)?;
+        let page = Page::new(first, after, state(ctx).page_max)?;
         let loader = loader(ctx)?;
         let key = CustomerPage { customer_id: self.id, after: page.after, limit: page.fetch_limit() };
         let rows = loader.load_one(key).await.map_err(BatchError::into_app_error)?.unwrap_or_default();
@@ -344,7 +345,7 @@ impl RecordsQuery {
         #[graphql(desc = "Only customers matching it; all when omitted.")] filter: Option<CustomerFilterInput>,
     ) -> Result<Paged<Customer>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.config.http.page_max)?;
+        let page = Page::new(first, after, state.page_max)?;
         let filter = filter.unwrap_or_default();
         let filter = customers::CustomerFilter { active: filter.active, search: filter.search };
         let rows = customers::list(&state.db, &filter, page).await?;
@@ -376,7 +377,7 @@ impl RecordsQuery {
         #[graphql(desc = "Only records matching it; all when omitted.")] filter: Option<RecordFilterInput>,
     ) -> Result<Paged<Record>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.config.http.page_max)?;
+        let page = Page::new(first, after, state.page_max)?;
         let filter = filter.unwrap_or_default();
         let filter = record::RecordFilter {
             artist: filter.artist,
@@ -410,7 +411,7 @@ impl RecordsQuery {
         #[graphql(desc = "Only purchases matching it; all when omitted.")] filter: Option<PurchaseFilterInput>,
     ) -> Result<Paged<Purchase>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.config.http.page_max)?;
+        let page = Page::new(first, after, state.page_max)?;
         let filter = filter.unwrap_or_default();
         let filter = purchases::PurchaseFilter {
             customer_id: optional_id(filter.customer_id.as_ref(), "customer")?,

@@ -21,4 +21,23 @@ mod record;
 mod validate;
 
 pub use graphql::{RecordsMutation, RecordsQuery};
-pub use loaders::{StoreLoader, loader};
+pub use loaders::StoreLoader;
+
+use sea_orm::DatabaseConnection;
+
+use crate::state::AppState;
+
+/// The record store's handle: its database, its GraphQL batch loader and the page cap.
+#[derive(Clone)]
+pub struct Records {
+    pub db: DatabaseConnection,
+    pub loader: StoreLoader,
+    /// `PAGE_MAX`.
+    pub page_max: usize,
+}
+
+impl Records {
+    pub fn new(shared: &AppState) -> Self {
+        Self { db: shared.db.clone(), loader: loaders::loader(shared.db.clone()), page_max: shared.page_max }
+    }
+}

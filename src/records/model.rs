@@ -6,7 +6,7 @@ use sea_orm::{ConnectionTrait, FromQueryResult, QueryResult, Value};
 use crate::{
     db::stmt,
     error::{AppError, AppResult},
-    graphql::pagination::Page,
+    paging::Page,
 };
 
 pub const CUSTOMER_COLUMNS: &str = "id, name, email, active, created_at, updated_at, deactivated_at";

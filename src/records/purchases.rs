@@ -31,7 +31,7 @@ use super::{
 use crate::{
     db::{now_ms, stmt},
     error::{AppError, AppResult},
-    graphql::pagination::Page,
+    paging::Page,
 };
 
 /// The largest purchase total: money is a 32-bit GraphQL `Int` of minor units.

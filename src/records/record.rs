@@ -15,7 +15,7 @@ use super::{
 use crate::{
     db::{now_ms, stmt},
     error::{AppError, AppResult},
-    graphql::pagination::Page,
+    paging::Page,
 };
 
 /// The most units a record can hold: the API's `Int` is 32-bit.

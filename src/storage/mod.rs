@@ -10,8 +10,6 @@ use object_store::{
     ObjectStore, ObjectStoreExt as _, PutPayload, aws::AmazonS3Builder, local::LocalFileSystem, path::Path,
 };
 
-use crate::config::Config;
-
 mod local_fs;
 mod writer;
 
@@ -36,9 +34,10 @@ struct LocalFolder {
 }
 
 impl ObjectStorage {
-    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        match &config.object_store_url {
-            None => Self::local(&config.database.data_dir.join("objects")),
+    /// Opens `OBJECT_STORE_URL`, or the folder `default_folder` when it is unset.
+    pub fn open(url: Option<&str>, default_folder: &std::path::Path) -> anyhow::Result<Self> {
+        match url {
+            None => Self::local(default_folder),
             Some(url) if url.starts_with("file://") => {
                 let parsed = url::Url::parse(url).with_context(|| format!("OBJECT_STORE_URL `{url}` is not a URL"))?;
                 let path = parsed
@@ -48,10 +47,10 @@ impl ObjectStorage {
             }
             Some(url) if url.starts_with("s3://") => {
                 let store = AmazonS3Builder::from_env()
-                    .with_url(url.as_str())
+                    .with_url(url)
                     .build()
                     .with_context(|| format!("OBJECT_STORE_URL `{url}`"))?;
-                Ok(Self { store: Arc::new(store), location: url.clone(), local: None })
+                Ok(Self { store: Arc::new(store), location: url.to_string(), local: None })
             }
             Some(url) => anyhow::bail!("OBJECT_STORE_URL `{url}`: use s3://bucket or file:///absolute/path"),
         }

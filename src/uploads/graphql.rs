@@ -7,17 +7,20 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
 
 use super::{
+    Uploads,
     model::{self, ItemRejection, UploadRecord},
     progress_topic,
 };
 use crate::{
     db::to_datetime,
     error::AppError,
-    graphql::{
-        pagination::{Page, Paged, Totals, connection, parse_id},
-        state,
-    },
+    paging::{Page, Paged, Totals, connection, parse_id},
 };
+
+/// The uploads' handle inside a resolver (every schema that serves is built with it).
+fn state<'a>(ctx: &Context<'a>) -> &'a Uploads {
+    ctx.data_unchecked::<Uploads>()
+}
 
 /// Where an upload's ingestion stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -154,7 +157,7 @@ impl UploadQuery {
         #[graphql(desc = "Only uploads in this status; all when omitted.")] status: Option<UploadStatus>,
     ) -> async_graphql::Result<Paged<Upload>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.config.http.page_max)?;
+        let page = Page::new(first, after, state.page_max)?;
         let status = status.map(UploadStatus::as_stored);
         let rows = model::list(&state.db, page, status).await?;
         let db = state.db.clone();

@@ -14,13 +14,14 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{
+    Uploads,
     model::{self, ItemRejection, UploadRecord},
     receive::{self, Rejection},
     scan::SyntaxError,
 };
-use crate::{db::to_datetime, error::AppError, state::AppState};
+use crate::{db::to_datetime, error::AppError};
 
-pub fn routes() -> Router<AppState> {
+pub fn routes() -> Router<Uploads> {
     Router::new()
         .route("/v1/products", post(post_products).route_layer(middleware::from_fn(crate::guard::require_write)))
         .route("/v1/uploads/{id}", get(get_upload))
@@ -31,7 +32,7 @@ pub fn routes() -> Router<AppState> {
 /// the position of the first error; 403 + `Retry-After` for a body accepted less than
 /// `DEDUP_WINDOW` ago; 413 beyond `MAX_UPLOAD_BYTES`; 503 + `Retry-After` when the dedup
 /// store or object storage is down.
-async fn post_products(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn post_products(State(state): State<Uploads>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         let received = receive::receive(&state, &headers, body).await?;
         receive::accept(&state, received).await
@@ -112,7 +113,7 @@ impl From<UploadRecord> for UploadView {
     }
 }
 
-async fn get_upload(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<UploadView>, AppError> {
+async fn get_upload(State(state): State<Uploads>, Path(id): Path<String>) -> Result<Json<UploadView>, AppError> {
     let id = id
         .parse::<i64>()
         .ok()

@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::Sender;
 
 use super::{
-    IngestJob, model,
+    IngestJob, Uploads, model,
     model::{BatchProgress, ItemRejection, REJECTIONS_KEPT, UploadRecord},
     publish_progress,
     scan::{BodyScanner, ItemSpan, SyntaxError},
@@ -28,7 +28,6 @@ use super::{
 use crate::{
     catalog::{self, ProductUpsert},
     jobs::{JobContext, JobError},
-    state::AppState,
 };
 
 /// A batch is also cut when its items hold this many bytes of JSON.
@@ -54,7 +53,7 @@ fn app_error(error: crate::error::AppError) -> Failure {
 }
 
 /// The job handler.
-pub async fn run(state: AppState, ctx: JobContext, job: IngestJob) -> Result<(), JobError> {
+pub async fn run(state: Uploads, ctx: JobContext, job: IngestJob) -> Result<(), JobError> {
     match ingest(&state, job.upload_id).await {
         Ok(()) => Ok(()),
         Err(Failure::Permanent(reason)) => {
@@ -70,7 +69,7 @@ pub async fn run(state: AppState, ctx: JobContext, job: IngestJob) -> Result<(),
     }
 }
 
-async fn mark_failed(state: &AppState, id: i64, reason: &str) {
+async fn mark_failed(state: &Uploads, id: i64, reason: &str) {
     match model::finish(&state.db, id, Some(reason)).await {
         Ok(Some(upload)) => publish_progress(state, &upload).await,
         Ok(None) => {}
@@ -78,7 +77,7 @@ async fn mark_failed(state: &AppState, id: i64, reason: &str) {
     }
 }
 
-async fn ingest(state: &AppState, id: i64) -> Result<(), Failure> {
+async fn ingest(state: &Uploads, id: i64) -> Result<(), Failure> {
     let Some(mut upload) = model::start_ingesting(&state.db, id).await.map_err(app_error)? else {
         // Unknown or already succeeded: a duplicate delivery of a finished job.
         return Ok(());
@@ -96,7 +95,7 @@ async fn ingest(state: &AppState, id: i64) -> Result<(), Failure> {
     let reader = Reader {
         skip,
         items_total: upload.items_total,
-        batch_size: usize::from(state.config.uploads.upload_batch_size),
+        batch_size: usize::from(state.config.upload_batch_size),
         rejections: upload.rejection_list(),
     };
     tokio::spawn(reader.run(spool, batches));
@@ -137,7 +136,7 @@ async fn ingest(state: &AppState, id: i64) -> Result<(), Failure> {
 }
 
 /// The spooled body as a stream of chunks; large reads when it is a local file.
-async fn open_spool(state: &AppState, key: &str) -> Result<BoxStream<'static, io::Result<Bytes>>, Failure> {
+async fn open_spool(state: &Uploads, key: &str) -> Result<BoxStream<'static, io::Result<Bytes>>, Failure> {
     let result = match state.objects.store().get(&Path::from(key)).await {
         Ok(result) => result,
         Err(object_store::Error::NotFound { .. }) => {
@@ -289,12 +288,12 @@ fn to_upsert(mut fields: Map<String, Value>) -> ProductUpsert {
 }
 
 /// Upserts the batch and advances the upload's progress in one transaction.
-async fn commit(state: &AppState, upload: &UploadRecord, batch: Batch) -> Result<UploadRecord, Failure> {
+async fn commit(state: &Uploads, upload: &UploadRecord, batch: Batch) -> Result<UploadRecord, Failure> {
     let txn = state.db.begin().await?;
     let outcome = if batch.upserts.is_empty() {
         catalog::UpsertOutcome::default()
     } else {
-        catalog::upsert_by_sku(state, &txn, &batch.upserts).await.map_err(app_error)?
+        catalog::upsert_by_sku(&state.catalog, &txn, &batch.upserts).await.map_err(app_error)?
     };
     let progress = BatchProgress {
         items: i64::try_from(batch.items).unwrap_or(i64::MAX),

@@ -22,21 +22,26 @@ mod receive;
 pub mod scan;
 pub mod window;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 pub use graphql::{UploadQuery, UploadSubscription};
 pub use http::routes;
 pub use window::DedupWindow;
 
 use crate::{
-    config::{Config, parse_bytes, parse_duration},
+    catalog::Catalog,
     db::duration_ms,
+    events::EventBus,
     health::{Check, Status},
-    jobs::{JobRegistry, periodic::Periodic},
+    jobs::{JobQueue, JobRegistry, periodic::Periodic},
+    settings::{parse_bytes, parse_duration},
     state::AppState,
+    storage::ObjectStorage,
 };
 
 /// The durable job that ingests one accepted upload.
@@ -69,15 +74,47 @@ pub struct UploadsConfig {
     pub upload_batch_size: u16,
 }
 
+/// The uploads' handle: what they use of the shared infrastructure, their settings, the
+/// dedup window, and the catalog that ingestion files products into.
+#[derive(Clone)]
+pub struct Uploads {
+    pub db: DatabaseConnection,
+    pub objects: ObjectStorage,
+    pub jobs: JobQueue,
+    pub events: EventBus,
+    pub dedup: DedupWindow,
+    pub config: Arc<UploadsConfig>,
+    pub catalog: Arc<Catalog>,
+    /// `PAGE_MAX`.
+    pub page_max: usize,
+    /// See [`AppState::requests_deadline`].
+    pub requests_deadline: CancellationToken,
+}
+
+impl Uploads {
+    pub fn new(shared: &AppState, config: UploadsConfig, catalog: Arc<Catalog>) -> Self {
+        Self {
+            db: shared.db.clone(),
+            objects: shared.objects.clone(),
+            jobs: shared.jobs.clone(),
+            events: shared.events.clone(),
+            dedup: dedup_window(shared, &config),
+            config: Arc::new(config),
+            catalog,
+            page_max: shared.page_max,
+            requests_deadline: shared.requests_deadline.clone(),
+        }
+    }
+}
+
 /// The dedup window for this node: in Redis when configured, else in process.
-pub fn dedup_window(config: &Config, redis: Option<&redis::aio::ConnectionManager>) -> DedupWindow {
-    let uploads = &config.uploads;
-    match redis {
+fn dedup_window(shared: &AppState, uploads: &UploadsConfig) -> DedupWindow {
+    match &shared.redis {
         Some(manager) => {
-            DedupWindow::redis(manager.clone(), &config.redis_prefix, uploads.dedup_window, uploads.dedup_claim_ttl)
+            DedupWindow::redis(manager.clone(), &shared.redis_prefix, uploads.dedup_window, uploads.dedup_claim_ttl)
         }
         None => {
-            if config.database.database_url.as_deref().is_some_and(|url| url.starts_with("postgres")) {
+            if shared.db.get_database_backend() == sea_orm::DbBackend::Postgres {
                 tracing::warn!(
                     "REDIS_URL is unset: the upload dedup window is kept per node; nodes sharing this database \
                      will not see each other's uploads within the window"
@@ -88,27 +125,37 @@ pub fn dedup_window(config: &Config, redis: Option<&redis::aio::ConnectionManage
     }
 }
 
-pub fn register_jobs(registry: &mut JobRegistry) {
-    registry.register(INGEST_JOB, ingest::run);
+pub fn register_jobs(uploads: &Uploads, registry: &mut JobRegistry) {
+    let uploads = uploads.clone();
+    registry.register(INGEST_JOB, move |ctx, job| ingest::run(uploads.clone(), ctx, job));
 }
 
 /// Every minute: uploads whose ingestion job is gone or failed for good are marked
 /// failed. Every hour: spools no upload needs any more (left by a crash) are deleted.
-pub fn periodic() -> Vec<Periodic> {
+pub fn periodic(uploads: &Uploads) -> Vec<Periodic> {
+    let (reconciled, swept) = (uploads.clone(), uploads.clone());
     vec![
-        Periodic::new("uploads.reconcile", "30 * * * * *", |state| async move {
-            for upload in model::fail_orphans(&state.db, 60_000).await.map_err(into_anyhow)? {
-                tracing::warn!(upload_id = upload.id, error = ?upload.error, "upload failed: its ingestion job is gone");
-                publish_progress(&state, &upload).await;
-            }
-            Ok(())
+        Periodic::new("uploads.reconcile", "30 * * * * *", move || {
+            let uploads = reconciled.clone();
+            async move { fail_orphans(&uploads).await }
         }),
-        Periodic::new("uploads.sweep_spools", "0 17 * * * *", |state| async move { sweep_spools(&state).await }),
+        Periodic::new("uploads.sweep_spools", "0 17 * * * *", move || {
+            let uploads = swept.clone();
+            async move { sweep_spools(&uploads).await }
+        }),
     ]
 }
 
+async fn fail_orphans(state: &Uploads) -> anyhow::Result<()> {
+    for upload in model::fail_orphans(&state.db, 60_000).await.map_err(into_anyhow)? {
+        tracing::warn!(upload_id = upload.id, error = ?upload.error, "upload failed: its ingestion job is gone");
+        publish_progress(state, &upload).await;
+    }
+    Ok(())
+}
+
 /// Deletes spools older than an hour that no unfinished or failed upload refers to.
-async fn sweep_spools(state: &AppState) -> anyhow::Result<()> {
+async fn sweep_spools(state: &Uploads) -> anyhow::Result<()> {
     use futures::StreamExt as _;
     use object_store::ObjectStoreExt as _;
     let cutoff = chrono::Utc::now() - chrono::Duration::hours(1);
@@ -144,12 +191,12 @@ pub fn progress_topic(id: i64) -> String {
     format!("upload:{id}")
 }
 
-async fn publish_progress(state: &AppState, upload: &model::UploadRecord) {
+async fn publish_progress(state: &Uploads, upload: &model::UploadRecord) {
     state.events.publish(&progress_topic(upload.id), upload).await;
 }
 
 /// `/health`: where the dedup window lives and the ingestion backlog.
-pub async fn health(state: &AppState) -> Check {
+pub async fn health(state: &Uploads) -> Check {
     let window = json!({
         "dedup_window": state.dedup.mode(),
         "dedup_window_seconds": state.dedup.window().as_secs_f64(),

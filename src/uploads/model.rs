@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     db::{now_ms, stmt},
     error::AppResult,
-    graphql::pagination::Page,
+    paging::Page,
 };
 
 pub const QUEUED: &str = "queued";

@@ -16,11 +16,11 @@ use sea_orm::TransactionTrait as _;
 use serde::Serialize;
 
 use super::{
-    INGEST_JOB, IngestJob, model,
+    INGEST_JOB, IngestJob, Uploads, model,
     scan::{BodyScanner, Summary, SyntaxError},
     window::{Duplicate, Verdict},
 };
-use crate::{error::AppError, jobs::NewJob, state::AppState, storage::ObjectWriter};
+use crate::{error::AppError, jobs::NewJob, storage::ObjectWriter};
 
 /// After a 413, how much more of the body is read (and dropped) so the client can read
 /// the answer before the connection closes.
@@ -62,8 +62,8 @@ pub struct Accepted {
 }
 
 /// Streams `body` once: hashing, validating and spooling it.
-pub async fn receive(state: &AppState, headers: &HeaderMap, body: Body) -> Result<Received, Rejection> {
-    let config = &state.config.uploads;
+pub async fn receive(state: &Uploads, headers: &HeaderMap, body: Body) -> Result<Received, Rejection> {
+    let config = &state.config;
     let max = config.max_upload_bytes;
     if let Some(encoding) = headers.get(axum::http::header::CONTENT_ENCODING) {
         let encoding = encoding.to_str().unwrap_or("?").trim();
@@ -280,7 +280,7 @@ fn spawn_drain(
 
 /// Decides about a received body: refuse a duplicate, or commit the upload with its
 /// ingestion job and open its window.
-pub async fn accept(state: &AppState, received: Received) -> Result<Accepted, Rejection> {
+pub async fn accept(state: &Uploads, received: Received) -> Result<Accepted, Rejection> {
     let verdict = match state.dedup.claim(&received.digest).await {
         Ok(verdict) => verdict,
         Err(error) => {
@@ -352,7 +352,7 @@ pub async fn accept(state: &AppState, received: Received) -> Result<Accepted, Re
 
 /// Opens the window of a committed upload once Redis answers again (a blip between
 /// claim and acceptance), for at most the window's length.
-async fn retry_accept(state: &AppState, claim: super::window::Claim, id: i64) {
+async fn retry_accept(state: &Uploads, claim: super::window::Claim, id: i64) {
     let deadline = Instant::now() + state.dedup.window();
     let mut delay = Duration::from_millis(500);
     while Instant::now() < deadline {
@@ -378,7 +378,7 @@ pub fn forbidden(duplicate: &Duplicate) -> AppError {
 
 /// Deletes a spool in the background (a refused or failed upload); a spool that cannot
 /// be deleted is left to the periodic sweeper.
-pub fn delete_spool_later(state: &AppState, key: &str) {
+pub fn delete_spool_later(state: &Uploads, key: &str) {
     let store = state.objects.store().clone();
     let path = Path::from(key);
     tokio::spawn(async move {

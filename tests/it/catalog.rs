@@ -149,7 +149,7 @@ async fn text(db: &impl sea_orm::ConnectionTrait, sql: &str) -> String {
 async fn upsert_by_sku_is_idempotent_last_wins_and_counts() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
-    let state = &app.state;
+    let state = &*app.node.catalog;
     let batch = vec![
         item("a", "first a", Some("da")),
         item("b", "bee", None),
@@ -227,8 +227,8 @@ async fn an_upsert_racing_another_for_a_new_sku_falls_back_and_updates_it_once()
     }
     let app = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
     let first = app.state.db.begin().await.unwrap();
-    upsert_by_sku(&app.state, &first, &[item("x", "from the first", None)]).await.unwrap();
-    let state = app.state.clone();
+    upsert_by_sku(&app.node.catalog, &first, &[item("x", "from the first", None)]).await.unwrap();
+    let state = app.node.catalog.clone();
     let second = tokio::spawn(async move {
         let txn = state.db.begin().await.unwrap();
         let batch = [item("x", "from the second", None), item("y", "why", None)];
@@ -258,7 +258,7 @@ async fn an_upsert_racing_another_for_a_new_sku_falls_back_and_updates_it_once()
 async fn upsert_skus(app: &TestApp, skus: &[&str]) -> UpsertOutcome {
     let batch: Vec<ProductUpsert> = skus.iter().map(|sku| item(sku, &format!("product {sku}"), None)).collect();
     let txn = app.state.db.begin().await.unwrap();
-    let outcome = upsert_by_sku(&app.state, &txn, &batch).await.unwrap();
+    let outcome = upsert_by_sku(&app.node.catalog, &txn, &batch).await.unwrap();
     txn.commit().await.unwrap();
     outcome
 }
@@ -281,7 +281,7 @@ async fn a_batch_registration_job_registers_only_what_is_pending_and_gives_up_pe
     })
     .await;
     let mut registry = emporium::jobs::JobRegistry::default();
-    emporium::catalog::register_jobs(&mut registry);
+    emporium::catalog::register_jobs(&app.node.catalog, &mut registry);
 
     // One job for a, b and c; b gets registered and c deleted before it runs.
     assert_eq!(upsert_skus(&app, &["a", "b", "c"]).await.created, 3);
@@ -291,7 +291,8 @@ async fn a_batch_registration_job_registers_only_what_is_pending_and_gives_up_pe
         .await
         .unwrap();
     app.state.db.execute_unprepared("DELETE FROM products WHERE sku = 'c'").await.unwrap();
-    let workers = emporium::jobs::Workers::spawn(app.state.clone(), registry.clone(), 1);
+    let workers =
+        emporium::jobs::Workers::spawn(app.state.jobs.clone(), app.state.node_id.clone(), registry.clone(), 1);
     eventually(WAIT, "a registered", || async { (registration_of(&app, "a").await.0 == "registered").then_some(()) })
         .await;
     workers.shutdown().await;
@@ -301,7 +302,7 @@ async fn a_batch_registration_job_registers_only_what_is_pending_and_gives_up_pe
     // The service down for both attempts: each product of the batch fails with the reason.
     env.sim.set_offers_fault(sim::OffersFault::Down);
     assert_eq!(upsert_skus(&app, &["d", "e"]).await.created, 2);
-    let workers = emporium::jobs::Workers::spawn(app.state.clone(), registry, 1);
+    let workers = emporium::jobs::Workers::spawn(app.state.jobs.clone(), app.state.node_id.clone(), registry, 1);
     for sku in ["d", "e"] {
         let (status, error) = eventually(WAIT, "the batch given up", || async {
             let state = registration_of(&app, sku).await;
@@ -333,13 +334,13 @@ async fn created_product_registers_syncs_and_shows_a_trend() {
 
     // A sync without a price tick changes nothing and writes no history.
     let history_before = scalar(&app.state.db, "SELECT COUNT(*) FROM price_history").await;
-    let report = sync_offers(&app.state).await.unwrap();
+    let report = sync_offers(&app.node.catalog).await.unwrap();
     assert_eq!((report.products, report.synced, report.failed, report.price_changes), (1, 1, 0, 0));
     assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM price_history").await, history_before);
 
     // After a tick, the sync picks up the new prices and the trend moves.
     env.sim.tick_offers();
-    let report = sync_offers(&app.state).await.unwrap();
+    let report = sync_offers(&app.node.catalog).await.unwrap();
     assert!(report.price_changes >= 1, "{report:?}");
     assert_eq!(stored_offers(&app, &id).await, sim_offers(&env, &app, &id).await);
     let data = app
@@ -568,13 +569,13 @@ async fn vanished_offers_are_deleted_and_their_history_stays_with_the_product() 
     let offer = |source: &str, price: i64| RemoteOffer { source_id: source.into(), price, items_in_stock: 3 };
     let t0 = emporium::db::now_ms() - 10_000;
 
-    assert_eq!(apply(&app.state, product_id, &[offer("x", 100), offer("y", 200)], t0).await.unwrap(), 2);
+    assert_eq!(apply(&app.node.catalog, product_id, &[offer("x", 100), offer("y", 200)], t0).await.unwrap(), 2);
     // The same snapshot again, and an older one arriving late: nothing changes.
-    assert_eq!(apply(&app.state, product_id, &[offer("x", 100), offer("y", 200)], t0 + 1).await.unwrap(), 0);
-    assert_eq!(apply(&app.state, product_id, &[offer("x", 1)], t0 - 5).await.unwrap(), 0);
+    assert_eq!(apply(&app.node.catalog, product_id, &[offer("x", 100), offer("y", 200)], t0 + 1).await.unwrap(), 0);
+    assert_eq!(apply(&app.node.catalog, product_id, &[offer("x", 1)], t0 - 5).await.unwrap(), 0);
     // x gets cheaper, y vanishes, z appears.
-    assert_eq!(apply(&app.state, product_id, &[offer("x", 90), offer("z", 300)], t0 + 1000).await.unwrap(), 3);
-    assert_eq!(apply(&app.state, product_id, &[offer("x", 80), offer("z", 300)], t0 + 2000).await.unwrap(), 1);
+    assert_eq!(apply(&app.node.catalog, product_id, &[offer("x", 90), offer("z", 300)], t0 + 1000).await.unwrap(), 3);
+    assert_eq!(apply(&app.node.catalog, product_id, &[offer("x", 80), offer("z", 300)], t0 + 2000).await.unwrap(), 1);
 
     let data = app
         .gql_ok(
@@ -689,7 +690,7 @@ async fn offers_service_down_at_start_delays_registration_then_catches_up() {
         assert!(product["registration"]["lastError"].is_null());
     }
     env.sim.tick_offers();
-    let report = sync_offers(&app.state).await.unwrap();
+    let report = sync_offers(&app.node.catalog).await.unwrap();
     assert_eq!((report.synced, report.failed), (2, 0));
     assert_caught_up(&env, &app, &ids).await;
     let check = wait_offers_health(&app, "up").await;
@@ -711,7 +712,7 @@ async fn offers_service_down_mid_sync_then_back_on_the_same_port() {
     env.sim.set_offers_fault(sim::OffersFault::Slow(Duration::from_millis(300)));
 
     let syncing = tokio::spawn({
-        let state = app.state.clone();
+        let state = app.node.catalog.clone();
         async move { sync_offers(&state).await }
     });
     let calls_before = env.sim.stats().offers_calls;
@@ -734,7 +735,7 @@ async fn offers_service_down_mid_sync_then_back_on_the_same_port() {
     simulator.set_offers_fault(sim::OffersFault::Ok);
     let back = simulator.serve_at(addr).await.unwrap();
     std::mem::replace(&mut env.sim, back).shutdown().await;
-    let report = sync_offers(&app.state).await.unwrap();
+    let report = sync_offers(&app.node.catalog).await.unwrap();
     assert_eq!((report.synced, report.failed, report.aborted), (6, 0, false), "{report:?}");
     assert_caught_up(&env, &app, &ids).await;
     assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM products WHERE registration_error IS NOT NULL").await, 0);
@@ -769,7 +770,7 @@ async fn rejected_token_keeps_the_node_up_without_hammering_and_recovers() {
     let registers = env.sim.stats().register_calls - registers_before;
     assert!(registers <= 8, "{registers} register calls while the token was rejected");
     let offers_before = env.sim.stats().offers_calls;
-    let report = sync_offers(&app.state).await.unwrap();
+    let report = sync_offers(&app.node.catalog).await.unwrap();
     assert!(report.aborted, "{report:?}");
     assert!(env.sim.stats().offers_calls - offers_before <= 1, "the sync probes once, then stops");
 
@@ -778,7 +779,7 @@ async fn rejected_token_keeps_the_node_up_without_hammering_and_recovers() {
         registered_with_offers(&app, id).await;
     }
     env.sim.tick_offers();
-    let report = sync_offers(&app.state).await.unwrap();
+    let report = sync_offers(&app.node.catalog).await.unwrap();
     assert_eq!((report.synced, report.failed, report.aborted), (4, 0, false), "{report:?}");
     assert_caught_up(&env, &app, &ids).await;
     wait_offers_health(&app, "up").await;
@@ -795,7 +796,7 @@ async fn slow_offers_service_times_out_then_catches_up() {
     let late = create_product(&app, "late").await;
     wait_last_error(&app, &late, "timed out").await;
     env.sim.tick_offers();
-    let report = sync_offers(&app.state).await.unwrap();
+    let report = sync_offers(&app.node.catalog).await.unwrap();
     assert_eq!(report.failed, 2, "{report:?}");
     wait_offers_health(&app, "degraded").await;
     // The API keeps answering meanwhile.
@@ -803,7 +804,7 @@ async fn slow_offers_service_times_out_then_catches_up() {
 
     env.sim.set_offers_fault(sim::OffersFault::Ok);
     registered_with_offers(&app, &late).await;
-    let report = sync_offers(&app.state).await.unwrap();
+    let report = sync_offers(&app.node.catalog).await.unwrap();
     assert_eq!((report.synced, report.failed), (3, 0), "{report:?}");
     let mut all = ids;
     all.push(late);
@@ -820,7 +821,7 @@ async fn malformed_answers_are_failures_and_forgotten_products_are_registered_ag
     let before: Vec<_> = futures::future::join_all(ids.iter().map(|id| stored_offers(&app, id))).await;
     env.sim.set_offers_fault(sim::OffersFault::Malformed);
     env.sim.tick_offers();
-    let report = sync_offers(&app.state).await.unwrap();
+    let report = sync_offers(&app.node.catalog).await.unwrap();
     assert_eq!((report.synced, report.failed), (0, 2), "{report:?}");
     assert!(report.last_error.as_deref().unwrap_or_default().contains("malformed"), "{report:?}");
     let check = wait_offers_health(&app, "degraded").await;
@@ -839,7 +840,7 @@ async fn malformed_answers_are_failures_and_forgotten_products_are_registered_ag
 
     env.sim.set_offers_fault(sim::OffersFault::Ok);
     // The service answers 404 for the forgotten product: registration is queued again.
-    let report = sync_offers(&app.state).await.unwrap();
+    let report = sync_offers(&app.node.catalog).await.unwrap();
     assert_eq!((report.synced, report.reregistered, report.failed), (2, 1, 0), "{report:?}");
     registered_with_offers(&app, &forgotten).await;
     let mut all = ids;
@@ -857,7 +858,7 @@ async fn statements_for(app: &TestApp, query: &str) -> (usize, async_graphql::Re
         atomic::{AtomicUsize, Ordering},
     };
     let executed = Arc::new(AtomicUsize::new(0));
-    let mut db = emporium::db::connect(&app.state.config.database).await.unwrap();
+    let mut db = emporium::db::connect(&app.node.config.database).await.unwrap();
     let counter = executed.clone();
     db.set_metric_callback(move |info| {
         if std::env::var("SHOW_SQL").is_ok() {
@@ -865,11 +866,15 @@ async fn statements_for(app: &TestApp, query: &str) -> (usize, async_graphql::Re
         }
         counter.fetch_add(1, Ordering::SeqCst);
     });
-    let mut state = app.state.clone();
-    state.catalog =
-        Arc::new(emporium::catalog::Catalog::new(&db, &state.config, &state.upstreams.offers_url, "counting").unwrap());
-    state.db = db;
-    let schema = emporium::graphql::build(Some(state), emporium::graphql::Transport::Http);
+    let mut node = app.node.clone();
+    node.shared.db = db;
+    node.shared.node_id = "counting".into();
+    let offers_url = node.catalog.offers.base_url().to_string();
+    node.catalog = Arc::new(
+        emporium::catalog::Catalog::new(&node.shared, node.config.catalog.clone(), &offers_url, true).unwrap(),
+    );
+    node.records = emporium::records::Records::new(&node.shared);
+    let schema = emporium::graphql::build(Some(node), emporium::graphql::Transport::Http);
     let response = schema.execute(query).await;
     assert!(response.errors.is_empty(), "{:?}", response.errors);
     (executed.load(Ordering::SeqCst), response)
@@ -881,7 +886,7 @@ async fn listing_products_with_offers_costs_a_constant_number_of_statements() {
     let app = spawn(&env).await;
     let batch: Vec<ProductUpsert> = (0..50).map(|n| item(&format!("sku-{n}"), &format!("product {n}"), None)).collect();
     let txn = app.state.db.begin().await.unwrap();
-    upsert_by_sku(&app.state, &txn, &batch).await.unwrap();
+    upsert_by_sku(&app.node.catalog, &txn, &batch).await.unwrap();
     txn.commit().await.unwrap();
     eventually(Duration::from_secs(60), "50 products with offers", || async {
         let with_offers = scalar(&app.state.db, "SELECT COUNT(DISTINCT product_id) FROM offers").await;
@@ -889,7 +894,7 @@ async fn listing_products_with_offers_costs_a_constant_number_of_statements() {
     })
     .await;
     env.sim.tick_offers();
-    sync_offers(&app.state).await.unwrap();
+    sync_offers(&app.node.catalog).await.unwrap();
 
     let query = |first: usize| {
         format!(
@@ -1047,7 +1052,7 @@ async fn offer_price_changes_reach_subscribers_on_any_node() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     env.sim.tick_offers();
-    let report = sync_offers(&syncing.state).await.unwrap();
+    let report = sync_offers(&syncing.node.catalog).await.unwrap();
     assert!(report.price_changes >= 2, "{report:?}");
     let expected: Vec<(String, Option<i64>)> =
         stored_offers(&syncing, &id).await.into_iter().map(|(source, price, _)| (source, Some(price))).collect();

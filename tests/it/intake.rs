@@ -634,7 +634,7 @@ async fn messages_whose_job_was_lost_are_dead_lettered_by_the_sweep() {
     ))
     .await
     .unwrap();
-    emporium::intake::reconcile(&app.state).await.unwrap();
+    emporium::intake::reconcile(&app.node.intake).await.unwrap();
     let rows = rows(&db).await;
     assert_eq!(rows[0].id, ids[0]);
     assert_eq!(rows[0].status, "failed");

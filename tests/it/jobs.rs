@@ -26,11 +26,9 @@ struct EffectPayload {
     key: String,
 }
 
-/// The same state as another node would have: same database, its own name.
-fn as_node(state: &AppState, name: &str) -> AppState {
-    let mut state = state.clone();
-    state.node_id = name.into();
-    state
+/// Workers as another node would run them: same queue, their own node name.
+fn workers_of(state: &AppState, name: &str, registry: JobRegistry, count: usize) -> Workers {
+    Workers::spawn(state.jobs.clone(), name.into(), registry, count)
 }
 
 /// The job's effect: one row keyed by the payload, written idempotently.
@@ -67,7 +65,7 @@ async fn a_job_whose_worker_dies_runs_again_after_its_lease_and_takes_effect_onc
     // Node A starts the job and hangs before its effect, then dies.
     let mut hanging = JobRegistry::default();
     let seen = started.clone();
-    hanging.register("test.effect", move |_state, _ctx, _payload: EffectPayload| {
+    hanging.register("test.effect", move |_ctx, _payload: EffectPayload| {
         let seen = seen.clone();
         async move {
             seen.fetch_add(1, Ordering::SeqCst);
@@ -81,7 +79,7 @@ async fn a_job_whose_worker_dies_runs_again_after_its_lease_and_takes_effect_onc
         .enqueue(&app.state.db, NewJob::new("test.effect", &EffectPayload { key: "effect-1".into() }))
         .await
         .unwrap();
-    let node_a = Workers::spawn(as_node(&app.state, "node-a"), hanging, 1);
+    let node_a = workers_of(&app.state, "node-a", hanging, 1);
     eventually(Duration::from_secs(10), "node A to start the job", || {
         let started = started.clone();
         async move { (started.load(Ordering::SeqCst) == 1).then_some(()) }
@@ -91,10 +89,12 @@ async fn a_job_whose_worker_dies_runs_again_after_its_lease_and_takes_effect_onc
 
     // Node B takes it once A's lease (2 s in tests) runs out, and completes it.
     let mut working = JobRegistry::default();
-    working.register("test.effect", |state: AppState, _ctx, payload: EffectPayload| async move {
-        write_effect(&state, &payload.key).await
+    let state = app.state.clone();
+    working.register("test.effect", move |_ctx, payload: EffectPayload| {
+        let state = state.clone();
+        async move { write_effect(&state, &payload.key).await }
     });
-    let node_b = Workers::spawn(as_node(&app.state, "node-b"), working, 1);
+    let node_b = workers_of(&app.state, "node-b", working, 1);
     let job = eventually(Duration::from_secs(20), "the job to succeed on node B", || {
         let queue = app.state.jobs.clone();
         async move { queue.get(id).await.unwrap().filter(|job| job.status == jobs::SUCCEEDED) }
@@ -111,12 +111,12 @@ async fn a_job_that_always_fails_ends_failed_with_its_last_error() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn(&env).await;
     let mut registry = JobRegistry::default();
-    registry.register("test.broken", |_state, ctx, _payload: serde_json::Value| async move {
+    registry.register("test.broken", |ctx, _payload: serde_json::Value| async move {
         Err(JobError::Retry(anyhow::anyhow!("dependency down (attempt {})", ctx.attempt)))
     });
     let id =
         app.state.jobs.enqueue(&app.state.db, NewJob::new("test.broken", &json!({})).max_attempts(3)).await.unwrap();
-    let workers = Workers::spawn(app.state.clone(), registry, 2);
+    let workers = Workers::spawn(app.state.jobs.clone(), app.state.node_id.clone(), registry, 2);
     let job = eventually(Duration::from_secs(20), "the job to fail for good", || {
         let queue = app.state.jobs.clone();
         async move { queue.get(id).await.unwrap().filter(|job| job.status == jobs::FAILED) }
@@ -146,9 +146,9 @@ async fn a_payload_that_does_not_decode_fails_at_once() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn(&env).await;
     let mut registry = JobRegistry::default();
-    registry.register("test.typed", |_state, _ctx, _payload: EffectPayload| async move { Ok(()) });
+    registry.register("test.typed", |_ctx, _payload: EffectPayload| async move { Ok(()) });
     let id = app.state.jobs.enqueue(&app.state.db, NewJob::new("test.typed", &json!({ "wrong": 1 }))).await.unwrap();
-    let workers = Workers::spawn(app.state.clone(), registry, 1);
+    let workers = Workers::spawn(app.state.jobs.clone(), app.state.node_id.clone(), registry, 1);
     let job = eventually(Duration::from_secs(10), "the job to fail", || {
         let queue = app.state.jobs.clone();
         async move { queue.get(id).await.unwrap().filter(|job| job.status == jobs::FAILED) }
@@ -170,7 +170,9 @@ async fn four_workers_never_run_the_same_job_at_once_and_run_every_job() {
     {
         let running = running.clone();
         let overlaps = overlaps.clone();
-        registry.register("test.exclusive", move |state: AppState, _ctx, payload: EffectPayload| {
+        let state = app.state.clone();
+        registry.register("test.exclusive", move |_ctx, payload: EffectPayload| {
+            let state = state.clone();
             let running = running.clone();
             let overlaps = overlaps.clone();
             async move {
@@ -196,7 +198,7 @@ async fn four_workers_never_run_the_same_job_at_once_and_run_every_job() {
     assert_eq!(ids.len(), total);
 
     let pools: Vec<Workers> =
-        (0..4).map(|n| Workers::spawn(as_node(&app.state, &format!("worker-{n}")), registry.clone(), 2)).collect();
+        (0..4).map(|n| workers_of(&app.state, &format!("worker-{n}"), registry.clone(), 2)).collect();
     eventually(Duration::from_secs(60), "every job to succeed", || {
         let queue = app.state.jobs.clone();
         async move {
@@ -236,7 +238,7 @@ async fn jobs_in_one_ordering_group_run_one_at_a_time_in_order() {
     let mut registry = JobRegistry::default();
     {
         let order = order.clone();
-        registry.register("test.fifo", move |_state, _ctx, payload: EffectPayload| {
+        registry.register("test.fifo", move |_ctx, payload: EffectPayload| {
             let order = order.clone();
             async move {
                 order.lock().unwrap().push(format!("start {}", payload.key));
@@ -251,7 +253,7 @@ async fn jobs_in_one_ordering_group_run_one_at_a_time_in_order() {
         .collect();
     app.state.jobs.enqueue_many(&app.state.db, new_jobs).await.unwrap();
     let pools: Vec<Workers> =
-        (0..2).map(|n| Workers::spawn(as_node(&app.state, &format!("fifo-{n}")), registry.clone(), 4)).collect();
+        (0..2).map(|n| workers_of(&app.state, &format!("fifo-{n}"), registry.clone(), 4)).collect();
     eventually(Duration::from_secs(30), "all ordered jobs to run", || {
         let order = order.clone();
         async move { (order.lock().unwrap().len() == 40).then_some(()) }
@@ -270,12 +272,12 @@ async fn graceful_shutdown_releases_held_jobs_without_spending_an_attempt() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn(&env).await;
     let mut registry = JobRegistry::default();
-    registry.register("test.slow", |_state, _ctx, _payload: serde_json::Value| async move {
+    registry.register("test.slow", |_ctx, _payload: serde_json::Value| async move {
         tokio::time::sleep(Duration::from_secs(3600)).await;
         Ok(())
     });
     let id = app.state.jobs.enqueue(&app.state.db, NewJob::new("test.slow", &json!({}))).await.unwrap();
-    let workers = Workers::spawn(app.state.clone(), registry, 1);
+    let workers = Workers::spawn(app.state.jobs.clone(), app.state.node_id.clone(), registry, 1);
     eventually(Duration::from_secs(10), "the job to start", || {
         let queue = app.state.jobs.clone();
         async move { queue.get(id).await.unwrap().filter(|job| job.status == jobs::RUNNING) }

@@ -13,6 +13,7 @@ use clap::Parser as _;
 use emporium::{
     app::App,
     config::{Cli, Config},
+    node::Node,
     state::AppState,
 };
 use sea_orm::{ConnectionTrait as _, Database};
@@ -134,7 +135,10 @@ async fn fresh_postgres_database(base: &str) -> String {
 /// A node running inside the test process.
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The shared infrastructure of the node.
     pub state: AppState,
+    /// The node's settings and every domain's handle.
+    pub node: Node,
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
@@ -152,11 +156,12 @@ impl TestApp {
         let app = App::build(config).await.expect("app builds");
         let addr = app.addr();
         let state = app.state.clone();
+        let node = app.node.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
             let _ = stopped.await;
         }));
-        Self { addr, state, http: reqwest::Client::new(), stop: Some(stop), task }
+        Self { addr, state, node, http: reqwest::Client::new(), stop: Some(stop), task }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -130,7 +130,7 @@ async fn seed_example_200_then_403_then_200_after_the_window() {
 async fn window_boundary_to_the_millisecond_with_a_controlled_clock() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn_with(&env, |config| config.redis_url = None).await;
-    let clock = app.state.dedup.clock().expect("in-process window");
+    let clock = app.node.uploads.dedup.clock().expect("in-process window");
     let base = base(&app);
     let t0 = 1_519_909_200_000; // 2018-03-01T13:00:00Z
     clock.pin(t0);
@@ -161,7 +161,7 @@ async fn redis_window_expires_on_time_and_refusals_do_not_extend_it() {
     let window = Duration::from_millis(1500);
     let app = TestApp::spawn_with(&env, |config| config.uploads.dedup_window = window).await;
     let base = base(&app);
-    assert_eq!(app.state.dedup.mode(), "redis");
+    assert_eq!(app.node.uploads.dedup.mode(), "redis");
     let accepted = post_products(&app.http, &base, SEED_BODY).await;
     let accepted_at = Instant::now();
     assert_eq!(accepted.status, 200, "{accepted:?}");
@@ -366,8 +366,8 @@ async fn progress_over_rest_graphql_and_subscription() {
     // Only the uploads' own jobs: the registration jobs this upload creates would
     // otherwise queue ahead of the re-run below on this single worker.
     let mut registry = emporium::jobs::JobRegistry::default();
-    emporium::uploads::register_jobs(&mut registry);
-    let workers = emporium::jobs::Workers::spawn(app.state.clone(), registry, 1);
+    emporium::uploads::register_jobs(&app.node.uploads, &mut registry);
+    let workers = emporium::jobs::Workers::spawn(app.state.jobs.clone(), app.state.node_id.clone(), registry, 1);
     let mut seen = vec![first];
     while let Some(event) = tokio::time::timeout(Duration::from_secs(30), events.next()).await.expect("progress") {
         seen.push(event);
@@ -435,8 +435,8 @@ async fn ingestion_resumes_after_the_last_committed_batch_and_reruns_change_noth
     // Only the uploads' own jobs: the registration jobs this upload creates would
     // otherwise queue ahead of the re-run below on this single worker.
     let mut registry = emporium::jobs::JobRegistry::default();
-    emporium::uploads::register_jobs(&mut registry);
-    let workers = emporium::jobs::Workers::spawn(app.state.clone(), registry, 1);
+    emporium::uploads::register_jobs(&app.node.uploads, &mut registry);
+    let workers = emporium::jobs::Workers::spawn(app.state.jobs.clone(), app.state.node_id.clone(), registry, 1);
     let upload = finished(&app.http, &base, &id.to_string(), Duration::from_secs(60)).await;
     assert_eq!(upload["status"], "succeeded", "{upload:#}");
     assert_eq!(upload["items_done"], 2500);

@@ -12,6 +12,14 @@ use crate::error::{AppError, AppResult};
 
 pub const DEFAULT_PAGE: usize = 20;
 
+/// The paging section of the settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PagingConfig {
+    /// Largest page a connection returns (`first` above it is refused).
+    #[arg(long, env = "PAGE_MAX", default_value_t = 100)]
+    pub page_max: usize,
+}
+
 /// A validated page request: up to `first` rows with id greater than `after`.
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
