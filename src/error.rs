@@ -49,6 +49,11 @@ impl AppError {
         Self::Conflict(message.into())
     }
 
+    /// Our fault (a broken invariant, an unexpected failure): logged, shown as `INTERNAL`.
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(error.into())
+    }
+
     pub fn unavailable(message: impl Into<String>, retry_after: Option<u64>) -> Self {
         Self::Unavailable { message: message.into(), retry_after }
     }
@@ -102,32 +107,21 @@ impl AppError {
     }
 }
 
-/// Anything that is an `anyhow`-compatible error is an internal error unless a domain
-/// mapped it to something more precise first, or the database could not be reached.
-impl<E: Into<anyhow::Error>> From<E> for AppError {
-    fn from(error: E) -> Self {
-        let error = error.into();
-        if database_unavailable(&error) {
-            tracing::warn!(error = format!("{error:#}"), "database unavailable");
+/// A database error: 503 when the database could not be reached or no pooled connection
+/// came in time (the request may succeed later), otherwise internal. Unique violations the
+/// caller expects are mapped first, by constraint ([`conflict_on_unique`]).
+impl From<sea_orm::DbErr> for AppError {
+    fn from(error: sea_orm::DbErr) -> Self {
+        if matches!(error, sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)) {
+            tracing::warn!(error = %error, "database unavailable");
             return Self::unavailable("the database is busy or unreachable; retry shortly", Some(DATABASE_RETRY_AFTER));
         }
-        Self::Internal(error)
+        Self::Internal(error.into())
     }
 }
 
 /// Seconds a client should wait after the database could not be reached.
 const DATABASE_RETRY_AFTER: u64 = 2;
-
-/// No pooled connection within `DATABASE_ACQUIRE_TIMEOUT`, or the connection itself failed:
-/// the request may succeed later, so it is a 503, not a 500.
-fn database_unavailable(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<sea_orm::DbErr>(),
-            Some(sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_))
-        )
-    })
-}
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
@@ -160,11 +154,42 @@ impl From<AppError> for async_graphql::Error {
 
 use async_graphql::ErrorExtensions as _;
 
-/// Unique-constraint violations become `CONFLICT` with the caller's wording; anything
-/// else stays internal.
-pub fn conflict_on_unique(error: sea_orm::DbErr, message: impl FnOnce() -> String) -> AppError {
+/// A unique key of the schema, as each backend names it when it is violated: Postgres by
+/// the constraint or unique index, SQLite by the `table.column` it covers.
+#[derive(Debug, Clone, Copy)]
+pub struct UniqueKey {
+    pub constraint: &'static str,
+    pub column: &'static str,
+}
+
+impl UniqueKey {
+    fn violated_in(&self, detail: &str) -> bool {
+        detail.contains(&format!("\"{}\"", self.constraint)) || detail.ends_with(self.column)
+    }
+}
+
+/// A violation of `key` becomes `CONFLICT` with the caller's wording; any other error
+/// (another constraint included) is mapped as every database error is.
+pub fn conflict_on_unique(error: sea_orm::DbErr, key: UniqueKey, message: impl FnOnce() -> String) -> AppError {
     match error.sql_err() {
-        Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => AppError::Conflict(message()),
-        _ => AppError::Internal(error.into()),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(detail)) if key.violated_in(&detail) => {
+            AppError::Conflict(message())
+        }
+        _ => error.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SKU: UniqueKey = UniqueKey { constraint: "products_sku_key", column: "products.sku" };
+
+    #[test]
+    fn unique_keys_are_recognised_by_name_on_both_backends() {
+        assert!(SKU.violated_in(r#"duplicate key value violates unique constraint "products_sku_key""#));
+        assert!(SKU.violated_in("UNIQUE constraint failed: products.sku"));
+        assert!(!SKU.violated_in(r#"duplicate key value violates unique constraint "products_sku_key_2""#));
+        assert!(!SKU.violated_in("UNIQUE constraint failed: offers.product_id, offers.source_id"));
     }
 }

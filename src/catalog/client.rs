@@ -223,13 +223,13 @@ impl OffersClient {
     }
 
     /// Sends a request and reads a bounded body.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(StatusCode, bytes::Bytes), String> {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<(StatusCode, bytes::Bytes), NoAnswer> {
         let mut response = request.send().await.map_err(describe)?;
         let status = response.status();
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(describe)? {
             if body.len() + chunk.len() > MAX_BODY {
-                return Err(format!("response larger than {MAX_BODY} bytes"));
+                return Err(NoAnswer::TooLarge);
             }
             body.extend_from_slice(&chunk);
         }
@@ -472,11 +472,25 @@ fn message_of(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
 }
 
-fn describe(error: reqwest::Error) -> String {
+/// Why a call got no answer we could read.
+#[derive(Debug, thiserror::Error)]
+enum NoAnswer {
+    #[error("timed out")]
+    TimedOut,
+    #[error("cannot connect")]
+    CannotConnect,
+    #[error("response larger than {MAX_BODY} bytes")]
+    TooLarge,
+    /// Anything else, with its chain of causes.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn describe(error: reqwest::Error) -> NoAnswer {
     if error.is_timeout() {
-        "timed out".into()
+        NoAnswer::TimedOut
     } else if error.is_connect() {
-        "cannot connect".into()
+        NoAnswer::CannotConnect
     } else {
         let mut message = error.to_string();
         let mut source = std::error::Error::source(&error);
@@ -485,7 +499,7 @@ fn describe(error: reqwest::Error) -> String {
             message.push_str(&cause.to_string());
             source = cause.source();
         }
-        message
+        NoAnswer::Failed(message)
     }
 }
 

@@ -3,6 +3,8 @@
 
 use sea_orm::FromQueryResult;
 
+use crate::error::AppError;
+
 /// Longest product name, in characters.
 pub const NAME_MAX: usize = 200;
 /// Longest product description, in characters.
@@ -90,48 +92,68 @@ pub struct HistoryRow {
     pub recorded_at: i64,
 }
 
+/// A product field the catalog refuses, and why, in words for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {reason}")]
+pub struct InvalidField {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl InvalidField {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self { field, reason: reason.into() }
+    }
+}
+
+impl From<InvalidField> for AppError {
+    fn from(invalid: InvalidField) -> Self {
+        AppError::bad_input(invalid.to_string())
+    }
+}
+
 /// Checks a name; returns it trimmed.
-pub fn valid_name(name: &str) -> Result<String, String> {
+pub fn valid_name(name: &str) -> Result<String, InvalidField> {
     let name = name.trim();
     if name.is_empty() {
-        return Err("`name` must not be empty".into());
+        return Err(InvalidField::new("name", "must not be empty"));
     }
     if name.chars().count() > NAME_MAX {
-        return Err(format!("`name` must be at most {NAME_MAX} characters"));
+        return Err(InvalidField::new("name", format!("must be at most {NAME_MAX} characters")));
     }
     Ok(name.to_string())
 }
 
-pub fn valid_description(description: &str) -> Result<String, String> {
+pub fn valid_description(description: &str) -> Result<String, InvalidField> {
     if description.chars().count() > DESCRIPTION_MAX {
-        return Err(format!("`description` must be at most {DESCRIPTION_MAX} characters"));
+        return Err(InvalidField::new("description", format!("must be at most {DESCRIPTION_MAX} characters")));
     }
     Ok(description.to_string())
 }
 
 /// Checks a sku; returns it trimmed. Skus are identifiers: no control characters.
-pub fn valid_sku(sku: &str) -> Result<String, String> {
+pub fn valid_sku(sku: &str) -> Result<String, InvalidField> {
     let sku = sku.trim();
     if sku.is_empty() {
-        return Err("`sku` must not be empty".into());
+        return Err(InvalidField::new("sku", "must not be empty"));
     }
     if sku.chars().count() > SKU_MAX {
-        return Err(format!("`sku` must be at most {SKU_MAX} characters"));
+        return Err(InvalidField::new("sku", format!("must be at most {SKU_MAX} characters")));
     }
     if sku.chars().any(char::is_control) {
-        return Err("`sku` must not contain control characters".into());
+        return Err(InvalidField::new("sku", "must not contain control characters"));
     }
     Ok(sku.to_string())
 }
 
 /// Checks `attributes` (a JSON object, bounded) and returns its JSON text.
-pub fn valid_attributes(attributes: &serde_json::Value) -> Result<String, String> {
+pub fn valid_attributes(attributes: &serde_json::Value) -> Result<String, InvalidField> {
     if !attributes.is_object() {
-        return Err("`attributes` must be a JSON object".into());
+        return Err(InvalidField::new("attributes", "must be a JSON object"));
     }
     let text = attributes.to_string();
     if text.len() > ATTRIBUTES_MAX_BYTES {
-        return Err(format!("`attributes` must be at most {ATTRIBUTES_MAX_BYTES} bytes of JSON"));
+        return Err(InvalidField::new("attributes", format!("must be at most {ATTRIBUTES_MAX_BYTES} bytes of JSON")));
     }
     Ok(text)
 }

@@ -10,12 +10,12 @@ use sea_orm::{
 
 use super::{
     Catalog,
-    model::{self, PRODUCT_COLUMNS, ProductRow, Registration},
+    model::{self, InvalidField, PRODUCT_COLUMNS, ProductRow, Registration},
     registration,
 };
 use crate::{
     db::{bind_row, now_ms, stmt},
-    error::{AppError, AppResult, conflict_on_unique},
+    error::{AppError, AppResult, UniqueKey, conflict_on_unique},
     paging::Page,
 };
 
@@ -51,14 +51,29 @@ struct CleanUpsert {
     attributes: Option<String>,
 }
 
+/// An upload item the catalog refuses: which one (by sku, when it has a valid one) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidItem {
+    #[error("{0}")]
+    Sku(InvalidField),
+    #[error("sku `{sku}`: {field}")]
+    Field { sku: String, field: InvalidField },
+}
+
+impl From<InvalidItem> for AppError {
+    fn from(invalid: InvalidItem) -> Self {
+        AppError::bad_input(invalid.to_string())
+    }
+}
+
 /// Checks one upload item against the catalog's limits (the same as `createProduct`).
-pub fn validate_upsert(item: &ProductUpsert) -> Result<(), String> {
+pub fn validate_upsert(item: &ProductUpsert) -> Result<(), InvalidItem> {
     clean(item).map(|_| ())
 }
 
-fn clean(item: &ProductUpsert) -> Result<CleanUpsert, String> {
-    let sku = model::valid_sku(&item.sku)?;
-    let with_sku = |error: String| format!("sku `{sku}`: {error}");
+fn clean(item: &ProductUpsert) -> Result<CleanUpsert, InvalidItem> {
+    let sku = model::valid_sku(&item.sku).map_err(InvalidItem::Sku)?;
+    let with_sku = |field: InvalidField| InvalidItem::Field { sku: sku.clone(), field };
     Ok(CleanUpsert {
         name: model::valid_name(&item.name).map_err(with_sku)?,
         description: item.description.as_deref().map(model::valid_description).transpose().map_err(with_sku)?,
@@ -85,7 +100,7 @@ pub async fn upsert_by_sku(
     let mut items: Vec<CleanUpsert> = Vec::with_capacity(batch.len());
     let mut position: HashMap<String, usize> = HashMap::with_capacity(batch.len());
     for item in batch {
-        let item = clean(item).map_err(AppError::bad_input)?;
+        let item = clean(item)?;
         match position.get(&item.sku) {
             Some(&at) => items[at] = item,
             None => {
@@ -261,16 +276,19 @@ pub struct ProductFilter {
 
 const SEARCH_MAX: usize = 200;
 
+/// Products are unique by sku (when they have one).
+const SKU_KEY: UniqueKey = UniqueKey { constraint: "products_sku_key", column: "products.sku" };
+
 fn sku_taken(sku: &Option<String>) -> impl FnOnce() -> String + '_ {
     move || format!("a product with sku `{}` already exists", sku.as_deref().unwrap_or_default())
 }
 
 /// Creates a product and queues its registration, in one transaction.
 pub async fn create(state: &Catalog, input: NewProduct) -> AppResult<ProductRow> {
-    let name = model::valid_name(&input.name).map_err(AppError::bad_input)?;
-    let description = model::valid_description(&input.description).map_err(AppError::bad_input)?;
-    let sku = input.sku.as_deref().map(model::valid_sku).transpose().map_err(AppError::bad_input)?;
-    let attributes = input.attributes.as_ref().map(model::valid_attributes).transpose().map_err(AppError::bad_input)?;
+    let name = model::valid_name(&input.name)?;
+    let description = model::valid_description(&input.description)?;
+    let sku = input.sku.as_deref().map(model::valid_sku).transpose()?;
+    let attributes = input.attributes.as_ref().map(model::valid_attributes).transpose()?;
     let now = now_ms();
     let txn = state.db.begin().await?;
     let product = ProductRow::find_by_statement(stmt(
@@ -284,7 +302,7 @@ pub async fn create(state: &Catalog, input: NewProduct) -> AppResult<ProductRow>
     ))
     .one(&txn)
     .await
-    .map_err(|error| conflict_on_unique(error, sku_taken(&sku)))?
+    .map_err(|error| conflict_on_unique(error, SKU_KEY, sku_taken(&sku)))?
     .ok_or_else(|| AppError::Internal(anyhow::anyhow!("insert returned no row")))?;
     state.jobs.enqueue(&txn, registration::job(&state.config, vec![product.id])).await?;
     txn.commit().await?;
@@ -296,18 +314,18 @@ pub async fn create(state: &Catalog, input: NewProduct) -> AppResult<ProductRow>
 pub async fn update(state: &Catalog, id: i64, changes: ProductChanges) -> AppResult<ProductRow> {
     let mut columns: Vec<(&str, Value)> = Vec::new();
     if let Some(name) = &changes.name {
-        columns.push(("name", model::valid_name(name).map_err(AppError::bad_input)?.into()));
+        columns.push(("name", model::valid_name(name)?.into()));
     }
     if let Some(description) = &changes.description {
-        columns.push(("description", model::valid_description(description).map_err(AppError::bad_input)?.into()));
+        columns.push(("description", model::valid_description(description)?.into()));
     }
     let mut sku = None;
     if let Some(new_sku) = &changes.sku {
-        sku = new_sku.as_deref().map(model::valid_sku).transpose().map_err(AppError::bad_input)?;
+        sku = new_sku.as_deref().map(model::valid_sku).transpose()?;
         columns.push(("sku", sku.clone().into()));
     }
     if let Some(attributes) = &changes.attributes {
-        let text = attributes.as_ref().map(model::valid_attributes).transpose().map_err(AppError::bad_input)?;
+        let text = attributes.as_ref().map(model::valid_attributes).transpose()?;
         columns.push(("attributes", text.into()));
     }
     if columns.is_empty() {
@@ -323,7 +341,7 @@ pub async fn update(state: &Catalog, id: i64, changes: ProductChanges) -> AppRes
     ProductRow::find_by_statement(stmt(&state.db, &sql, values))
         .one(&state.db)
         .await
-        .map_err(|error| conflict_on_unique(error, sku_taken(&sku)))?
+        .map_err(|error| conflict_on_unique(error, SKU_KEY, sku_taken(&sku)))?
         .ok_or_else(|| AppError::not_found(format!("no product {id}")))
 }
 

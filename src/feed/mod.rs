@@ -1,4 +1,4 @@
-//! The feed gateway (seed 004): a quasi-cache in front of N partner feeds.
+//! The feed gateway: a quasi-cache in front of N partner feeds.
 //!
 //! **Client side.** Every source in `FEED_SOURCES` (`URL@PERIOD`) is polled with GET on
 //! its own period by a tokio interval task of this node, starting at once so the feed is
@@ -40,7 +40,7 @@ pub use poller::{PollError, Pollers, parse_items, spawn_pollers};
 use crate::{
     db::to_datetime,
     health::{Check, Status},
-    settings::parse_duration,
+    settings::{InvalidSetting, parse_duration},
 };
 
 /// A source with no successful poll for this many periods is stale.
@@ -59,10 +59,10 @@ pub struct FeedConfig {
     pub feed_timeout: Duration,
 }
 
-fn parse_positive(text: &str) -> Result<usize, String> {
+fn parse_positive(text: &str) -> Result<usize, InvalidSetting> {
     match text.trim().parse::<usize>() {
         Ok(value) if value > 0 => Ok(value),
-        _ => Err(format!("`{text}` must be a whole number above 0")),
+        _ => Err(InvalidSetting::new(format!("`{text}` must be a whole number above 0"))),
     }
 }
 
@@ -107,18 +107,18 @@ pub fn health(gateway: &Gateway, simulated: bool) -> Check {
 }
 
 /// Parses one `URL@PERIOD` feed source (`http://a/data@15s`).
-pub fn parse_feed_source(text: &str) -> Result<(String, Duration), String> {
-    let (url, period) = text
-        .trim()
-        .rsplit_once('@')
-        .ok_or_else(|| format!("feed source `{text}` must be URL@PERIOD, for example http://host/data@15s"))?;
-    let parsed = url::Url::parse(url).map_err(|error| format!("feed source `{text}`: bad URL: {error}"))?;
+pub fn parse_feed_source(text: &str) -> Result<(String, Duration), InvalidSetting> {
+    let (url, period) = text.trim().rsplit_once('@').ok_or_else(|| {
+        InvalidSetting::new(format!("feed source `{text}` must be URL@PERIOD, for example http://host/data@15s"))
+    })?;
+    let parsed =
+        url::Url::parse(url).map_err(|error| InvalidSetting::new(format!("feed source `{text}`: bad URL: {error}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("feed source `{text}`: only http and https are supported"));
+        return Err(InvalidSetting::new(format!("feed source `{text}`: only http and https are supported")));
     }
     let period = parse_duration(period)?;
     if period < Duration::from_secs(1) {
-        return Err(format!("feed source `{text}`: the period must be at least 1s"));
+        return Err(InvalidSetting::new(format!("feed source `{text}`: the period must be at least 1s")));
     }
     Ok((url.to_string(), period))
 }

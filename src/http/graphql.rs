@@ -142,7 +142,7 @@ async fn post_graphql(
     };
     let batch = match parse_batch(&bytes) {
         Ok(batch) => batch,
-        Err(message) => return refuse(media, StatusCode::BAD_REQUEST, "BAD_REQUEST", message),
+        Err(Malformed(message)) => return refuse(media, StatusCode::BAD_REQUEST, "BAD_REQUEST", message),
     };
     let caller = Caller { may_write, via_get: false };
     match batch {
@@ -166,23 +166,28 @@ async fn post_graphql(
     }
 }
 
+/// A request the endpoint cannot read, and why in words: 400 `BAD_REQUEST`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Malformed(String);
+
 /// One operation (a JSON object) or a batch (a non-empty array), or why the body is
 /// neither, in words (serde's message says what and where).
-fn parse_batch(bytes: &[u8]) -> Result<BatchRequest, String> {
+fn parse_batch(bytes: &[u8]) -> Result<BatchRequest, Malformed> {
     let shape = "a GraphQL request is a JSON object with `query` (a string) and optionally \
                  `operationName` (a string), `variables` and `extensions` (objects), or an array of them";
     let explain = |error: serde_json::Error| match error.classify() {
-        serde_json::error::Category::Data => format!("{shape}: {error}"),
-        _ => format!("the body is not valid JSON: {error}"),
+        serde_json::error::Category::Data => Malformed(format!("{shape}: {error}")),
+        _ => Malformed(format!("the body is not valid JSON: {error}")),
     };
     match bytes.iter().find(|byte| !byte.is_ascii_whitespace()) {
         Some(b'{') => serde_json::from_slice(bytes).map(BatchRequest::Single).map_err(explain),
         Some(b'[') => match serde_json::from_slice::<Vec<async_graphql::Request>>(bytes).map_err(explain)? {
-            requests if requests.is_empty() => Err("the batch is empty: send at least one operation".into()),
+            requests if requests.is_empty() => Err(Malformed("the batch is empty: send at least one operation".into())),
             requests => Ok(BatchRequest::Batch(requests)),
         },
-        Some(_) => Err(format!("the body is not valid JSON, or not an object or array: {shape}")),
-        None => Err(format!("the body is empty: {shape}")),
+        Some(_) => Err(Malformed(format!("the body is not valid JSON, or not an object or array: {shape}"))),
+        None => Err(Malformed(format!("the body is empty: {shape}"))),
     }
 }
 
@@ -212,12 +217,12 @@ async fn get_graphql(
     }
     match request_from_query_string(query) {
         Ok(request) => run_one(&endpoint, media, request, Caller { may_write, via_get: true }).await,
-        Err(message) => refuse(media, StatusCode::BAD_REQUEST, "BAD_REQUEST", message),
+        Err(Malformed(message)) => refuse(media, StatusCode::BAD_REQUEST, "BAD_REQUEST", message),
     }
 }
 
 /// `query`, `operationName` (or `operation_name`), and `variables` and `extensions` as JSON.
-fn request_from_query_string(query: &str) -> Result<async_graphql::Request, String> {
+fn request_from_query_string(query: &str) -> Result<async_graphql::Request, Malformed> {
     let mut request = async_graphql::Request::new("");
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match &*key {
@@ -225,11 +230,11 @@ fn request_from_query_string(query: &str) -> Result<async_graphql::Request, Stri
             "operationName" | "operation_name" => request.operation_name = Some(value.into_owned()),
             "variables" => {
                 request.variables = serde_json::from_str(&value)
-                    .map_err(|error| format!("`variables` is not a JSON object: {error}"))?;
+                    .map_err(|error| Malformed(format!("`variables` is not a JSON object: {error}")))?;
             }
             "extensions" => {
                 request.extensions = serde_json::from_str(&value)
-                    .map_err(|error| format!("`extensions` is not a JSON object: {error}"))?;
+                    .map_err(|error| Malformed(format!("`extensions` is not a JSON object: {error}")))?;
             }
             _ => {}
         }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::settings::parse_duration;
+use crate::settings::{InvalidSetting, parse_duration};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct IntakeConfig {
@@ -54,13 +54,13 @@ pub fn genre_key(genre: &str) -> String {
 /// Bucket names that belong to other parts of the service.
 const RESERVED_BUCKETS: [&str; 1] = ["uploads"];
 
-fn parse_route(text: &str) -> Result<BucketRoute, String> {
+fn parse_route(text: &str) -> Result<BucketRoute, InvalidSetting> {
     let text = text.trim();
     let (genre, bucket) = text.split_once('=').unwrap_or((text, text));
     let genre = genre_key(genre);
     let bucket = bucket.trim().to_string();
     if genre.is_empty() {
-        return Err(format!("`{text}`: the genre is empty (use genre=bucket)"));
+        return Err(InvalidSetting::new(format!("`{text}`: the genre is empty (use genre=bucket)")));
     }
     // S3's bucket-name rules, which are also safe folder names everywhere.
     let valid = (1..=63).contains(&bucket.len())
@@ -69,12 +69,14 @@ fn parse_route(text: &str) -> Result<BucketRoute, String> {
         && bucket.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
         && !bucket.contains("..");
     if !valid {
-        return Err(format!(
+        return Err(InvalidSetting::new(format!(
             "`{text}`: bucket `{bucket}` must be 1-63 characters of a-z, 0-9, '-' and '.', starting and ending with a letter or digit"
-        ));
+        )));
     }
     if RESERVED_BUCKETS.contains(&bucket.as_str()) {
-        return Err(format!("`{text}`: the bucket name `{bucket}` is used by another part of the service"));
+        return Err(InvalidSetting::new(format!(
+            "`{text}`: the bucket name `{bucket}` is used by another part of the service"
+        )));
     }
     Ok(BucketRoute { genre, bucket })
 }

@@ -29,8 +29,9 @@ pub enum JobError {
     Permanent(String),
 }
 
-impl<E: Into<anyhow::Error>> From<E> for JobError {
-    fn from(error: E) -> Self {
+/// A database error in a job is worth retrying: the database may be back by then.
+impl From<sea_orm::DbErr> for JobError {
+    fn from(error: sea_orm::DbErr) -> Self {
         Self::Retry(error.into())
     }
 }

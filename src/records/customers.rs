@@ -9,7 +9,7 @@ use super::{
 };
 use crate::{
     db::{now_ms, stmt},
-    error::{AppError, AppResult, conflict_on_unique},
+    error::{AppError, AppResult, UniqueKey, conflict_on_unique},
     paging::Page,
 };
 
@@ -27,6 +27,9 @@ pub struct CustomerChanges {
     pub name: Option<String>,
     pub email: Option<String>,
 }
+
+/// Customers are unique by e-mail address, compared case-folded.
+const EMAIL_KEY: UniqueKey = UniqueKey { constraint: "customers_email_folded", column: "customers.email_folded" };
 
 fn email_taken(email: &str) -> impl FnOnce() -> String + '_ {
     move || format!("a customer with the e-mail `{email}` already exists (addresses are compared ignoring case)")
@@ -51,7 +54,7 @@ pub async fn create(db: &impl ConnectionTrait, name: &str, email: &str) -> AppRe
     Customer::find_by_statement(stmt(db, &sql, values))
         .one(db)
         .await
-        .map_err(|error| conflict_on_unique(error, email_taken(&email)))?
+        .map_err(|error| conflict_on_unique(error, EMAIL_KEY, email_taken(&email)))?
         .ok_or_else(|| AppError::Internal(anyhow::anyhow!("insert returned no customer")))
 }
 
@@ -90,7 +93,7 @@ pub async fn update(db: &impl ConnectionTrait, id: i64, changes: CustomerChanges
     Customer::find_by_statement(stmt(db, &sql, values))
         .one(db)
         .await
-        .map_err(|error| conflict_on_unique(error, email_taken(&taken)))?
+        .map_err(|error| conflict_on_unique(error, EMAIL_KEY, email_taken(&taken)))?
         .ok_or_else(|| not_found(id))
 }
 

@@ -42,8 +42,9 @@ enum Failure {
     Retry(anyhow::Error),
 }
 
-impl<E: Into<anyhow::Error>> From<E> for Failure {
-    fn from(error: E) -> Self {
+/// A database error is worth retrying: the database may be back by then.
+impl From<sea_orm::DbErr> for Failure {
+    fn from(error: sea_orm::DbErr) -> Self {
         Self::Retry(error.into())
     }
 }
@@ -142,7 +143,8 @@ async fn open_spool(state: &Uploads, key: &str) -> Result<BoxStream<'static, io:
         Err(object_store::Error::NotFound { .. }) => {
             return Err(Failure::Permanent(format!("the spooled body `{key}` is missing from object storage")));
         }
-        Err(error) => return Err(error.into()),
+        // Object storage unreachable or failing: it may be back by the next attempt.
+        Err(error) => return Err(Failure::Retry(error.into())),
     };
     Ok(match result.payload {
         GetResultPayload::File(file, _) => {
@@ -190,7 +192,8 @@ impl Reader {
         let mut spans: Vec<ItemSpan> = Vec::new();
         let mut batch = Batch::default();
         while let Some(chunk) = spool.next().await {
-            let chunk = chunk?;
+            // A read of the spool failed (storage down, connection cut): retry later.
+            let chunk = chunk.map_err(|error| Failure::Retry(error.into()))?;
             buffer.extend_from_slice(&chunk);
             spans.clear();
             scanner.feed(&chunk, |span| spans.push(span)).map_err(no_longer_valid)?;
@@ -200,8 +203,9 @@ impl Reader {
                 }
                 let start = usize::try_from(span.start - buffer_start).unwrap_or(usize::MAX);
                 let end = usize::try_from(span.end - buffer_start).unwrap_or(usize::MAX);
-                let bytes =
-                    buffer.get(start..end).ok_or_else(|| anyhow::anyhow!("item span outside the read buffer"))?;
+                let bytes = buffer
+                    .get(start..end)
+                    .ok_or_else(|| Failure::Retry(anyhow::anyhow!("item span outside the read buffer")))?;
                 self.add(&mut batch, span.index, bytes)?;
                 let full = batch.items >= self.batch_size || batch.bytes >= BATCH_MAX_BYTES;
                 if full && batches.send(Ok(Read::Batch(std::mem::take(&mut batch)))).await.is_err() {
@@ -238,7 +242,7 @@ impl Reader {
             Err(reason) => {
                 batch.rejected += 1;
                 if self.rejections.len() < REJECTIONS_KEPT {
-                    self.rejections.push(ItemRejection { index, sku: upsert.sku, reason });
+                    self.rejections.push(ItemRejection { index, sku: upsert.sku, reason: reason.to_string() });
                     batch.rejections = Some(self.rejections.clone());
                 }
             }

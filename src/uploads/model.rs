@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     db::{now_ms, stmt},
-    error::AppResult,
+    error::{AppError, AppResult},
     paging::Page,
 };
 
@@ -102,7 +102,7 @@ pub async fn insert(
     ))
     .one(conn)
     .await?;
-    row.map(|row| row.id).ok_or_else(|| anyhow::anyhow!("insert into uploads returned no id").into())
+    row.map(|row| row.id).ok_or_else(|| AppError::internal(anyhow::anyhow!("insert into uploads returned no id")))
 }
 
 pub async fn set_job(conn: &impl ConnectionTrait, id: i64, job_id: i64) -> AppResult<()> {

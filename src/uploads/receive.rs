@@ -183,7 +183,7 @@ pub async fn receive(state: &Uploads, headers: &HeaderMap, body: Body) -> Result
         }
     };
     // `finish` succeeded, so at least one byte arrived and the spool exists.
-    let spool = spool.ok_or_else(|| anyhow::anyhow!("a valid body left no spool"))?;
+    let spool = spool.ok_or_else(|| AppError::internal(anyhow::anyhow!("a valid body left no spool")))?;
     spool.finish().await.map_err(storage_failed)?;
     metrics::histogram!("emporium_upload_receive_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("emporium_upload_received_bytes_total").increment(summary.bytes);

@@ -201,7 +201,8 @@ impl DedupWindow {
         match &*self.backend {
             Backend::Local { entries, clock } => {
                 let now = clock.now_ms();
-                let mut entries = entries.lock().map_err(|_| anyhow::anyhow!("dedup window lock poisoned"))?;
+                let mut entries =
+                    entries.lock().map_err(|_| AppError::internal(anyhow::anyhow!("dedup window lock poisoned")))?;
                 if let Some(entry) = entries.map.get(digest).filter(|entry| entry.expires_at > now) {
                     return Ok(Verdict::Duplicate(duplicate_of(&entry.value, entry.expires_at - now, self.window)));
                 }
@@ -250,7 +251,8 @@ impl DedupWindow {
         let opened = match &*self.backend {
             Backend::Local { entries, clock } => {
                 let now = clock.now_ms();
-                let mut entries = entries.lock().map_err(|_| anyhow::anyhow!("dedup window lock poisoned"))?;
+                let mut entries =
+                    entries.lock().map_err(|_| AppError::internal(anyhow::anyhow!("dedup window lock poisoned")))?;
                 let ours = match entries.map.get(&claim.digest) {
                     Some(entry) => entry.value == claim.token || entry.expires_at <= now,
                     None => true,
@@ -327,7 +329,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_seed_timeline_holds_to_the_millisecond() {
+    async fn the_documented_timeline_holds_to_the_millisecond() {
         let window = DedupWindow::local(Duration::from_secs(600), Duration::from_secs(30));
         let clock = window.clock().expect("local clock");
         clock.pin(T0);
