@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Catalog benchmark (issue 3), run from the repo root:
+# Catalog benchmark, run from the repo root:
 #   1. 10,000 products × 5 offers seeded directly into a fresh Postgres database;
 #   2. requests/s of `products(first: 50){ nodes { name offers { price itemsInStock } } }`
 #      through emporium's GraphQL endpoint vs a minimal axum handler serving the same JSON

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Intake benchmark (issue 6), run from the repo root, in one run:
-#   - emporium: 10,000 messages in the seed's shape submitted to `POST /v1/intake` in
+# Intake benchmark, run from the repo root, in one run:
+#   - emporium: 10,000 messages in the standard shape submitted to `POST /v1/intake` in
 #     batches of 100; messages/s from the first submission until every one is `STORED`
 #     (its file written to the genre's bucket on local storage and its notice recorded);
 #   - reference: the same 10,000 files (same names, same bytes) written straight to

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Record-store benchmark (issue 4), run from the repo root. Purchases/s with 64
+# Record-store benchmark, run from the repo root. Purchases/s with 64
 # concurrent clients against Postgres, in one run:
 #   - emporium: `createPurchase` over GraphQL, driven by wrk;
 #   - reference: pgbench driving the same two statements the service runs in one

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Upload benchmark (issue 5), run from the repo root, in one run:
+# Upload benchmark, run from the repo root, in one run:
 #   1. upload path: POST a generated 1 GiB JSON array (millions of products) to
 #      `POST /v1/products` and, as the reference, to a minimal axum sink that reads and
 #      discards the body (bench/helpers/uploads.rs); MB/s of both in rounds (one POST

@@ -1,6 +1,6 @@
 //! Intake benchmark helpers, driven by `bench/intake.sh`.
 //!
-//! - `intake-submit BASE_URL COUNT BATCH RUN`: submits COUNT messages (titles named after RUN) in the seed's shape to
+//! - `intake-submit BASE_URL COUNT BATCH RUN`: submits COUNT messages (titles named after RUN) in the standard shape to
 //!   `POST /v1/intake`, BATCH per request, then polls `intakeCounts` until every one is
 //!   `STORED`; prints the messages/s from the first submission to the last `STORED`.
 //! - `intake-fs DIR COUNT RUN`: the reference, writing the same COUNT files (same names, same

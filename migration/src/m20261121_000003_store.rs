@@ -1,4 +1,4 @@
-//! The record store (seed 003): customers, records (discs) and purchases.
+//! The record store: customers, records (discs) and purchases.
 //!
 //! Case-insensitive matching uses `*_folded` columns, lowercased by the service (Rust's
 //! Unicode lowercase), so SQLite and Postgres compare the same way and plain btree

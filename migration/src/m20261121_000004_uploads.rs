@@ -1,4 +1,4 @@
-//! Bulk product uploads (seed 000): one row per accepted body, with its ingestion
+//! Bulk product uploads: one row per accepted body, with its ingestion
 //! progress. The dedup window itself lives in Redis (or in process), not here: it is a
 //! short-lived fact with an expiry, which a database row would only imitate.
 

@@ -1,4 +1,4 @@
-//! The intake pipeline (seed 001): one row per submitted message, from `queued` to
+//! The intake pipeline: one row per submitted message, from `queued` to
 //! `stored` (its notice: bucket and key) or `failed` (its reason, the dead-letter list).
 
 use sea_orm_migration::prelude::*;
@@ -31,7 +31,7 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(IntakeMessages::Table)
                     .col(ColumnDef::new(IntakeMessages::Id).big_integer().not_null().auto_increment().primary_key())
-                    // The client's own id (the seed's `id`): kept for display and lookup, not unique.
+                    // The client's own id (the message's `id`): kept for display and lookup, not unique.
                     .col(ColumnDef::new(IntakeMessages::MessageId).string())
                     .col(ColumnDef::new(IntakeMessages::Title).text().not_null())
                     .col(ColumnDef::new(IntakeMessages::Genre).string().not_null())

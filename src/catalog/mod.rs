@@ -1,4 +1,4 @@
-//! The catalog (seed 002, the product aggregator): products, their registration with the
+//! The catalog (the product aggregator): products, their registration with the
 //! partner offers service, the offers it reports, and the price history of those offers.
 //!
 //! - Products: GraphQL CRUD; bulk uploads create and update them through

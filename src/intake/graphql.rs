@@ -9,7 +9,7 @@ use super::{
     config::genre_key,
     model::{IntakeStatus, MessageRow, Notice, PROCESSED_TOPIC},
     read::{self, MessageFilter},
-    submit::{self, SeedMessage},
+    submit::{self, StandardMessage},
 };
 use crate::{
     db::to_datetime,
@@ -24,7 +24,7 @@ fn state<'a>(ctx: &Context<'a>) -> &'a Intake {
 
 pub struct IntakeMessage(MessageRow);
 
-/// A message submitted to the intake pipeline (seed 001): queued, then written as
+/// A message submitted to the intake pipeline: queued, then written as
 /// `<title>.json` to the bucket of its genre.
 ///
 /// Object names: letters and digits of any script, space and `- _ . , ' ( ) ! &
@@ -78,7 +78,7 @@ impl IntakeMessage {
     }
 
     /// The message's JSON exactly as submitted: the object's content. (Messages submitted
-    /// through GraphQL are written as compact JSON with the seed's fields in the seed's order.)
+    /// through GraphQL are written as compact JSON with the standard fields in the standard order.)
     async fn json(&self) -> &str {
         &self.0.body
     }
@@ -101,7 +101,7 @@ impl IntakeMessage {
 
 pub struct IntakeNotice(Notice);
 
-/// The result notice of a stored message (the seed's output queue).
+/// The result notice of a stored message (the output queue).
 #[Object]
 impl IntakeNotice {
     /// The message's id (our submission id).
@@ -151,7 +151,7 @@ pub struct IntakeCounts {
     pub failed: i64,
 }
 
-/// A message in the seed's shape. `title` and `genre` must be non-blank; no field may
+/// A message in the standard shape. `title` and `genre` must be non-blank; no field may
 /// contain NUL. (Over REST, `id` and `year` may also be integers.)
 #[derive(Debug, Clone, InputObject)]
 pub struct IntakeMessageInput {
@@ -171,7 +171,7 @@ pub struct IntakeMessageInput {
     pub summary: Option<String>,
 }
 
-impl From<IntakeMessageInput> for SeedMessage {
+impl From<IntakeMessageInput> for StandardMessage {
     fn from(input: IntakeMessageInput) -> Self {
         Self {
             id: input.id,
@@ -264,7 +264,8 @@ impl IntakeMutation {
     ) -> async_graphql::Result<Vec<IntakeMessage>> {
         let state = state(ctx);
         let max_bytes = state.config.intake_max_body_bytes;
-        let messages = submit::from_seed_messages(messages.into_iter().map(SeedMessage::from).collect(), max_bytes)?;
+        let messages =
+            submit::from_standard_messages(messages.into_iter().map(StandardMessage::from).collect(), max_bytes)?;
         let rows = submit::queue(state, messages).await?;
         Ok(rows.into_iter().map(IntakeMessage).collect())
     }

@@ -1,10 +1,10 @@
-//! The intake pipeline (seed 001): messages come in on a durable queue, each is written
+//! The intake pipeline: messages come in on a durable queue, each is written
 //! as `<title>.json` to the bucket of its genre, and a result notice is recorded and
 //! pushed to subscribers.
 //!
 //! **Input.** `POST /v1/intake` (one message object or an array) and the GraphQL mutation
 //! `submitIntake` validate every message first — `title` and `genre` non-blank strings,
-//! `id` and `year` strings or integers (REST; the seed sends `"1960"`), `author` and
+//! `id` and `year` strings or integers (REST; clients send `"1960"`), `author` and
 //! `summary` strings, sizes bounded, no NUL — and refuse the whole request (400 /
 //! `BAD_USER_INPUT`, naming `messages[i].field`) if any is invalid. Otherwise, in one
 //! transaction, they insert the message rows and their jobs and answer 202 with our ids.
@@ -13,8 +13,8 @@
 //!
 //! **Ids.** Every submission gets our own id. The client's `id` is kept as `messageId`
 //! and is not unique: a resubmitted message is processed again (it rewrites the same
-//! file with its content — the seed's FIFO queues did not promise deduplication beyond
-//! a short window either).
+//! file with its content — FIFO queues do not promise deduplication beyond a short
+//! window either).
 //!
 //! **Processing.** A submission is split per genre into jobs of at most
 //! `INTAKE_BATCH_SIZE` messages, each job in the FIFO group `intake:<genre>`: jobs of one
@@ -31,7 +31,7 @@
 //!
 //! **Content.** The object is the message's JSON exactly as submitted (the bytes of that
 //! object in the request body). Messages submitted through GraphQL have no such bytes; they
-//! are written as compact JSON with the seed's fields in the seed's order.
+//! are written as compact JSON with the standard fields in the standard order.
 //!
 //! **Object names.** See [`names`]: letters, digits and a few punctuation characters are
 //! kept, everything else (`/`, `\`, `%`, control characters, a leading `.`) is

@@ -52,7 +52,7 @@ pub struct MessageRow {
     pub processed_at: Option<i64>,
 }
 
-/// The result notice of one stored message (the seed's output queue), pushed to
+/// The result notice of one stored message (the output queue), pushed to
 /// `intakeProcessed` subscribers on every node.
 #[derive(Debug, Clone, Serialize, Deserialize, FromQueryResult)]
 pub struct Notice {

@@ -39,10 +39,10 @@ pub struct NewMessage {
     pub body: String,
 }
 
-/// The seed's message shape, for messages that arrive as GraphQL input: they are written
-/// as this compact JSON, fields in the seed's order, absent optional fields left out.
+/// The standard message shape, for messages that arrive as GraphQL input: they are written
+/// as this compact JSON, fields in the standard order, absent optional fields left out.
 #[derive(Debug, Clone, Serialize)]
-pub struct SeedMessage {
+pub struct StandardMessage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     pub title: String,
@@ -88,20 +88,20 @@ pub fn parse_body(bytes: &[u8]) -> AppResult<Vec<NewMessage>> {
 
 /// Validates messages that arrived as GraphQL input (the same rules as the REST route,
 /// the same `INTAKE_MAX_BODY_BYTES`: `max_bytes` for all messages as written).
-pub fn from_seed_messages(inputs: Vec<SeedMessage>, max_bytes: usize) -> AppResult<Vec<NewMessage>> {
+pub fn from_standard_messages(inputs: Vec<StandardMessage>, max_bytes: usize) -> AppResult<Vec<NewMessage>> {
     check_count(inputs.len())?;
     let mut errors = Vec::new();
     let mut messages = Vec::with_capacity(inputs.len());
     let mut total_bytes = 0usize;
     for (index, input) in inputs.into_iter().enumerate() {
-        let body = serde_json::to_string(&input).map_err(anyhow::Error::from)?;
+        let body = serde_json::to_string(&input).map_err(AppError::internal)?;
         total_bytes = total_bytes.saturating_add(body.len());
         if total_bytes > max_bytes {
             return Err(AppError::PayloadTooLarge(format!(
                 "the messages exceed INTAKE_MAX_BODY_BYTES ({max_bytes} bytes) from messages[{index}] on"
             )));
         }
-        let fields = match serde_json::to_value(&input).map_err(anyhow::Error::from)? {
+        let fields = match serde_json::to_value(&input).map_err(AppError::internal)? {
             serde_json::Value::Object(fields) => fields,
             _ => Map::new(),
         };
@@ -150,7 +150,7 @@ impl Valid {
     }
 }
 
-/// The seed's field rules: `title` and `genre` are required non-blank strings; `id` and
+/// The field rules: `title` and `genre` are required non-blank strings; `id` and
 /// `year` are strings or integers; `author` and `summary` are strings; optional fields may
 /// be null; other fields are kept as they are. No string may contain NUL (U+0000): no
 /// real message has one and databases cannot store it.

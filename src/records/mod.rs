@@ -1,4 +1,4 @@
-//! The record store (seed 003): customers, records (discs) with stock, and purchases.
+//! The record store: customers, records (discs) with stock, and purchases.
 //!
 //! - `customers`: accounts with a case-insensitively unique e-mail; deactivation keeps
 //!   the account and its history but stops new purchases.

@@ -3,7 +3,7 @@
 //! A purchase takes its units with ONE conditional statement,
 //! `UPDATE records SET stock = stock - q WHERE id = r AND stock >= q`, and stores the
 //! purchase in the same transaction: `EFFECTIVE` when that statement took the units,
-//! `OUT_OF_STOCK` (stock untouched) when it matched nothing — the seed's rule. The
+//! `OUT_OF_STOCK` (stock untouched) when it matched nothing — by design. The
 //! check and the decrement are one atomic step on both backends, whatever the
 //! isolation level: concurrent buyers of the last unit queue on the row (Postgres) or
 //! on the write lock (SQLite), and the losers see the new stock. Because the first

@@ -1,4 +1,4 @@
-//! REST: `POST /v1/products` (the seed's upload route) and `GET /v1/uploads/{id}`.
+//! REST: `POST /v1/products` (the upload route) and `GET /v1/uploads/{id}`.
 
 use axum::{
     Json, Router,

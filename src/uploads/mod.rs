@@ -1,4 +1,4 @@
-//! Bulk product uploads (seed 000): `POST /v1/products` takes a JSON array of products of
+//! Bulk product uploads: `POST /v1/products` takes a JSON array of products of
 //! any size (bytes to gigabytes) and refuses, with 403, a body whose exact bytes were
 //! accepted less than `DEDUP_WINDOW` ago, whichever node of a cluster receives it.
 //!

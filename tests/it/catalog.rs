@@ -1,4 +1,4 @@
-//! Catalog (seed 002): products, registration with the offers service, offer sync, price
+//! Catalog: products, registration with the offers service, offer sync, price
 //! history and trends, live updates, N+1 and the failure modes of the offers service.
 
 use std::time::Duration;

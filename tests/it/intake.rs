@@ -1,4 +1,4 @@
-//! The intake pipeline (seed 001), black-box: REST and GraphQL submission, files in the
+//! The intake pipeline, black-box: REST and GraphQL submission, files in the
 //! bucket folders, notices over graphql-ws, failures, path safety, health, and a node
 //! killed in the middle of 10,000 messages.
 
@@ -20,9 +20,9 @@ use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _, ht
 
 use crate::support::{NodeProcess, TestApp, TestEnv, error_code, eventually};
 
-/// The seed's example message, as a client would send it (the seed's multi-line summary
+/// The documented example message, as a client would send it (its multi-line summary
 /// is not valid JSON, so it is on one line here).
-const SEED_ROMANCE: &str = r#"{
+const EXAMPLE_ROMANCE: &str = r#"{
      "id": "12345",
      "title": "LoremIpsum",
      "author": "John Doe",
@@ -31,7 +31,7 @@ const SEED_ROMANCE: &str = r#"{
      "summary": "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore et dolore magna aliqua."
     }"#;
 
-const SEED_SCIFI: &str = r#"{"id": "67890", "title": "Foundation", "author": "Isaac Asimov", "year": 1951, "genre": "scifi", "summary": "Psychohistory and the fall of an empire."}"#;
+const EXAMPLE_SCIFI: &str = r#"{"id": "67890", "title": "Foundation", "author": "Isaac Asimov", "year": 1951, "genre": "scifi", "summary": "Psychohistory and the fall of an empire."}"#;
 
 const NOTICE_FIELDS: &str = "id messageId title genre bucket key storedAt";
 
@@ -210,14 +210,14 @@ impl Subscriber {
 }
 
 #[tokio::test]
-async fn the_seed_messages_land_in_their_genre_buckets_as_their_exact_json_with_notices() {
+async fn the_example_messages_land_in_their_genre_buckets_as_their_exact_json_with_notices() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn(&env).await;
     let mut subscriber = Subscriber::ready(&app).await;
 
     // One message alone, one in an array: both shapes are accepted.
-    let romance_ids = submit(&app.http, &app.url(""), SEED_ROMANCE).await;
-    let scifi_ids = submit(&app.http, &app.url(""), format!("[{SEED_SCIFI}]")).await;
+    let romance_ids = submit(&app.http, &app.url(""), EXAMPLE_ROMANCE).await;
+    let scifi_ids = submit(&app.http, &app.url(""), format!("[{EXAMPLE_SCIFI}]")).await;
     assert_eq!((romance_ids.len(), scifi_ids.len()), (1, 1));
 
     let db = env.db().await;
@@ -225,8 +225,8 @@ async fn the_seed_messages_land_in_their_genre_buckets_as_their_exact_json_with_
     assert_eq!(counts.get("stored"), Some(&2), "{counts:?}");
 
     let objects = objects_dir(&env);
-    assert_eq!(std::fs::read_to_string(objects.join("romance/LoremIpsum.json")).unwrap(), SEED_ROMANCE);
-    assert_eq!(std::fs::read_to_string(objects.join("scifi/Foundation.json")).unwrap(), SEED_SCIFI);
+    assert_eq!(std::fs::read_to_string(objects.join("romance/LoremIpsum.json")).unwrap(), EXAMPLE_ROMANCE);
+    assert_eq!(std::fs::read_to_string(objects.join("scifi/Foundation.json")).unwrap(), EXAMPLE_SCIFI);
 
     let data = app
         .gql_ok(
@@ -242,7 +242,7 @@ async fn the_seed_messages_land_in_their_genre_buckets_as_their_exact_json_with_
     assert_eq!(first["status"], "STORED");
     assert_eq!(first["bucket"], "romance");
     assert_eq!(first["key"], "LoremIpsum.json");
-    assert_eq!(first["json"], SEED_ROMANCE);
+    assert_eq!(first["json"], EXAMPLE_ROMANCE);
     assert!(first["reason"].is_null() && first["processedAt"].is_string());
     let second = &list["nodes"][1];
     assert_eq!((second["messageId"].as_str(), second["bucket"].as_str()), (Some("67890"), Some("scifi")));
@@ -321,15 +321,16 @@ async fn invalid_submissions_are_refused_whole_and_name_the_field() {
 async fn writes_need_a_token_when_api_tokens_is_set() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn_with(&env, |config| config.api_tokens = vec!["s3cret".into()]).await;
-    let response = post_intake(&app.http, &app.url(""), SEED_ROMANCE).await;
+    let response = post_intake(&app.http, &app.url(""), EXAMPLE_ROMANCE).await;
     assert_eq!(response.status(), 401);
-    let response = app.http.post(app.url("/v1/intake")).bearer_auth("s3cret").body(SEED_ROMANCE).send().await.unwrap();
+    let response =
+        app.http.post(app.url("/v1/intake")).bearer_auth("s3cret").body(EXAMPLE_ROMANCE).send().await.unwrap();
     assert_eq!(response.status(), 202);
     app.stop().await;
 }
 
 #[tokio::test]
-async fn graphql_submissions_are_written_as_compact_seed_json() {
+async fn graphql_submissions_are_written_as_compact_standard_json() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn(&env).await;
     let data = app

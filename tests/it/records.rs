@@ -1,4 +1,4 @@
-//! The record store (seed 003) through GraphQL: customers, records, purchases with the
+//! The record store through GraphQL: customers, records, purchases with the
 //! oversell-proof stock rule, cancellation, filters, and the error codes of bad input.
 //! The concurrency tests send real concurrent HTTP requests to one node.
 

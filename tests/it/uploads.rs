@@ -1,4 +1,4 @@
-//! Bulk uploads (seed 000): `POST /v1/products`, the dedup window, streaming validation,
+//! Bulk uploads: `POST /v1/products`, the dedup window, streaming validation,
 //! durable ingestion, and the cluster guarantees (three processes sharing Postgres and
 //! Redis; a node killed mid-ingestion).
 
@@ -18,8 +18,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{NodeProcess, TestApp, TestEnv, eventually};
 
-/// The seed's body, byte for byte (`curl -d '[{"id": "123", "name": "mesa"}]'`).
-const SEED_BODY: &[u8] = br#"[{"id": "123", "name": "mesa"}]"#;
+/// The documented example body, byte for byte (`curl -d '[{"id": "123", "name": "mesa"}]'`).
+const EXAMPLE_BODY: &[u8] = br#"[{"id": "123", "name": "mesa"}]"#;
 
 /// What the client saw.
 #[derive(Debug)]
@@ -89,19 +89,19 @@ fn spool_files(env: &TestEnv) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn seed_example_200_then_403_then_200_after_the_window() {
+async fn documented_example_200_then_403_then_200_after_the_window() {
     let env = TestEnv::new().await;
     let window = Duration::from_secs(2);
     let app = TestApp::spawn_with(&env, |config| config.uploads.dedup_window = window).await;
     let base = base(&app);
 
-    let first = post_products(&app.http, &base, SEED_BODY).await;
+    let first = post_products(&app.http, &base, EXAMPLE_BODY).await;
     let accepted_at = Instant::now();
     assert_eq!(first.status, 200, "{first:?}");
     assert_eq!(first.body["status"], "queued");
     let upload_id = first.body["upload_id"].as_str().expect("upload_id is a string").to_string();
 
-    let second = post_products(&app.http, &base, SEED_BODY).await;
+    let second = post_products(&app.http, &base, EXAMPLE_BODY).await;
     assert_eq!(second.status, 403, "{second:?}");
     assert_eq!(second.body["error"]["code"], "FORBIDDEN");
     let retry_after = second.retry_after.expect("Retry-After on 403");
@@ -110,7 +110,7 @@ async fn seed_example_200_then_403_then_200_after_the_window() {
     // Once the window has passed (from the acceptance, not from the 403), it is accepted again.
     tokio::time::sleep((accepted_at + window + Duration::from_millis(100)).saturating_duration_since(Instant::now()))
         .await;
-    let third = post_products(&app.http, &base, SEED_BODY).await;
+    let third = post_products(&app.http, &base, EXAMPLE_BODY).await;
     assert_eq!(third.status, 200, "{third:?}");
     assert_ne!(third.body["upload_id"].as_str(), Some(upload_id.as_str()));
 
@@ -118,7 +118,7 @@ async fn seed_example_200_then_403_then_200_after_the_window() {
     let upload = finished(&app.http, &base, &upload_id, Duration::from_secs(30)).await;
     assert_eq!(upload["status"], "succeeded", "{upload:#}");
     assert_eq!((upload["items_total"].as_i64(), upload["items_done"].as_i64()), (Some(1), Some(1)));
-    assert_eq!(upload["bytes"].as_u64(), Some(SEED_BODY.len() as u64));
+    assert_eq!(upload["bytes"].as_u64(), Some(EXAMPLE_BODY.len() as u64));
     let db = env.db().await;
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM products WHERE sku = '123' AND name = 'mesa'").await, 1);
     app.stop().await;
@@ -134,18 +134,18 @@ async fn window_boundary_to_the_millisecond_with_a_controlled_clock() {
     let base = base(&app);
     let t0 = 1_519_909_200_000; // 2018-03-01T13:00:00Z
     clock.pin(t0);
-    assert_eq!(post_products(&app.http, &base, SEED_BODY).await.status, 200);
+    assert_eq!(post_products(&app.http, &base, EXAMPLE_BODY).await.status, 200);
 
     for (offset_ms, retry_after) in [(1, 600), (300_000, 300), (599_000, 1), (599_999, 1)] {
         clock.pin(t0 + offset_ms);
-        let refused = post_products(&app.http, &base, SEED_BODY).await;
+        let refused = post_products(&app.http, &base, EXAMPLE_BODY).await;
         assert_eq!(refused.status, 403, "at +{offset_ms} ms: {refused:?}");
         assert_eq!(refused.retry_after, Some(retry_after), "at +{offset_ms} ms");
     }
     clock.pin(t0 + 600_000);
-    assert_eq!(post_products(&app.http, &base, SEED_BODY).await.status, 200, "at exactly 10 minutes");
+    assert_eq!(post_products(&app.http, &base, EXAMPLE_BODY).await.status, 200, "at exactly 10 minutes");
     clock.pin(t0 + 600_001);
-    assert_eq!(post_products(&app.http, &base, SEED_BODY).await.retry_after, Some(600), "a new window began");
+    assert_eq!(post_products(&app.http, &base, EXAMPLE_BODY).await.retry_after, Some(600), "a new window began");
     app.stop().await;
 }
 
@@ -162,13 +162,13 @@ async fn redis_window_expires_on_time_and_refusals_do_not_extend_it() {
     let app = TestApp::spawn_with(&env, |config| config.uploads.dedup_window = window).await;
     let base = base(&app);
     assert_eq!(app.node.uploads.dedup.mode(), "redis");
-    let accepted = post_products(&app.http, &base, SEED_BODY).await;
+    let accepted = post_products(&app.http, &base, EXAMPLE_BODY).await;
     let accepted_at = Instant::now();
     assert_eq!(accepted.status, 200, "{accepted:?}");
 
     let client = redis::Client::open(redis_url).expect("redis url");
     let mut redis = client.get_multiplexed_async_connection().await.expect("redis");
-    let digest = blake3::hash(SEED_BODY).to_hex().to_string();
+    let digest = blake3::hash(EXAMPLE_BODY).to_hex().to_string();
     let key = format!("{}:upload:{digest}", env.redis_prefix);
     let value: String = redis::cmd("GET").arg(&key).query_async(&mut redis).await.expect("GET");
     assert_eq!(value, format!("accepted:{}", accepted.body["upload_id"].as_str().expect("id")));
@@ -178,7 +178,7 @@ async fn redis_window_expires_on_time_and_refusals_do_not_extend_it() {
     // Refusals at 0.5 s and 1 s leave the expiry where it was.
     for at in [500, 1000] {
         tokio::time::sleep((accepted_at + Duration::from_millis(at)).saturating_duration_since(Instant::now())).await;
-        let refused = post_products(&app.http, &base, SEED_BODY).await;
+        let refused = post_products(&app.http, &base, EXAMPLE_BODY).await;
         assert_eq!(refused.status, 403, "{refused:?}");
         assert_eq!(refused.retry_after, Some(1));
     }
@@ -186,7 +186,7 @@ async fn redis_window_expires_on_time_and_refusals_do_not_extend_it() {
     assert!(pttl <= 500, "the window was extended: {pttl} ms left");
     tokio::time::sleep((accepted_at + window + Duration::from_millis(50)).saturating_duration_since(Instant::now()))
         .await;
-    assert_eq!(post_products(&app.http, &base, SEED_BODY).await.status, 200);
+    assert_eq!(post_products(&app.http, &base, EXAMPLE_BODY).await.status, 200);
     app.stop().await;
 }
 
@@ -266,7 +266,7 @@ async fn bad_inputs_get_their_status_and_nothing_is_lost() {
         .http
         .post(format!("{base}/v1/products"))
         .header("content-encoding", "gzip")
-        .body(SEED_BODY)
+        .body(EXAMPLE_BODY)
         .send()
         .await
         .expect("post");
@@ -326,9 +326,15 @@ async fn writes_need_a_token_when_api_tokens_is_set() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn_with(&env, |config| config.api_tokens = vec!["s3cret".into()]).await;
     let base = base(&app);
-    assert_eq!(post_products(&app.http, &base, SEED_BODY).await.status, 401);
-    let response =
-        app.http.post(format!("{base}/v1/products")).bearer_auth("s3cret").body(SEED_BODY).send().await.expect("post");
+    assert_eq!(post_products(&app.http, &base, EXAMPLE_BODY).await.status, 401);
+    let response = app
+        .http
+        .post(format!("{base}/v1/products"))
+        .bearer_auth("s3cret")
+        .body(EXAMPLE_BODY)
+        .send()
+        .await
+        .expect("post");
     assert_eq!(response.status(), 200);
     app.stop().await;
 }
@@ -495,7 +501,7 @@ async fn redis_unreachable_is_503_never_a_silent_acceptance() {
     let proxy = TcpProxy::start(&redis_url).await;
     let app = TestApp::spawn_with(&env, |config| config.redis_url = Some(proxy.url.clone())).await;
     let base = base(&app);
-    assert_eq!(post_products(&app.http, &base, SEED_BODY).await.status, 200);
+    assert_eq!(post_products(&app.http, &base, EXAMPLE_BODY).await.status, 200);
 
     proxy.cut();
     let refused = post_products(&app.http, &base, products("while-down", 3)).await;
@@ -503,7 +509,7 @@ async fn redis_unreachable_is_503_never_a_silent_acceptance() {
     assert!(refused.retry_after.is_some_and(|s| s >= 1), "{refused:?}");
     assert_eq!(refused.body["error"]["code"], "UPSTREAM_UNAVAILABLE");
     // The duplicate is not accepted either.
-    assert_eq!(post_products(&app.http, &base, SEED_BODY).await.status, 503);
+    assert_eq!(post_products(&app.http, &base, EXAMPLE_BODY).await.status, 503);
     let db = env.db().await;
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM uploads").await, 1);
     app.stop().await;
