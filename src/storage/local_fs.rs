@@ -15,17 +15,23 @@ pub const DIRECT_ALIGN: usize = 4096;
 #[cfg(target_os = "linux")]
 mod linux {
     use std::{
-        ffi::CString,
         fs::{File, OpenOptions},
         io::{self, Write as _},
-        os::{
-            fd::AsRawFd as _,
-            unix::{ffi::OsStrExt as _, fs::OpenOptionsExt as _},
-        },
+        os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
         path::Path,
     };
 
+    use rustix::{
+        fs::{AtFlags, CWD, OFlags},
+        io::Errno,
+    };
+
     use super::DIRECT_ALIGN;
+
+    /// `open(2)` flags as std's `custom_flags` takes them.
+    fn open_flags(flags: OFlags) -> i32 {
+        i32::try_from(flags.bits()).unwrap_or(0)
+    }
 
     /// A file being written in a folder, without a name yet.
     pub struct Unnamed {
@@ -41,12 +47,16 @@ mod linux {
         pub fn create(folder: &Path, direct: bool) -> io::Result<Option<Self>> {
             let open = |flags| {
                 // The permissions object_store's own files get (0o666 less the umask).
-                OpenOptions::new().write(true).custom_flags(libc::O_TMPFILE | flags).mode(0o666).open(folder)
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(open_flags(OFlags::TMPFILE | flags))
+                    .mode(0o666)
+                    .open(folder)
             };
-            let attempt = if direct { open(libc::O_DIRECT) } else { open(0) };
+            let attempt = if direct { open(OFlags::DIRECT) } else { open(OFlags::empty()) };
             let (attempt, direct) = match attempt {
                 // tmpfs and a few others refuse O_DIRECT with EINVAL: write through the cache.
-                Err(error) if direct && error.raw_os_error() == Some(libc::EINVAL) => (open(0), false),
+                Err(error) if direct && is_errno(&error, Errno::INVAL) => (open(OFlags::empty()), false),
                 other => (other, direct),
             };
             match attempt {
@@ -70,7 +80,7 @@ mod linux {
                         Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                         Ok(written) => done += written,
                         Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => break,
+                        Err(error) if is_errno(&error, Errno::INVAL) => break,
                         Err(error) => return Err(error),
                     }
                 }
@@ -86,13 +96,8 @@ mod linux {
             if !self.direct {
                 return Ok(());
             }
-            let fd = self.file.as_raw_fd();
-            // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-            // SAFETY: as above.
-            if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) } < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let flags = rustix::fs::fcntl_getfl(&self.file)?;
+            rustix::fs::fcntl_setfl(&self.file, flags - OFlags::DIRECT)?;
             self.direct = false;
             Ok(())
         }
@@ -106,17 +111,12 @@ mod linux {
         /// Gives the file its name. `Ok(false)` when `file` exists (it is left as it is) or
         /// the system cannot link an unnamed file; the content is then dropped.
         pub fn link_as(self, file: &Path) -> io::Result<bool> {
-            let source = CString::new(format!("/proc/self/fd/{}", self.file.as_raw_fd()))?;
-            let target = CString::new(file.as_os_str().as_bytes())?;
-            // SAFETY: both are valid NUL-terminated strings that outlive the call; `self.file`
-            // stays open until after it, so the descriptor the source names is ours.
-            let linked = unsafe {
-                libc::linkat(libc::AT_FDCWD, source.as_ptr(), libc::AT_FDCWD, target.as_ptr(), libc::AT_SYMLINK_FOLLOW)
-            };
-            if linked == 0 {
+            // `self.file` stays open until after the call, so the descriptor named is ours.
+            let source = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+            let Err(errno) = rustix::fs::linkat(CWD, source.as_str(), CWD, file, AtFlags::SYMLINK_FOLLOW) else {
                 return Ok(true);
-            }
-            let error = io::Error::last_os_error();
+            };
+            let error = io::Error::from(errno);
             match error.kind() {
                 io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound => Ok(false), // NotFound: no /proc
                 _ if is_unsupported(&error) => Ok(false),
@@ -157,7 +157,13 @@ mod linux {
     }
 
     fn is_unsupported(error: &io::Error) -> bool {
-        matches!(error.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::EXDEV | libc::EPERM))
+        [Errno::OPNOTSUPP, Errno::ISDIR, Errno::INVAL, Errno::XDEV, Errno::PERM]
+            .into_iter()
+            .any(|errno| is_errno(error, errno))
+    }
+
+    fn is_errno(error: &io::Error, errno: Errno) -> bool {
+        error.raw_os_error() == Some(errno.raw_os_error())
     }
 }
 

@@ -415,20 +415,13 @@ pub async fn health_answer(addr: SocketAddr, budget: Duration) -> Result<u16, He
 /// thousands of sockets; node processes spawned afterwards inherit it) and returns the
 /// soft limit now in force.
 pub fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the `rlimit` passed by
-    // reference, which lives on this stack frame for the duration of each call.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            // An unlimited hard limit cannot be the soft one (the kernel caps it at nr_open).
-            let wanted = libc::rlimit { rlim_cur: limit.rlim_max.min(1 << 20), rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-                limit.rlim_cur = wanted.rlim_cur;
-            }
-        }
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), maximum) = (limit.current, limit.maximum) else { return 1 << 20 };
+    // An unlimited hard limit cannot be the soft one (the kernel caps it at nr_open).
+    let wanted = maximum.unwrap_or(u64::MAX).min(1 << 20);
+    if current < wanted && setrlimit(Resource::Nofile, Rlimit { current: Some(wanted), maximum }).is_ok() {
+        return wanted;
     }
-    limit.rlim_cur
+    current
 }
