@@ -10,6 +10,7 @@
 //!
 //! Handlers must be idempotent: a job whose node died mid-run runs again.
 
+pub mod entity;
 pub mod periodic;
 mod worker;
 
