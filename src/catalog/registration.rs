@@ -9,15 +9,16 @@
 use std::collections::HashSet;
 
 use futures::StreamExt as _;
-use sea_orm::{ConnectionTrait as _, FromQueryResult};
+use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, sea_query::Expr};
 
 use super::{
     client::OffersError,
-    model::{PRODUCT_COLUMNS, ProductRow, REGISTER_JOB, Registration},
+    entity::product::{self, Column},
+    model::{ProductRow, REGISTER_JOB, Registration},
     sync,
 };
 use crate::{
-    db::{in_list, now_ms, stmt},
+    db::now_ms,
     jobs::{JobContext, JobError, JobRegistry, NewJob},
     state::AppState,
 };
@@ -57,18 +58,12 @@ async fn register_products(state: AppState, ctx: JobContext, payload: RegisterPa
     if ids.is_empty() {
         return Ok(());
     }
-    let (list, values) = in_list(Vec::new(), &ids);
     // Deleted, registered or refused meanwhile: nothing to do for those.
-    let products = ProductRow::find_by_statement(stmt(
-        &state.db,
-        &format!(
-            "SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({list}) AND registration_status = '{}'",
-            Registration::Pending.as_str()
-        ),
-        values,
-    ))
-    .all(&state.db)
-    .await?;
+    let products: Vec<ProductRow> = product::Entity::find()
+        .filter(Column::Id.is_in(ids.iter().copied()))
+        .filter(Column::RegistrationStatus.eq(Registration::Pending.as_str()))
+        .all(&state.db)
+        .await?;
     let last_attempt = ctx.attempt >= ctx.max_attempts;
     let outcomes: Vec<Result<Outcome, sea_orm::DbErr>> = futures::stream::iter(products)
         .map(|product| register_one(&state, product, ctx.attempt, last_attempt))
@@ -134,40 +129,35 @@ async fn register_one(
 }
 
 async fn mark_registered(state: &AppState, id: i64) -> Result<(), sea_orm::DbErr> {
-    state
-        .db
-        .execute_raw(stmt(
-            &state.db,
-            "UPDATE products SET registration_status = 'registered', registration_error = NULL, registered_at = $1
-             WHERE id = $2 AND registration_status <> 'registered'",
-            [now_ms().into(), id.into()],
-        ))
+    product::Entity::update_many()
+        .col_expr(Column::RegistrationStatus, Expr::value(Registration::Registered.as_str()))
+        .col_expr(Column::RegistrationError, Expr::value(Option::<String>::None))
+        .col_expr(Column::RegisteredAt, Expr::value(now_ms()))
+        .filter(Column::Id.eq(id))
+        .filter(Column::RegistrationStatus.ne(Registration::Registered.as_str()))
+        .exec(&state.db)
         .await?;
     Ok(())
 }
 
 /// The error of an attempt that will be retried; the product stays pending.
 async fn note_error(state: &AppState, id: i64, error: &str) -> Result<(), sea_orm::DbErr> {
-    state
-        .db
-        .execute_raw(stmt(
-            &state.db,
-            "UPDATE products SET registration_error = $1 WHERE id = $2 AND registration_status = 'pending'",
-            [error.into(), id.into()],
-        ))
+    product::Entity::update_many()
+        .col_expr(Column::RegistrationError, Expr::value(error))
+        .filter(Column::Id.eq(id))
+        .filter(Column::RegistrationStatus.eq(Registration::Pending.as_str()))
+        .exec(&state.db)
         .await?;
     Ok(())
 }
 
 async fn mark_failed(state: &AppState, id: i64, error: &str) -> Result<(), sea_orm::DbErr> {
-    state
-        .db
-        .execute_raw(stmt(
-            &state.db,
-            "UPDATE products SET registration_status = 'failed', registration_error = $1
-             WHERE id = $2 AND registration_status <> 'registered'",
-            [error.into(), id.into()],
-        ))
+    product::Entity::update_many()
+        .col_expr(Column::RegistrationStatus, Expr::value(Registration::Failed.as_str()))
+        .col_expr(Column::RegistrationError, Expr::value(error))
+        .filter(Column::Id.eq(id))
+        .filter(Column::RegistrationStatus.ne(Registration::Registered.as_str()))
+        .exec(&state.db)
         .await?;
     Ok(())
 }
@@ -180,14 +170,13 @@ pub async fn requeue(
     id: i64,
     reason: Option<&str>,
 ) -> Result<bool, sea_orm::DbErr> {
-    let updated = conn
-        .execute_raw(stmt(
-            conn,
-            "UPDATE products SET registration_status = 'pending', registration_error = $1 WHERE id = $2",
-            [reason.map(str::to_string).into(), id.into()],
-        ))
+    let updated = product::Entity::update_many()
+        .col_expr(Column::RegistrationStatus, Expr::value(Registration::Pending.as_str()))
+        .col_expr(Column::RegistrationError, Expr::value(reason.map(str::to_string)))
+        .filter(Column::Id.eq(id))
+        .exec(conn)
         .await?
-        .rows_affected();
+        .rows_affected;
     if updated == 0 {
         return Ok(false);
     }
