@@ -5,11 +5,10 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use axum::http::StatusCode;
-use sea_orm::ConnectionTrait as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{db::stmt, state::AppState};
+use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,7 +81,7 @@ pub async fn report(state: &AppState) -> (StatusCode, Value) {
 async fn database(state: &AppState) -> Check {
     let started = Instant::now();
     let backend = format!("{:?}", state.db.get_database_backend()).to_lowercase();
-    match state.db.execute_raw(stmt(&state.db, "SELECT 1", [])).await {
+    match state.db.ping().await {
         Ok(_) => {
             Check::new(Status::Up, true, json!({ "backend": backend, "latency_ms": started.elapsed().as_millis() }))
         }
