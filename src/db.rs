@@ -1,9 +1,12 @@
 //! Database connection for both backends, migrations, and the time convention.
 //!
-//! SQLite (embedded) and Postgres (cluster) run the same SQL. Raw statements use `$1`
-//! placeholders, which sqlx accepts on both. On SQLite, a transaction that will write
-//! must write first (e.g. a conditional `UPDATE`): a deferred read-then-write
-//! transaction can fail with SQLITE_BUSY instead of waiting for the lock.
+//! SQLite (embedded) and Postgres (cluster) run the same statements: the domains read and
+//! write through their sea-orm entities and sea-query, which writes each backend's SQL.
+//! The few raw statements left (each says why) use `$1` placeholders, which sqlx accepts
+//! on both; they are short, because SQLite looks a `$N` up by name (bulk statements go
+//! through sea-query, whose SQLite placeholders are positional `?`). On SQLite, a
+//! transaction that will write must write first (e.g. a conditional `UPDATE`): a deferred
+//! read-then-write transaction can fail with SQLITE_BUSY instead of waiting for the lock.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -130,25 +133,20 @@ fn lock_data_dir(args: &DatabaseArgs) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
-/// A raw statement for whichever backend `db` is.
-pub fn stmt(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
-    let backend = db.get_database_backend();
-    let values: Vec<Value> = values.into_iter().collect();
-    if backend == DbBackend::Sqlite
-        && let Some((sql, values)) = positional(sql, &values)
-    {
-        return Statement::from_sql_and_values(backend, sql, values);
+/// The `n`th (from 1) bound value's placeholder in a raw statement for `backend`, for
+/// statements whose values appear once each, in order: SQLite's anonymous `?` binds by
+/// position, where a numbered `$N` costs a linear search of the parameter names per value
+/// (600² steps for a 600-value insert).
+pub fn placeholder(backend: DbBackend, n: usize) -> String {
+    match backend {
+        DbBackend::Sqlite => "?".to_string(),
+        _ => format!("${n}"),
     }
-    Statement::from_sql_and_values(backend, sql, values)
 }
 
-/// Appends `row` to `values` and returns its placeholders (`$n`, numbered after the values
-/// already bound): one row of a multi-row `VALUES` list.
-pub fn bind_row<const N: usize>(values: &mut Vec<Value>, row: [Value; N]) -> [String; N] {
-    row.map(|value| {
-        values.push(value);
-        format!("${}", values.len())
-    })
+/// A raw statement (`$N` placeholders) for whichever backend `db` is.
+pub fn stmt(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+    Statement::from_sql_and_values(db.get_database_backend(), sql, values)
 }
 
 /// `$n, $n+1, …` placeholders for `items` (an `IN (…)` list), numbered after the `values`
@@ -163,44 +161,6 @@ pub fn in_list<V: Clone + Into<Value>>(mut values: Vec<Value>, items: &[V]) -> (
         .collect::<Vec<_>>()
         .join(", ");
     (placeholders, values)
-}
-
-/// SQLite finds each `$N` placeholder's number by name with a linear scan of the
-/// statement's parameter list, so binding a 600-parameter insert takes 600² steps (18% of
-/// an intake submission's CPU). Anonymous `?` placeholders bind by position: the `$N` of
-/// `sql` become `?` and the values are laid out in the order the placeholders appear,
-/// repeated where a `$N` repeats. Quoted text is left alone. `None` (keep the statement as
-/// it is, and let the database report it) when a placeholder has no value.
-fn positional(sql: &str, values: &[Value]) -> Option<(String, Vec<Value>)> {
-    let mut text = String::with_capacity(sql.len());
-    let mut ordered = Vec::with_capacity(values.len());
-    let mut quote = None;
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        match quote {
-            Some(open) => {
-                if c == open {
-                    quote = None;
-                }
-                text.push(c);
-            }
-            None if c == '\'' || c == '"' => {
-                quote = Some(c);
-                text.push(c);
-            }
-            None if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) => {
-                let mut number = 0usize;
-                while let Some(digit) = chars.peek().and_then(|d| d.to_digit(10)) {
-                    number = number.checked_mul(10)?.checked_add(digit as usize)?;
-                    chars.next();
-                }
-                ordered.push(values.get(number.checked_sub(1)?)?.clone());
-                text.push('?');
-            }
-            None => text.push(c),
-        }
-    }
-    Some((text, ordered))
 }
 
 /// Runs one raw write statement and returns how many rows it touched.
@@ -242,31 +202,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rows_are_numbered_after_the_values_already_bound() {
-        let mut values: Vec<Value> = vec![0i64.into()];
-        assert_eq!(bind_row(&mut values, [1i64.into(), "a".into()]), ["$2", "$3"]);
-        assert_eq!(bind_row(&mut values, [2i64.into(), "b".into()]), ["$4", "$5"]);
-        let expected: Vec<Value> = vec![0i64.into(), 1i64.into(), "a".into(), 2i64.into(), "b".into()];
+    fn placeholders_follow_the_backend() {
+        assert_eq!(placeholder(DbBackend::Sqlite, 3), "?");
+        assert_eq!(placeholder(DbBackend::Postgres, 3), "$3");
+    }
+
+    #[test]
+    fn in_lists_are_numbered_after_the_values_already_bound() {
+        let (list, values) = in_list(vec![0i64.into()], &[1i64, 2]);
+        assert_eq!(list, "$2, $3");
+        let expected: Vec<Value> = vec![0i64.into(), 1i64.into(), 2i64.into()];
         assert_eq!(values, expected);
-    }
-
-    #[test]
-    fn placeholders_become_positional_in_order_of_appearance() {
-        let values: Vec<Value> = vec![1i64.into(), "a".into(), 3i64.into()];
-        let (sql, ordered) =
-            positional("INSERT INTO t VALUES ($2, $1, $3), ($2, '$1', \"$2\", $1)", &values).expect("rewritten");
-        assert_eq!(sql, "INSERT INTO t VALUES (?, ?, ?), (?, '$1', \"$2\", ?)");
-        let expected: Vec<Value> = vec!["a".into(), 1i64.into(), 3i64.into(), "a".into(), 1i64.into()];
-        assert_eq!(ordered, expected);
-    }
-
-    #[test]
-    fn text_without_placeholders_or_with_a_missing_value_is_left_alone() {
-        let (sql, ordered) = positional("SELECT 'it''s $5', x$ FROM t", &[]).expect("nothing to rewrite");
-        assert_eq!(sql, "SELECT 'it''s $5', x$ FROM t");
-        assert!(ordered.is_empty());
-        assert!(positional("SELECT $2", &[1i64.into()]).is_none());
-        assert!(positional("SELECT $0", &[1i64.into()]).is_none());
-        assert!(positional("SELECT $99999999999999999999999", &[1i64.into()]).is_none());
     }
 }

@@ -4,11 +4,10 @@
 
 use std::time::Instant;
 
-use sea_orm::ConnectionTrait as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{db::stmt, jobs::JobQueue, storage::ObjectStorage};
+use crate::{jobs::JobQueue, storage::ObjectStorage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,7 +36,7 @@ impl Check {
 pub async fn database(db: &sea_orm::DatabaseConnection) -> Check {
     let started = Instant::now();
     let backend = format!("{:?}", db.get_database_backend()).to_lowercase();
-    match db.execute_raw(stmt(db, "SELECT 1", [])).await {
+    match db.ping().await {
         Ok(_) => {
             Check::new(Status::Up, true, json!({ "backend": backend, "latency_ms": started.elapsed().as_millis() }))
         }

@@ -18,12 +18,18 @@ use std::{
 };
 
 use reqwest::StatusCode;
-use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult};
+use sea_orm::{
+    ColumnTrait as _, ConnectionTrait, DatabaseConnection, EntityTrait as _, QueryFilter as _,
+    sea_query::{OnConflict, Query},
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::CatalogConfig;
-use crate::db::{now_ms, stmt};
+use super::{
+    CatalogConfig,
+    entity::setting::{self, Column},
+};
+use crate::db::now_ms;
 
 const TOKEN_KEY: &str = "offers.access_token";
 /// Held (as a row) by the node that is requesting the token, so nodes starting together
@@ -309,25 +315,19 @@ impl OffersClient {
                 return Ok(token);
             }
             let now = now_ms();
-            let claimed = db
-                .execute_raw(stmt(
-                    db,
-                    "INSERT INTO settings (key, value, updated_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
-                     WHERE settings.updated_at < $4",
-                    [CLAIM_KEY.into(), self.node.as_str().into(), now.into(), (now - stale_ms).into()],
-                ))
-                .await?
-                .rows_affected()
-                == 1;
+            // Taken when absent, or over a stale claim.
+            let mut take_over = OnConflict::column(Column::Key);
+            take_over
+                .update_columns([Column::Value, Column::UpdatedAt])
+                .action_and_where(Column::UpdatedAt.lt(now - stale_ms));
+            let claimed =
+                db.execute(&setting_insert(CLAIM_KEY, &self.node, now, take_over)?).await?.rows_affected() == 1;
             if claimed {
                 let result = self.request_token(db).await;
-                let _ = db
-                    .execute_raw(stmt(
-                        db,
-                        "DELETE FROM settings WHERE key = $1 AND value = $2",
-                        [CLAIM_KEY.into(), self.node.as_str().into()],
-                    ))
+                let _ = setting::Entity::delete_many()
+                    .filter(Column::Key.eq(CLAIM_KEY))
+                    .filter(Column::Value.eq(self.node.as_str()))
+                    .exec(db)
                     .await;
                 return result;
             }
@@ -367,11 +367,12 @@ impl OffersClient {
         };
         self.record(db, "auth", outcome.as_ref().map(|_| ())).await;
         let token = outcome?;
-        db.execute_raw(stmt(
-            db,
-            "INSERT INTO settings (key, value, updated_at) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
-            [TOKEN_KEY.into(), token.as_str().into(), now_ms().into()],
-        ))
+        db.execute(&setting_insert(
+            TOKEN_KEY,
+            &token,
+            now_ms(),
+            OnConflict::column(Column::Key).do_nothing().to_owned(),
+        )?)
         .await?;
         tracing::info!("obtained the offers service access token (stored for the whole deployment)");
         // Whatever is stored wins (a node that took over a stale claim may have raced us).
@@ -533,30 +534,33 @@ fn parse_offers(body: &[u8]) -> Result<Vec<RemoteOffer>, String> {
     Ok(offers)
 }
 
+/// `INSERT INTO settings … ON CONFLICT (key) <on_conflict>`.
+fn setting_insert(
+    key: &str,
+    value: &str,
+    now: i64,
+    on_conflict: OnConflict,
+) -> Result<sea_orm::sea_query::InsertStatement, sea_orm::DbErr> {
+    let mut insert = Query::insert();
+    insert
+        .into_table(setting::Entity)
+        .columns([Column::Key, Column::Value, Column::UpdatedAt])
+        .values([key.into(), value.into(), now.into()])
+        .map_err(|error| sea_orm::DbErr::Custom(error.to_string()))?;
+    Ok(insert.on_conflict(on_conflict).to_owned())
+}
+
 pub(super) async fn read_setting(
     db: &impl ConnectionTrait,
     key: &str,
 ) -> Result<Option<(String, i64)>, sea_orm::DbErr> {
-    #[derive(FromQueryResult)]
-    struct Setting {
-        value: String,
-        updated_at: i64,
-    }
-    let row =
-        Setting::find_by_statement(stmt(db, "SELECT value, updated_at FROM settings WHERE key = $1", [key.into()]))
-            .one(db)
-            .await?;
+    let row = setting::Entity::find_by_id(key).one(db).await?;
     Ok(row.map(|row| (row.value, row.updated_at)))
 }
 
 pub(super) async fn write_setting(db: &impl ConnectionTrait, key: &str, value: &str) -> Result<(), sea_orm::DbErr> {
-    db.execute_raw(stmt(
-        db,
-        "INSERT INTO settings (key, value, updated_at) VALUES ($1, $2, $3)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-        [key.into(), value.into(), now_ms().into()],
-    ))
-    .await?;
+    let replace = OnConflict::column(Column::Key).update_columns([Column::Value, Column::UpdatedAt]).to_owned();
+    db.execute(&setting_insert(key, value, now_ms(), replace)?).await?;
     Ok(())
 }
 

@@ -13,18 +13,19 @@ use async_graphql::{
 };
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
-use sea_orm::{DatabaseConnection, FromQueryResult};
+use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _, QueryOrder as _};
 use tokio::sync::OnceCell;
 
 use super::Catalog;
 use super::{
-    model::{OFFER_COLUMNS, OfferRow, PRODUCT_COLUMNS, ProductRow, Registration},
+    entity::{offer, product},
+    model::{OfferRow, ProductRow, Registration},
     products::{self, NewProduct, ProductChanges, ProductFilter},
     sync::{PRICE_TOPIC, PriceChanges},
     trend::{self, Period, ProductHistory},
 };
 use crate::{
-    db::{now_ms, stmt, to_datetime},
+    db::{now_ms, to_datetime},
     error::AppError,
     events::EventBus,
     paging::{Page, Paged, Totals, connection, parse_id},
@@ -443,14 +444,7 @@ impl CatalogQuery {
     ) -> Result<Offer> {
         let id = parse_id(&id, "offer")?;
         let db = &state(ctx).db;
-        let row = OfferRow::find_by_statement(stmt(
-            db,
-            &format!("SELECT {OFFER_COLUMNS} FROM offers WHERE id = $1"),
-            [id.into()],
-        ))
-        .one(db)
-        .await
-        .map_err(AppError::from)?;
+        let row = offer::Entity::find_by_id(id).one(db).await.map_err(AppError::from)?;
         let row = row.ok_or_else(|| AppError::not_found(format!("no offer {id}")))?;
         Ok(Offer { row, product: None, batch: None })
     }
@@ -662,14 +656,13 @@ impl Loader<i64> for OffersByProduct {
     type Error = LoadError;
 
     async fn load(&self, keys: &[i64]) -> std::result::Result<HashMap<i64, Self::Value>, Self::Error> {
-        let (ids, values) = crate::db::in_list(Vec::new(), keys);
-        let rows = OfferRow::find_by_statement(stmt(
-            &self.0,
-            &format!("SELECT {OFFER_COLUMNS} FROM offers WHERE product_id IN ({ids}) ORDER BY product_id, price, id"),
-            values,
-        ))
-        .all(&self.0)
-        .await?;
+        let rows = offer::Entity::find()
+            .filter(offer::Column::ProductId.is_in(keys.iter().copied()))
+            .order_by_asc(offer::Column::ProductId)
+            .order_by_asc(offer::Column::Price)
+            .order_by_asc(offer::Column::Id)
+            .all(&self.0)
+            .await?;
         let mut grouped: HashMap<i64, Vec<OfferRow>> = keys.iter().map(|key| (*key, Vec::new())).collect();
         for row in rows {
             grouped.entry(row.product_id).or_default().push(row);
@@ -686,14 +679,7 @@ impl Loader<i64> for ProductsById {
     type Error = LoadError;
 
     async fn load(&self, keys: &[i64]) -> std::result::Result<HashMap<i64, Self::Value>, Self::Error> {
-        let (ids, values) = crate::db::in_list(Vec::new(), keys);
-        let rows = ProductRow::find_by_statement(stmt(
-            &self.0,
-            &format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({ids})"),
-            values,
-        ))
-        .all(&self.0)
-        .await?;
+        let rows = product::Entity::find().filter(product::Column::Id.is_in(keys.iter().copied())).all(&self.0).await?;
         Ok(rows.into_iter().map(|row| (row.id, row)).collect())
     }
 }

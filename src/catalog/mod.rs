@@ -18,6 +18,7 @@
 //! - The offers service client and its failure policy: [`client`].
 
 pub mod client;
+pub mod entity;
 pub mod graphql;
 pub mod model;
 mod products;

@@ -1,7 +1,9 @@
 //! The catalog's stored shapes (tables `products`, `offers`, `price_history`), their
 //! invariants, and the input limits every write path checks before storing.
 
-use sea_orm::FromQueryResult;
+use sea_orm::DerivePartialModel;
+
+use super::entity::{offer, price_history, product};
 
 use crate::error::AppError;
 
@@ -46,45 +48,15 @@ impl Registration {
     }
 }
 
-/// The columns of [`ProductRow`], for `SELECT`s and `RETURNING`.
-pub const PRODUCT_COLUMNS: &str = "id, sku, name, description, attributes, registration_status, registration_error, \
-     registered_at, offers_synced_at, created_at, updated_at";
-
-#[derive(Debug, Clone, FromQueryResult)]
-pub struct ProductRow {
-    pub id: i64,
-    pub sku: Option<String>,
-    pub name: String,
-    pub description: String,
-    /// JSON text of an object.
-    pub attributes: Option<String>,
-    pub registration_status: String,
-    pub registration_error: Option<String>,
-    pub registered_at: Option<i64>,
-    pub offers_synced_at: Option<i64>,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-/// The columns of [`OfferRow`].
-pub const OFFER_COLUMNS: &str = "id, product_id, source_id, price, items_in_stock, created_at, updated_at";
+/// A product as stored.
+pub type ProductRow = product::Model;
 
 /// An offer currently listed by the offers service for one of our products.
-#[derive(Debug, Clone, FromQueryResult)]
-pub struct OfferRow {
-    pub id: i64,
-    pub product_id: i64,
-    /// The offers service's id of this offer.
-    pub source_id: String,
-    /// Integer minor units.
-    pub price: i64,
-    pub items_in_stock: i64,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
+pub type OfferRow = offer::Model;
 
 /// One price change of one offer; `price` is `None` when the offer was withdrawn.
-#[derive(Debug, Clone, FromQueryResult)]
+#[derive(Debug, Clone, DerivePartialModel)]
+#[sea_orm(entity = "price_history::Entity")]
 pub struct HistoryRow {
     pub product_id: i64,
     pub offer_source_id: String,

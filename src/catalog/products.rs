@@ -4,17 +4,21 @@
 use std::collections::{HashMap, HashSet};
 
 use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, FromQueryResult, SqlErr, TransactionTrait as _, Value,
-    sea_query::ArrayType,
+    ActiveValue::Set,
+    ColumnTrait as _, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait as _,
+    FromQueryResult, QueryFilter as _, QueryOrder as _, QuerySelect as _, Select, SqlErr, Statement,
+    TransactionTrait as _, Value,
+    sea_query::{ArrayType, Asterisk, Expr, ExprTrait as _, Func, LikeExpr, OnConflict, Query},
 };
 
 use super::{
     Catalog,
-    model::{self, InvalidField, PRODUCT_COLUMNS, ProductRow, Registration},
+    entity::product::{self, Column},
+    model::{self, InvalidField, ProductRow, Registration},
     registration,
 };
 use crate::{
-    db::{bind_row, now_ms, stmt},
+    db::{now_ms, placeholder},
     error::{AppError, AppResult, UniqueKey, conflict_on_unique},
     paging::Page,
 };
@@ -136,14 +140,14 @@ pub async fn upsert_by_sku(
 /// with `ON CONFLICT DO NOTHING`, which skips the stored ones.
 async fn insert_new(txn: &DatabaseTransaction, items: &[CleanUpsert], now: i64) -> AppResult<Vec<(i64, String)>> {
     let savepoint = txn.begin().await?;
-    match insert_products(&savepoint, items, now, "").await {
+    match insert_products(&savepoint, items, now, false).await {
         Ok(created) => {
             savepoint.commit().await?;
             Ok(created)
         }
         Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             savepoint.rollback().await?;
-            Ok(insert_products(txn, items, now, " ON CONFLICT (sku) DO NOTHING").await?)
+            Ok(insert_products(txn, items, now, true).await?)
         }
         Err(error) => Err(error.into()),
     }
@@ -153,15 +157,18 @@ async fn insert_products(
     conn: &impl ConnectionTrait,
     items: &[CleanUpsert],
     now: i64,
-    on_conflict: &str,
+    skip_taken: bool,
 ) -> Result<Vec<(i64, String)>, DbErr> {
-    let columns =
-        "INSERT INTO products (sku, name, description, attributes, registration_status, created_at, updated_at)";
+    #[derive(FromQueryResult)]
+    struct Created {
+        id: i64,
+        sku: String,
+    }
     let pending = Registration::Pending.as_str();
-    let (sql, values) = if conn.get_database_backend() == DbBackend::Postgres {
-        // Four arrays instead of four parameters per row: Postgres plans and evaluates a
-        // many-row VALUES list row by row, which cost it a third of an upload's time.
-        // sea-query string arrays cannot hold NULL, so no attributes travel as "".
+    let rows = if conn.get_database_backend() == DbBackend::Postgres {
+        // Raw SQL (Postgres only): four arrays instead of four parameters per row: Postgres
+        // plans and evaluates a many-row VALUES list row by row, which cost it a third of an
+        // upload's time. sea-query string arrays cannot hold NULL, so no attributes travel as "".
         let column = |field: fn(&CleanUpsert) -> String| {
             Value::Array(ArrayType::String, Some(Box::new(items.iter().map(|item| field(item).into()).collect())))
         };
@@ -172,39 +179,45 @@ async fn insert_products(
             column(|item| item.description.clone().unwrap_or_default()),
             column(|item| item.attributes.clone().unwrap_or_default()),
         ];
+        let on_conflict = if skip_taken { " ON CONFLICT (sku) DO NOTHING" } else { "" };
         let sql = format!(
-            "{columns} SELECT sku, name, description, NULLIF(attributes, ''), '{pending}', $1, $1
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS item (sku, name, description, attributes)"
+            "INSERT INTO products (sku, name, description, attributes, registration_status, created_at, updated_at)
+             SELECT sku, name, description, NULLIF(attributes, ''), '{pending}', $1, $1
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS item (sku, name, description, attributes)
+             {on_conflict} RETURNING id, sku"
         );
-        (sql, values)
+        Created::find_by_statement(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).all(conn).await?
     } else {
-        let mut sql = format!("{columns} VALUES ");
-        let mut values: Vec<Value> = Vec::with_capacity(items.len() * 4 + 1);
-        values.push(now.into());
-        for (i, item) in items.iter().enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            let [sku, name, description, attributes] = bind_row(
-                &mut values,
-                [
+        let mut insert = Query::insert();
+        insert.into_table(product::Entity).columns([
+            Column::Sku,
+            Column::Name,
+            Column::Description,
+            Column::Attributes,
+            Column::RegistrationStatus,
+            Column::CreatedAt,
+            Column::UpdatedAt,
+        ]);
+        for item in items {
+            insert
+                .values([
                     item.sku.clone().into(),
                     item.name.clone().into(),
                     item.description.clone().unwrap_or_default().into(),
                     item.attributes.clone().into(),
-                ],
-            );
-            sql.push_str(&format!("({sku}, {name}, {description}, {attributes}, '{pending}', $1, $1)"));
+                    pending.into(),
+                    now.into(),
+                    now.into(),
+                ])
+                .map_err(|error| DbErr::Custom(error.to_string()))?;
         }
-        (sql, values)
+        if skip_taken {
+            insert.on_conflict(OnConflict::column(Column::Sku).do_nothing().to_owned());
+        }
+        insert.returning(Query::returning().columns([Column::Id, Column::Sku]));
+        let rows = conn.query_all(&insert).await?;
+        rows.iter().map(|row| Created::from_query_result(row, "")).collect::<Result<Vec<_>, _>>()?
     };
-    let sql = format!("{sql}{on_conflict} RETURNING id, sku");
-    #[derive(FromQueryResult)]
-    struct Created {
-        id: i64,
-        sku: String,
-    }
-    let rows = Created::find_by_statement(stmt(conn, &sql, values)).all(conn).await?;
     Ok(rows.into_iter().map(|row| (row.id, row.sku)).collect())
 }
 
@@ -213,28 +226,31 @@ async fn update_changed(conn: &impl ConnectionTrait, items: &[&CleanUpsert], now
     if items.is_empty() {
         return Ok(0);
     }
-    // `VALUES` columns are named column1..column4 on both backends.
+    // Raw SQL: `UPDATE … FROM (VALUES …)` (one statement for the whole chunk) is beyond
+    // sea-query. `VALUES` columns are named column1..column4 on both backends; every value
+    // appears once, in order, so the backend's own placeholders serve.
+    let backend = conn.get_database_backend();
     let mut rows = Vec::with_capacity(items.len());
     let mut values: Vec<Value> = Vec::with_capacity(items.len() * 4 + 1);
     values.push(now.into());
     for item in items {
-        let [sku, name, description, attributes] = bind_row(
-            &mut values,
-            [
-                item.sku.clone().into(),
-                item.name.clone().into(),
-                item.description.clone().into(),
-                item.attributes.clone().into(),
-            ],
-        );
+        let first = values.len() + 1;
+        values.extend([
+            item.sku.clone().into(),
+            item.name.clone().into(),
+            item.description.clone().into(),
+            item.attributes.clone().into(),
+        ]);
+        let [sku, name, description, attributes] = [0, 1, 2, 3].map(|i| placeholder(backend, first + i));
         rows.push(format!("({sku}, {name}, {description}, {attributes})"));
     }
+    let now_placeholder = placeholder(backend, 1);
     let sql = format!(
         "UPDATE products AS p SET
             name = v.column2,
             description = COALESCE(v.column3, p.description),
             attributes = COALESCE(v.column4, p.attributes),
-            updated_at = $1
+            updated_at = {now_placeholder}
          FROM (VALUES {}) AS v
          WHERE p.sku = v.column1
            AND (p.name <> v.column2
@@ -242,7 +258,7 @@ async fn update_changed(conn: &impl ConnectionTrait, items: &[&CleanUpsert], now
                 OR p.attributes IS DISTINCT FROM COALESCE(v.column4, p.attributes))",
         rows.join(", ")
     );
-    let result = conn.execute_raw(stmt(conn, &sql, values)).await?;
+    let result = conn.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
     Ok(result.rows_affected())
 }
 
@@ -291,19 +307,20 @@ pub async fn create(state: &Catalog, input: NewProduct) -> AppResult<ProductRow>
     let attributes = input.attributes.as_ref().map(model::valid_attributes).transpose()?;
     let now = now_ms();
     let txn = state.db.begin().await?;
-    let product = ProductRow::find_by_statement(stmt(
-        &txn,
-        &format!(
-            "INSERT INTO products (sku, name, description, attributes, registration_status, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, '{}', $5, $5) RETURNING {PRODUCT_COLUMNS}",
-            Registration::Pending.as_str()
-        ),
-        [sku.clone().into(), name.into(), description.into(), attributes.into(), now.into()],
-    ))
-    .one(&txn)
-    .await
-    .map_err(|error| conflict_on_unique(error, SKU_KEY, sku_taken(&sku)))?
-    .ok_or_else(|| AppError::Internal(anyhow::anyhow!("insert returned no row")))?;
+    let row = product::ActiveModel {
+        sku: Set(sku.clone()),
+        name: Set(name),
+        description: Set(description),
+        attributes: Set(attributes),
+        registration_status: Set(Registration::Pending.as_str().to_string()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    let product = product::Entity::insert(row)
+        .exec_with_returning(&txn)
+        .await
+        .map_err(|error| conflict_on_unique(error, SKU_KEY, sku_taken(&sku)))?;
     state.jobs.enqueue(&txn, registration::job(&state.config, vec![product.id])).await?;
     txn.commit().await?;
     metrics::counter!("emporium_catalog_products_created_total").increment(1);
@@ -312,43 +329,43 @@ pub async fn create(state: &Catalog, input: NewProduct) -> AppResult<ProductRow>
 
 /// Applies `changes` to product `id` in one statement.
 pub async fn update(state: &Catalog, id: i64, changes: ProductChanges) -> AppResult<ProductRow> {
-    let mut columns: Vec<(&str, Value)> = Vec::new();
+    let mut update = product::Entity::update_many();
+    let mut changed = false;
     if let Some(name) = &changes.name {
-        columns.push(("name", model::valid_name(name)?.into()));
+        update = update.col_expr(Column::Name, Expr::value(model::valid_name(name)?));
+        changed = true;
     }
     if let Some(description) = &changes.description {
-        columns.push(("description", model::valid_description(description)?.into()));
+        let description = model::valid_description(description)?;
+        update = update.col_expr(Column::Description, Expr::value(description));
+        changed = true;
     }
     let mut sku = None;
     if let Some(new_sku) = &changes.sku {
         sku = new_sku.as_deref().map(model::valid_sku).transpose()?;
-        columns.push(("sku", sku.clone().into()));
+        update = update.col_expr(Column::Sku, Expr::value(sku.clone()));
+        changed = true;
     }
     if let Some(attributes) = &changes.attributes {
         let text = attributes.as_ref().map(model::valid_attributes).transpose()?;
-        columns.push(("attributes", text.into()));
+        update = update.col_expr(Column::Attributes, Expr::value(text));
+        changed = true;
     }
-    if columns.is_empty() {
+    if !changed {
         return Err(AppError::bad_input("nothing to update: give at least one field"));
     }
-    columns.push(("updated_at", now_ms().into()));
-    let sets: Vec<String> =
-        columns.iter().enumerate().map(|(i, (column, _))| format!("{column} = ${}", i + 1)).collect();
-    let mut values: Vec<Value> = columns.into_iter().map(|(_, value)| value).collect();
-    values.push(id.into());
-    let sql =
-        format!("UPDATE products SET {} WHERE id = ${} RETURNING {PRODUCT_COLUMNS}", sets.join(", "), values.len());
-    ProductRow::find_by_statement(stmt(&state.db, &sql, values))
-        .one(&state.db)
+    let updated = update
+        .col_expr(Column::UpdatedAt, Expr::value(now_ms()))
+        .filter(Column::Id.eq(id))
+        .exec_with_returning(&state.db)
         .await
-        .map_err(|error| conflict_on_unique(error, SKU_KEY, sku_taken(&sku)))?
-        .ok_or_else(|| AppError::not_found(format!("no product {id}")))
+        .map_err(|error| conflict_on_unique(error, SKU_KEY, sku_taken(&sku)))?;
+    updated.into_iter().next().ok_or_else(|| AppError::not_found(format!("no product {id}")))
 }
 
 /// Deletes a product with its offers and price history.
 pub async fn delete(state: &Catalog, id: i64) -> AppResult<()> {
-    let deleted =
-        state.db.execute_raw(stmt(&state.db, "DELETE FROM products WHERE id = $1", [id.into()])).await?.rows_affected();
+    let deleted = product::Entity::delete_by_id(id).exec(&state.db).await?.rows_affected;
     if deleted == 0 {
         return Err(AppError::not_found(format!("no product {id}")));
     }
@@ -356,64 +373,43 @@ pub async fn delete(state: &Catalog, id: i64) -> AppResult<()> {
 }
 
 pub async fn get(db: &impl ConnectionTrait, id: i64) -> AppResult<ProductRow> {
-    ProductRow::find_by_statement(stmt(
-        db,
-        &format!("SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"),
-        [id.into()],
-    ))
-    .one(db)
-    .await?
-    .ok_or_else(|| AppError::not_found(format!("no product {id}")))
+    product::Entity::find_by_id(id).one(db).await?.ok_or_else(|| AppError::not_found(format!("no product {id}")))
 }
 
-/// The `WHERE` conditions of a filter, with their values numbered after `values`.
-fn filter_sql(filter: &ProductFilter, values: &mut Vec<Value>) -> AppResult<Vec<String>> {
-    let mut conditions = Vec::new();
+/// The products a filter lets through.
+fn filtered(filter: &ProductFilter) -> AppResult<Select<product::Entity>> {
+    let mut select = product::Entity::find();
     if let Some(search) = filter.search.as_deref().map(str::trim).filter(|search| !search.is_empty()) {
         if search.chars().count() > SEARCH_MAX {
             return Err(AppError::bad_input(format!("`search` must be at most {SEARCH_MAX} characters")));
         }
         let escaped = search.to_lowercase().replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-        values.push(format!("%{escaped}%").into());
-        let n = values.len();
-        conditions
-            .push(format!("(LOWER(name) LIKE ${n} ESCAPE '\\' OR LOWER(COALESCE(sku, '')) LIKE ${n} ESCAPE '\\')"));
+        let pattern = || LikeExpr::new(format!("%{escaped}%")).escape('\\');
+        let name = Func::lower(Expr::col(Column::Name));
+        let sku = Func::lower(Func::coalesce([Expr::col(Column::Sku), Expr::val("")]));
+        select =
+            select.filter(Condition::any().add(Expr::expr(name).like(pattern())).add(Expr::expr(sku).like(pattern())));
     }
     if let Some(sku) = &filter.sku {
-        values.push(sku.trim().to_string().into());
-        conditions.push(format!("sku = ${}", values.len()));
+        select = select.filter(Column::Sku.eq(sku.trim()));
     }
-    Ok(conditions)
+    Ok(select)
 }
 
 /// One page of products in id order (keyset: cursors survive inserts and deletes).
 pub async fn list(db: &impl ConnectionTrait, page: Page, filter: &ProductFilter) -> AppResult<Vec<ProductRow>> {
-    let mut values = Vec::new();
-    let mut conditions = filter_sql(filter, &mut values)?;
-    if let Some(after) = page.after {
-        values.push(after.into());
-        conditions.push(format!("id > ${}", values.len()));
-    }
-    values.push(i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX).into());
-    let limit = values.len();
-    let clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
-    let sql = format!("SELECT {PRODUCT_COLUMNS} FROM products {clause} ORDER BY id LIMIT ${limit}");
-    Ok(ProductRow::find_by_statement(stmt(db, &sql, values)).all(db).await?)
+    let select = filtered(filter)?;
+    let select = match page.after {
+        Some(after) => select.filter(Column::Id.gt(after)),
+        None => select,
+    };
+    Ok(select.order_by_asc(Column::Id).limit(page.fetch_limit()).all(db).await?)
 }
 
 /// How many products match a filter.
 pub async fn count(db: &impl ConnectionTrait, filter: &ProductFilter) -> AppResult<i64> {
-    let mut values = Vec::new();
-    let conditions = filter_sql(filter, &mut values)?;
-    let clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
-    #[derive(FromQueryResult)]
-    struct Count {
-        n: i64,
-    }
-    let row = Count::find_by_statement(stmt(db, &format!("SELECT COUNT(*) AS n FROM products {clause}"), values))
-        .one(db)
-        .await?;
-    Ok(row.map_or(0, |row| row.n))
+    let select = filtered(filter)?.select_only().expr(Func::count(Expr::col(Asterisk)));
+    Ok(select.into_tuple::<i64>().one(db).await?.unwrap_or(0))
 }
 
 /// Queues registration again for a product that is not registered (it failed, or its
@@ -421,15 +417,14 @@ pub async fn count(db: &impl ConnectionTrait, filter: &ProductFilter) -> AppResu
 pub async fn register_again(state: &Catalog, id: i64) -> AppResult<ProductRow> {
     let txn = state.db.begin().await?;
     // Write first (SQLite); only a product that is not registered qualifies.
-    let updated = txn
-        .execute_raw(stmt(
-            &txn,
-            "UPDATE products SET registration_status = 'pending', registration_error = NULL
-             WHERE id = $1 AND registration_status <> 'registered'",
-            [id.into()],
-        ))
+    let updated = product::Entity::update_many()
+        .col_expr(Column::RegistrationStatus, Expr::value(Registration::Pending.as_str()))
+        .col_expr(Column::RegistrationError, Expr::value(Option::<String>::None))
+        .filter(Column::Id.eq(id))
+        .filter(Column::RegistrationStatus.ne(Registration::Registered.as_str()))
+        .exec(&txn)
         .await?
-        .rows_affected();
+        .rows_affected;
     if updated == 0 {
         let product = get(&txn, id).await?;
         txn.rollback().await?;

@@ -11,16 +11,17 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::StreamExt as _;
-use sea_orm::{ConnectionTrait as _, FromQueryResult};
+use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, sea_query::Expr};
 
 use super::{
     Catalog, CatalogConfig,
     client::OffersError,
-    model::{PRODUCT_COLUMNS, ProductRow, REGISTER_JOB, Registration},
+    entity::product::{self, Column},
+    model::{ProductRow, REGISTER_JOB, Registration},
     sync,
 };
 use crate::{
-    db::{in_list, now_ms, stmt},
+    db::now_ms,
     jobs::{JobContext, JobError, JobRegistry, NewJob},
 };
 
@@ -60,18 +61,12 @@ async fn register_products(state: Arc<Catalog>, ctx: JobContext, payload: Regist
     if ids.is_empty() {
         return Ok(());
     }
-    let (list, values) = in_list(Vec::new(), &ids);
     // Deleted, registered or refused meanwhile: nothing to do for those.
-    let products = ProductRow::find_by_statement(stmt(
-        &state.db,
-        &format!(
-            "SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({list}) AND registration_status = '{}'",
-            Registration::Pending.as_str()
-        ),
-        values,
-    ))
-    .all(&state.db)
-    .await?;
+    let products: Vec<ProductRow> = product::Entity::find()
+        .filter(Column::Id.is_in(ids.iter().copied()))
+        .filter(Column::RegistrationStatus.eq(Registration::Pending.as_str()))
+        .all(&state.db)
+        .await?;
     let last_attempt = ctx.attempt >= ctx.max_attempts;
     let outcomes: Vec<Result<Outcome, sea_orm::DbErr>> = futures::stream::iter(products)
         .map(|product| register_one(&state, product, ctx.attempt, last_attempt))
@@ -137,40 +132,35 @@ async fn register_one(
 }
 
 async fn mark_registered(state: &Catalog, id: i64) -> Result<(), sea_orm::DbErr> {
-    state
-        .db
-        .execute_raw(stmt(
-            &state.db,
-            "UPDATE products SET registration_status = 'registered', registration_error = NULL, registered_at = $1
-             WHERE id = $2 AND registration_status <> 'registered'",
-            [now_ms().into(), id.into()],
-        ))
+    product::Entity::update_many()
+        .col_expr(Column::RegistrationStatus, Expr::value(Registration::Registered.as_str()))
+        .col_expr(Column::RegistrationError, Expr::value(Option::<String>::None))
+        .col_expr(Column::RegisteredAt, Expr::value(now_ms()))
+        .filter(Column::Id.eq(id))
+        .filter(Column::RegistrationStatus.ne(Registration::Registered.as_str()))
+        .exec(&state.db)
         .await?;
     Ok(())
 }
 
 /// The error of an attempt that will be retried; the product stays pending.
 async fn note_error(state: &Catalog, id: i64, error: &str) -> Result<(), sea_orm::DbErr> {
-    state
-        .db
-        .execute_raw(stmt(
-            &state.db,
-            "UPDATE products SET registration_error = $1 WHERE id = $2 AND registration_status = 'pending'",
-            [error.into(), id.into()],
-        ))
+    product::Entity::update_many()
+        .col_expr(Column::RegistrationError, Expr::value(error))
+        .filter(Column::Id.eq(id))
+        .filter(Column::RegistrationStatus.eq(Registration::Pending.as_str()))
+        .exec(&state.db)
         .await?;
     Ok(())
 }
 
 async fn mark_failed(state: &Catalog, id: i64, error: &str) -> Result<(), sea_orm::DbErr> {
-    state
-        .db
-        .execute_raw(stmt(
-            &state.db,
-            "UPDATE products SET registration_status = 'failed', registration_error = $1
-             WHERE id = $2 AND registration_status <> 'registered'",
-            [error.into(), id.into()],
-        ))
+    product::Entity::update_many()
+        .col_expr(Column::RegistrationStatus, Expr::value(Registration::Failed.as_str()))
+        .col_expr(Column::RegistrationError, Expr::value(error))
+        .filter(Column::Id.eq(id))
+        .filter(Column::RegistrationStatus.ne(Registration::Registered.as_str()))
+        .exec(&state.db)
         .await?;
     Ok(())
 }
@@ -183,14 +173,13 @@ pub async fn requeue(
     id: i64,
     reason: Option<&str>,
 ) -> Result<bool, sea_orm::DbErr> {
-    let updated = conn
-        .execute_raw(stmt(
-            conn,
-            "UPDATE products SET registration_status = 'pending', registration_error = $1 WHERE id = $2",
-            [reason.map(str::to_string).into(), id.into()],
-        ))
+    let updated = product::Entity::update_many()
+        .col_expr(Column::RegistrationStatus, Expr::value(Registration::Pending.as_str()))
+        .col_expr(Column::RegistrationError, Expr::value(reason.map(str::to_string)))
+        .filter(Column::Id.eq(id))
+        .exec(conn)
         .await?
-        .rows_affected();
+        .rows_affected;
     if updated == 0 {
         return Ok(false);
     }

@@ -19,19 +19,21 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use sea_orm::{ConnectionTrait as _, FromQueryResult, TransactionTrait as _, Value};
+use sea_orm::{
+    ColumnTrait as _, Condition, ConnectionTrait as _, EntityTrait as _, FromQueryResult, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _, TransactionTrait as _,
+    sea_query::{Expr, OnConflict, Query},
+};
 use serde::{Deserialize, Serialize};
 
 use super::Catalog;
 use super::{
     client::{OffersError, RemoteOffer, write_setting},
-    model::{OFFER_COLUMNS, OfferRow},
+    entity::{offer, price_history, product},
+    model::{OfferRow, Registration},
     registration,
 };
-use crate::{
-    db::{now_ms, stmt},
-    jobs::periodic::Periodic,
-};
+use crate::{db::now_ms, jobs::periodic::Periodic};
 
 pub const SYNC_JOB: &str = "catalog.offers_sync";
 /// Event topic of offer price changes (payload: [`PriceChanges`]).
@@ -197,13 +199,14 @@ pub async fn sync_offers(state: &Catalog) -> anyhow::Result<SyncReport> {
 
 /// The products the sync covers: those registered with the offers service, by id.
 pub async fn registered_product_ids(db: &impl sea_orm::ConnectionTrait) -> Result<Vec<i64>, sea_orm::DbErr> {
-    #[derive(FromQueryResult)]
-    struct Id {
-        id: i64,
-    }
-    let sql = "SELECT id FROM products WHERE registration_status = 'registered' ORDER BY id";
-    let rows = Id::find_by_statement(stmt(db, sql, [])).all(db).await?;
-    Ok(rows.into_iter().map(|row| row.id).collect())
+    product::Entity::find()
+        .select_only()
+        .column(product::Column::Id)
+        .filter(product::Column::RegistrationStatus.eq(Registration::Registered.as_str()))
+        .order_by_asc(product::Column::Id)
+        .into_tuple::<i64>()
+        .all(db)
+        .await
 }
 
 /// What the sync did with one product.
@@ -254,13 +257,11 @@ pub async fn sync_product(state: &Catalog, product_id: i64) -> Result<usize, Off
 /// The error of a product's last sync, shown in its `registration.lastError` until a
 /// sync succeeds.
 async fn note_sync_error(state: &Catalog, id: i64, error: &str) {
-    let noted = state
-        .db
-        .execute_raw(stmt(
-            &state.db,
-            "UPDATE products SET registration_error = $1 WHERE id = $2 AND registration_status = 'registered'",
-            [format!("offer sync failed: {error}").into(), id.into()],
-        ))
+    let noted = product::Entity::update_many()
+        .col_expr(product::Column::RegistrationError, Expr::value(format!("offer sync failed: {error}")))
+        .filter(product::Column::Id.eq(id))
+        .filter(product::Column::RegistrationStatus.eq(Registration::Registered.as_str()))
+        .exec(&state.db)
         .await;
     if let Err(error) = noted {
         tracing::warn!(product = id, error = %error, "recording a sync error failed");
@@ -280,27 +281,25 @@ pub async fn apply(
     fetched_at: i64,
 ) -> Result<usize, sea_orm::DbErr> {
     let txn = state.db.begin().await?;
-    let claimed = txn
-        .execute_raw(stmt(
-            &txn,
-            "UPDATE products SET offers_synced_at = $1, registration_error = NULL
-             WHERE id = $2 AND (offers_synced_at IS NULL OR offers_synced_at < $1)",
-            [fetched_at.into(), product_id.into()],
-        ))
+    let claimed = product::Entity::update_many()
+        .col_expr(product::Column::OffersSyncedAt, Expr::value(fetched_at))
+        .col_expr(product::Column::RegistrationError, Expr::value(Option::<String>::None))
+        .filter(product::Column::Id.eq(product_id))
+        .filter(
+            Condition::any()
+                .add(product::Column::OffersSyncedAt.is_null())
+                .add(product::Column::OffersSyncedAt.lt(fetched_at)),
+        )
+        .exec(&txn)
         .await?
-        .rows_affected();
+        .rows_affected;
     if claimed == 0 {
         // Deleted meanwhile, or a newer snapshot is already applied.
         txn.rollback().await?;
         return Ok(0);
     }
-    let current = OfferRow::find_by_statement(stmt(
-        &txn,
-        &format!("SELECT {OFFER_COLUMNS} FROM offers WHERE product_id = $1"),
-        [product_id.into()],
-    ))
-    .all(&txn)
-    .await?;
+    let current: Vec<OfferRow> =
+        offer::Entity::find().filter(offer::Column::ProductId.eq(product_id)).all(&txn).await?;
     let current: HashMap<&str, &OfferRow> = current.iter().map(|row| (row.source_id.as_str(), row)).collect();
 
     let mut upserts: Vec<&RemoteOffer> = Vec::new();
@@ -328,60 +327,67 @@ pub async fn apply(
 
     let mut ids: HashMap<String, i64> = current.iter().map(|(source, row)| (source.to_string(), row.id)).collect();
     if !upserts.is_empty() {
-        let mut values: Vec<Value> = vec![product_id.into(), fetched_at.into()];
-        let rows = upserts
-            .iter()
-            .map(|offer| {
-                values.push(offer.source_id.clone().into());
-                values.push(offer.price.into());
-                values.push(offer.items_in_stock.into());
-                let n = values.len();
-                format!("($1, ${}, ${}, ${}, $2, $2)", n - 2, n - 1, n)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let mut insert = Query::insert();
+        insert.into_table(offer::Entity).columns([
+            offer::Column::ProductId,
+            offer::Column::SourceId,
+            offer::Column::Price,
+            offer::Column::ItemsInStock,
+            offer::Column::CreatedAt,
+            offer::Column::UpdatedAt,
+        ]);
+        for offer in &upserts {
+            insert
+                .values([
+                    product_id.into(),
+                    offer.source_id.clone().into(),
+                    offer.price.into(),
+                    offer.items_in_stock.into(),
+                    fetched_at.into(),
+                    fetched_at.into(),
+                ])
+                .map_err(|error| sea_orm::DbErr::Custom(error.to_string()))?;
+        }
+        insert
+            .on_conflict(
+                OnConflict::columns([offer::Column::ProductId, offer::Column::SourceId])
+                    .update_columns([offer::Column::Price, offer::Column::ItemsInStock, offer::Column::UpdatedAt])
+                    .to_owned(),
+            )
+            .returning(Query::returning().columns([offer::Column::Id, offer::Column::SourceId]));
         #[derive(FromQueryResult)]
         struct Upserted {
             id: i64,
             source_id: String,
         }
-        let upserted = Upserted::find_by_statement(stmt(
-            &txn,
-            &format!(
-                "INSERT INTO offers (product_id, source_id, price, items_in_stock, created_at, updated_at) VALUES {rows}
-                 ON CONFLICT (product_id, source_id) DO UPDATE
-                 SET price = excluded.price, items_in_stock = excluded.items_in_stock, updated_at = excluded.updated_at
-                 RETURNING id, source_id"
-            ),
-            values,
-        ))
-        .all(&txn)
-        .await?;
+        let upserted = txn
+            .query_all(&insert)
+            .await?
+            .iter()
+            .map(|row| Upserted::from_query_result(row, ""))
+            .collect::<Result<Vec<_>, _>>()?;
         ids.extend(upserted.into_iter().map(|row| (row.source_id, row.id)));
     }
     if !vanished.is_empty() {
-        let (placeholders, values) =
-            crate::db::in_list(Vec::new(), &vanished.iter().map(|row| row.id).collect::<Vec<_>>());
-        txn.execute_raw(stmt(&txn, &format!("DELETE FROM offers WHERE id IN ({placeholders})"), values)).await?;
+        offer::Entity::delete_many()
+            .filter(offer::Column::Id.is_in(vanished.iter().map(|row| row.id)))
+            .exec(&txn)
+            .await?;
     }
     if !changes.is_empty() {
-        let mut values: Vec<Value> = vec![product_id.into(), fetched_at.into()];
-        let rows = changes
-            .iter()
-            .map(|(source, _, price)| {
-                values.push(source.to_string().into());
-                values.push((*price).into());
-                let n = values.len();
-                format!("($1, ${}, ${}, $2)", n - 1, n)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        txn.execute_raw(stmt(
-            &txn,
-            &format!("INSERT INTO price_history (product_id, offer_source_id, price, recorded_at) VALUES {rows}"),
-            values,
-        ))
-        .await?;
+        let mut insert = Query::insert();
+        insert.into_table(price_history::Entity).columns([
+            price_history::Column::ProductId,
+            price_history::Column::OfferSourceId,
+            price_history::Column::Price,
+            price_history::Column::RecordedAt,
+        ]);
+        for (source, _, price) in &changes {
+            insert
+                .values([product_id.into(), source.to_string().into(), (*price).into(), fetched_at.into()])
+                .map_err(|error| sea_orm::DbErr::Custom(error.to_string()))?;
+        }
+        txn.execute(&insert).await?;
     }
     txn.commit().await?;
 

@@ -4,13 +4,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sea_orm::{ConnectionTrait, FromQueryResult};
-
-use super::model::HistoryRow;
-use crate::{
-    db::stmt,
-    error::{AppError, AppResult},
+use sea_orm::{
+    ColumnTrait as _, ConnectionTrait, EntityTrait as _, FromQueryResult as _, QueryFilter as _, QueryOrder as _,
+    sea_query::{Alias, Condition, Expr, ExprTrait as _, JoinType, Query},
 };
+
+use super::{
+    entity::price_history::{self, Column},
+    model::HistoryRow,
+};
+use crate::error::{AppError, AppResult};
 
 /// The period when a query gives no `from`: the last day.
 pub const DEFAULT_PERIOD_MS: i64 = 24 * 3600 * 1000;
@@ -172,36 +175,48 @@ pub async fn load_histories(
     if product_ids.is_empty() {
         return Ok(histories);
     }
-    let (before_ids, before_values) = crate::db::in_list(vec![from.into()], product_ids);
-    let before = HistoryRow::find_by_statement(stmt(
-        db,
-        &format!(
-            "SELECT h.product_id, h.offer_source_id, h.price, h.recorded_at
-             FROM price_history h
-             JOIN (SELECT product_id, offer_source_id, MAX(recorded_at) AS at
-                   FROM price_history
-                   WHERE product_id IN ({before_ids}) AND recorded_at <= $1
-                   GROUP BY product_id, offer_source_id) latest
-               ON h.product_id = latest.product_id AND h.offer_source_id = latest.offer_source_id
-              AND h.recorded_at = latest.at
-             ORDER BY h.id"
-        ),
-        before_values,
-    ))
-    .all(db)
-    .await?;
-    let (during_ids, during_values) = crate::db::in_list(vec![from.into(), to.into()], product_ids);
-    let during = HistoryRow::find_by_statement(stmt(
-        db,
-        &format!(
-            "SELECT product_id, offer_source_id, price, recorded_at FROM price_history
-             WHERE product_id IN ({during_ids}) AND recorded_at > $1 AND recorded_at <= $2
-             ORDER BY recorded_at, id"
-        ),
-        during_values,
-    ))
-    .all(db)
-    .await?;
+    // The row in effect at `from` of each offer: its latest row up to then.
+    let (h, latest) = (Alias::new("h"), Alias::new("latest"));
+    let latest_rows = Query::select()
+        .columns([Column::ProductId, Column::OfferSourceId])
+        .expr_as(Expr::col(Column::RecordedAt).max(), "at")
+        .from(price_history::Entity)
+        .and_where(Expr::col(Column::ProductId).is_in(product_ids.iter().copied()))
+        .and_where(Expr::col(Column::RecordedAt).lte(from))
+        .group_by_columns([Column::ProductId, Column::OfferSourceId])
+        .to_owned();
+    let before_query = Query::select()
+        .columns(
+            [Column::ProductId, Column::OfferSourceId, Column::Price, Column::RecordedAt]
+                .map(|column| (h.clone(), column)),
+        )
+        .from_as(price_history::Entity, h.clone())
+        .join_subquery(
+            JoinType::InnerJoin,
+            latest_rows,
+            latest.clone(),
+            Condition::all()
+                .add(Expr::col((h.clone(), Column::ProductId)).equals((latest.clone(), Column::ProductId)))
+                .add(Expr::col((h.clone(), Column::OfferSourceId)).equals((latest.clone(), Column::OfferSourceId)))
+                .add(Expr::col((h.clone(), Column::RecordedAt)).equals((latest, Alias::new("at")))),
+        )
+        .order_by((h, Column::Id), sea_orm::Order::Asc)
+        .to_owned();
+    let before = db
+        .query_all(&before_query)
+        .await?
+        .iter()
+        .map(|row| HistoryRow::from_query_result(row, ""))
+        .collect::<Result<Vec<_>, _>>()?;
+    let during = price_history::Entity::find()
+        .filter(Column::ProductId.is_in(product_ids.iter().copied()))
+        .filter(Column::RecordedAt.gt(from))
+        .filter(Column::RecordedAt.lte(to))
+        .order_by_asc(Column::RecordedAt)
+        .order_by_asc(Column::Id)
+        .into_partial_model::<HistoryRow>()
+        .all(db)
+        .await?;
     for row in before {
         if let Some(history) = histories.get_mut(&row.product_id) {
             // Two rows of one offer at the same instant cannot be written; keep the last anyway.

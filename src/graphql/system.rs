@@ -2,13 +2,14 @@
 
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
+use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, sea_query::Expr};
 
 use super::state;
 use crate::paging::parse_id;
 use crate::{
-    db::{execute, now_ms, to_datetime},
+    db::{now_ms, to_datetime},
     error::{AppError, AppResult},
-    jobs::{self, JobRecord},
+    jobs::{self, JobRecord, entity::job},
 };
 
 /// Where a durable job stands.
@@ -131,17 +132,17 @@ impl SystemMutation {
 async fn retry_job(ctx: &Context<'_>, id: i64) -> AppResult<Job> {
     let state = state(ctx);
     let now = now_ms();
-    let retried = execute(
-        &state.shared.db,
-        &format!(
-            "UPDATE jobs SET status = '{}', attempts = 0, run_at = $1, updated_at = $1, finished_at = NULL
-                 WHERE id = $2 AND status = '{}'",
-            jobs::QUEUED,
-            jobs::FAILED
-        ),
-        [now.into(), id.into()],
-    )
-    .await?;
+    let retried = job::Entity::update_many()
+        .col_expr(job::Column::Status, Expr::value(jobs::QUEUED))
+        .col_expr(job::Column::Attempts, Expr::value(0i32))
+        .col_expr(job::Column::RunAt, Expr::value(now))
+        .col_expr(job::Column::UpdatedAt, Expr::value(now))
+        .col_expr(job::Column::FinishedAt, Expr::value(Option::<i64>::None))
+        .filter(job::Column::Id.eq(id))
+        .filter(job::Column::Status.eq(jobs::FAILED))
+        .exec(&state.shared.db)
+        .await?
+        .rows_affected;
     let job = state.shared.jobs.get(id).await?.ok_or_else(|| AppError::not_found(format!("no job {id}")))?;
     if retried == 0 {
         return Err(AppError::conflict(format!("job {id} is {}, only failed jobs can be retried", job.status)));

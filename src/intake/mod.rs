@@ -55,6 +55,7 @@
 //! one. Object stores offer no fencing for plain writes; the heartbeat makes this unlikely.
 
 mod config;
+pub mod entity;
 mod graphql;
 mod http;
 mod model;

@@ -3,6 +3,8 @@
 
 use async_graphql::Enum;
 use sea_orm::FromQueryResult;
+
+use super::entity::intake_message;
 use serde::{Deserialize, Serialize};
 
 /// Where a message is in the pipeline.
@@ -36,21 +38,7 @@ impl IntakeStatus {
 }
 
 /// One row of `intake_messages`.
-#[derive(Debug, Clone, FromQueryResult)]
-pub struct MessageRow {
-    pub id: i64,
-    pub message_id: Option<String>,
-    pub title: String,
-    pub genre: String,
-    pub object_name: String,
-    pub body: String,
-    pub status: String,
-    pub bucket: Option<String>,
-    pub reason: Option<String>,
-    pub job_id: i64,
-    pub submitted_at: i64,
-    pub processed_at: Option<i64>,
-}
+pub type MessageRow = intake_message::Model;
 
 /// The result notice of one stored message (the output queue), pushed to
 /// `intakeProcessed` subscribers on every node.

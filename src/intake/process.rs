@@ -5,15 +5,21 @@ use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt as _;
 use object_store::path::{Path, PathPart};
-use sea_orm::{ConnectionTrait as _, FromQueryResult, Value};
+use sea_orm::{
+    ColumnTrait as _, ConnectionTrait as _, DerivePartialModel, EntityTrait as _, FromQueryResult as _, JoinType,
+    QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    sea_query::{Expr, ExprTrait as _, Query},
+};
 use serde::{Deserialize, Serialize};
 
 use super::{
     Intake,
+    entity::intake_message::{self, Column},
     model::{IntakeStatus, Notice, PROCESSED_TOPIC},
 };
 use crate::{
-    db::{in_list, now_ms, stmt},
+    db::{now_ms, stmt},
+    jobs::entity::job,
     jobs::{JobContext, JobError},
 };
 
@@ -28,7 +34,8 @@ pub struct StoreBatch {
     pub genre: String,
 }
 
-#[derive(Debug, FromQueryResult)]
+#[derive(Debug, DerivePartialModel)]
+#[sea_orm(entity = "intake_message::Entity")]
 struct Pending {
     id: i64,
     job_id: i64,
@@ -43,13 +50,13 @@ struct Pending {
 /// keys (an object write replaces the object atomically) and only the messages still
 /// `queued` change state, so each message is stored and announced once.
 pub async fn store_batch(state: Intake, ctx: JobContext, batch: StoreBatch) -> Result<(), JobError> {
-    let mut pending = Pending::find_by_statement(stmt(
-        &state.db,
-        "SELECT id, job_id, object_name, body FROM intake_messages WHERE job_id = $1 AND status = $2 ORDER BY id",
-        [ctx.id.into(), IntakeStatus::Queued.as_str().into()],
-    ))
-    .all(&state.db)
-    .await?;
+    let mut pending = intake_message::Entity::find()
+        .filter(Column::JobId.eq(ctx.id))
+        .filter(Column::Status.eq(IntakeStatus::Queued.as_str()))
+        .order_by_asc(Column::Id)
+        .into_partial_model::<Pending>()
+        .all(&state.db)
+        .await?;
 
     // Unknown genre: a dead letter, not a job failure; retrying cannot invent a bucket.
     let Some(bucket) = state.config.bucket_for(&batch.genre).map(str::to_string) else {
@@ -89,7 +96,7 @@ pub async fn store_batch(state: Intake, ctx: JobContext, batch: StoreBatch) -> R
 }
 
 /// Most messages a job takes from the jobs queued behind it in its group.
-const TAKEN_FROM_BEHIND: i64 = 2_000;
+const TAKEN_FROM_BEHIND: u64 = 2_000;
 
 /// The queued messages of the jobs waiting behind this one in its genre's FIFO group, in
 /// their order (job, then message), up to [`TAKEN_FROM_BEHIND`]. None of those jobs can run
@@ -98,22 +105,19 @@ const TAKEN_FROM_BEHIND: i64 = 2_000;
 /// messages still queued. Each message still belongs to its own job: only that job fails
 /// it, and only with its own attempts.
 async fn queued_behind(state: &Intake, ctx: &JobContext, genre: &str) -> Result<Vec<Pending>, sea_orm::DbErr> {
-    Pending::find_by_statement(stmt(
-        &state.db,
-        "SELECT m.id, m.job_id, m.object_name, m.body FROM intake_messages m JOIN jobs j ON j.id = m.job_id
-         WHERE j.ordering_key = $1 AND j.id > $2 AND j.status = $3 AND m.status = $4
-         ORDER BY j.id, m.id
-         LIMIT $5",
-        [
-            ordering_key(genre).into(),
-            ctx.id.into(),
-            crate::jobs::QUEUED.into(),
-            IntakeStatus::Queued.as_str().into(),
-            TAKEN_FROM_BEHIND.into(),
-        ],
-    ))
-    .all(&state.db)
-    .await
+    let of_job = intake_message::Entity::belongs_to(job::Entity).from(Column::JobId).to(job::Column::Id).into();
+    intake_message::Entity::find()
+        .join(JoinType::InnerJoin, of_job)
+        .filter(job::Column::OrderingKey.eq(ordering_key(genre)))
+        .filter(job::Column::Id.gt(ctx.id))
+        .filter(job::Column::Status.eq(crate::jobs::QUEUED))
+        .filter(Column::Status.eq(IntakeStatus::Queued.as_str()))
+        .order_by_asc(job::Column::Id)
+        .order_by_asc(Column::Id)
+        .limit(TAKEN_FROM_BEHIND)
+        .into_partial_model::<Pending>()
+        .all(&state.db)
+        .await
 }
 
 /// Of the jobs behind this one whose messages it took, those with none left queued have
@@ -124,17 +128,16 @@ async fn finish_drained(state: &Intake, jobs: Vec<i64>) -> Result<(), sea_orm::D
     if jobs.is_empty() {
         return Ok(());
     }
-    #[derive(FromQueryResult)]
-    struct JobId {
-        job_id: i64,
-    }
-    let (list, values) = in_list(vec![IntakeStatus::Queued.as_str().into()], &jobs);
-    let sql = format!("SELECT DISTINCT job_id FROM intake_messages WHERE status = $1 AND job_id IN ({list})");
-    let unfinished: HashSet<i64> = JobId::find_by_statement(stmt(&state.db, &sql, values))
+    let unfinished: HashSet<i64> = intake_message::Entity::find()
+        .select_only()
+        .column(Column::JobId)
+        .distinct()
+        .filter(Column::Status.eq(IntakeStatus::Queued.as_str()))
+        .filter(Column::JobId.is_in(jobs.iter().copied()))
+        .into_tuple::<i64>()
         .all(&state.db)
         .await?
         .into_iter()
-        .map(|row| row.job_id)
         .collect();
     let drained: Vec<i64> = jobs.into_iter().filter(|job| !unfinished.contains(job)).collect();
     state.jobs.finish_unstarted(&state.db, &drained).await?;
@@ -212,40 +215,48 @@ async fn mark_stored(state: &Intake, bucket: &str, ids: &[i64]) -> Result<Vec<No
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let bound: Vec<Value> = vec![
-        IntakeStatus::Stored.as_str().into(),
-        bucket.into(),
-        now_ms().into(),
-        IntakeStatus::Queued.as_str().into(),
-    ];
-    let (ids, values) = in_list(bound, ids);
-    let sql = format!(
-        "UPDATE intake_messages SET status = $1, bucket = $2, processed_at = $3
-         WHERE status = $4 AND id IN ({ids})
-         RETURNING id, message_id, title, genre, bucket, object_name, processed_at"
-    );
-    let mut notices = Notice::find_by_statement(stmt(&state.db, &sql, values)).all(&state.db).await?;
+    // Only the notice's columns come back (not the bodies).
+    let mut update = Query::update();
+    update
+        .table(intake_message::Entity)
+        .values([
+            (Column::Status, IntakeStatus::Stored.as_str().into()),
+            (Column::Bucket, bucket.into()),
+            (Column::ProcessedAt, now_ms().into()),
+        ])
+        .and_where(Expr::col(Column::Status).eq(IntakeStatus::Queued.as_str()))
+        .and_where(Expr::col(Column::Id).is_in(ids.iter().copied()))
+        .returning(Query::returning().columns([
+            Column::Id,
+            Column::MessageId,
+            Column::Title,
+            Column::Genre,
+            Column::Bucket,
+            Column::ObjectName,
+            Column::ProcessedAt,
+        ]));
+    let mut notices = state
+        .db
+        .query_all(&update)
+        .await?
+        .iter()
+        .map(|row| Notice::from_query_result(row, ""))
+        .collect::<Result<Vec<_>, _>>()?;
     notices.sort_by_key(|notice| notice.id);
     Ok(notices)
 }
 
 /// Dead-letters the job's messages that are still queued, with `reason`.
 async fn fail_queued(state: &Intake, job_id: i64, reason: &str) -> Result<u64, sea_orm::DbErr> {
-    let result = state
-        .db
-        .execute_raw(stmt(
-            &state.db,
-            "UPDATE intake_messages SET status = $1, reason = $2, processed_at = $3 WHERE job_id = $4 AND status = $5",
-            [
-                IntakeStatus::Failed.as_str().into(),
-                reason.into(),
-                now_ms().into(),
-                job_id.into(),
-                IntakeStatus::Queued.as_str().into(),
-            ],
-        ))
+    let result = intake_message::Entity::update_many()
+        .col_expr(Column::Status, Expr::value(IntakeStatus::Failed.as_str()))
+        .col_expr(Column::Reason, Expr::value(reason))
+        .col_expr(Column::ProcessedAt, Expr::value(now_ms()))
+        .filter(Column::JobId.eq(job_id))
+        .filter(Column::Status.eq(IntakeStatus::Queued.as_str()))
+        .exec(&state.db)
         .await?;
-    Ok(result.rows_affected())
+    Ok(result.rows_affected)
 }
 
 /// A node killed in the middle of a write to a local folder leaves object_store's staging
@@ -269,6 +280,8 @@ async fn clear_interrupted_writes(state: &Intake, bucket: &str, pending: &[Pendi
 /// Dead-letters queued messages whose job can no longer write them: it failed (for
 /// example its node died on the last attempt) or was purged. Runs periodically.
 pub async fn reconcile(state: &Intake) -> anyhow::Result<()> {
+    // Raw SQL: one conditional update with correlated subqueries on `jobs` (the job's last
+    // error, and whether it is still alive); `$N` placeholders serve both backends.
     let result = state
         .db
         .execute_raw(stmt(

@@ -3,11 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use sea_orm::{
+    ColumnTrait as _, ConnectionTrait, EntityTrait as _, FromQueryResult, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _, Select,
+    sea_query::{Asterisk, Expr, Func},
+};
 use serde_json::json;
 
 use super::{
     Intake,
+    entity::intake_message::{self, Column},
     model::{IntakeStatus, MessageRow},
     process::STORE_KIND,
 };
@@ -27,71 +32,50 @@ pub struct MessageFilter {
 }
 
 impl MessageFilter {
-    /// `WHERE` conditions and their values, numbered from `$1`.
-    fn conditions(&self, values: &mut Vec<Value>) -> Vec<String> {
-        let mut conditions = Vec::new();
+    fn select(&self) -> Select<intake_message::Entity> {
+        let mut select = intake_message::Entity::find();
         if let Some(status) = self.status {
-            values.push(status.as_str().into());
-            conditions.push(format!("status = ${}", values.len()));
+            select = select.filter(Column::Status.eq(status.as_str()));
         }
         if let Some(message_id) = &self.message_id {
-            values.push(message_id.clone().into());
-            conditions.push(format!("message_id = ${}", values.len()));
+            select = select.filter(Column::MessageId.eq(message_id.as_str()));
         }
-        conditions
+        select
     }
-}
-
-fn where_clause(conditions: &[String]) -> String {
-    if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) }
 }
 
 /// One page of messages, oldest first.
 pub async fn list(db: &impl ConnectionTrait, filter: &MessageFilter, page: Page) -> AppResult<Vec<MessageRow>> {
-    let mut values = Vec::new();
-    let mut conditions = filter.conditions(&mut values);
-    if let Some(after) = page.after {
-        values.push(after.into());
-        conditions.push(format!("id > ${}", values.len()));
-    }
-    values.push(i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX).into());
-    let sql =
-        format!("SELECT * FROM intake_messages {} ORDER BY id LIMIT ${}", where_clause(&conditions), values.len());
-    Ok(MessageRow::find_by_statement(stmt(db, &sql, values)).all(db).await?)
+    let select = match page.after {
+        Some(after) => filter.select().filter(Column::Id.gt(after)),
+        None => filter.select(),
+    };
+    Ok(select.order_by_asc(Column::Id).limit(page.fetch_limit()).all(db).await?)
 }
 
 pub async fn count(db: &impl ConnectionTrait, filter: &MessageFilter) -> AppResult<i64> {
-    let mut values = Vec::new();
-    let conditions = filter.conditions(&mut values);
-    let sql = format!("SELECT COUNT(*) AS n FROM intake_messages {}", where_clause(&conditions));
-    #[derive(FromQueryResult)]
-    struct Row {
-        n: i64,
-    }
-    Ok(Row::find_by_statement(stmt(db, &sql, values)).one(db).await?.map_or(0, |row| row.n))
+    let count = filter.select().select_only().expr(Func::count(Expr::col(Asterisk))).into_tuple::<i64>();
+    Ok(count.one(db).await?.unwrap_or(0))
 }
 
 pub async fn get(db: &impl ConnectionTrait, id: i64) -> AppResult<Option<MessageRow>> {
-    Ok(MessageRow::find_by_statement(stmt(db, "SELECT * FROM intake_messages WHERE id = $1", [id.into()]))
-        .one(db)
-        .await?)
+    Ok(intake_message::Entity::find_by_id(id).one(db).await?)
 }
 
 /// Messages per status.
 pub async fn counts(db: &impl ConnectionTrait) -> AppResult<BTreeMap<&'static str, i64>> {
-    #[derive(FromQueryResult)]
-    struct Row {
-        status: String,
-        n: i64,
-    }
-    let rows =
-        Row::find_by_statement(stmt(db, "SELECT status, COUNT(*) AS n FROM intake_messages GROUP BY status", []))
-            .all(db)
-            .await?;
+    let rows = intake_message::Entity::find()
+        .select_only()
+        .column(Column::Status)
+        .expr(Func::count(Expr::col(Asterisk)))
+        .group_by(Column::Status)
+        .into_tuple::<(String, i64)>()
+        .all(db)
+        .await?;
     let mut counts: BTreeMap<&'static str, i64> =
         [IntakeStatus::Queued, IntakeStatus::Stored, IntakeStatus::Failed].map(|s| (s.as_str(), 0)).into();
-    for row in rows {
-        counts.insert(IntakeStatus::from_column(&row.status).as_str(), row.n);
+    for (status, n) in rows {
+        counts.insert(IntakeStatus::from_column(&status).as_str(), n);
     }
     Ok(counts)
 }
@@ -106,7 +90,8 @@ pub async fn health(state: &Intake) -> Check {
         oldest: Option<i64>,
         failed: i64,
     }
-    // Both counts and the oldest come from the (status, id) index.
+    // Raw SQL: three scalar subqueries in one round trip; both counts and the oldest come
+    // from the (status, id) index.
     let row = Row::find_by_statement(stmt(
         &state.db,
         "SELECT

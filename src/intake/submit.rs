@@ -1,19 +1,20 @@
 //! Submission: validate every message, then queue them all in one transaction (messages
 //! and the jobs that write them), so a request is accepted whole or not at all.
 
-use sea_orm::{FromQueryResult, TransactionTrait as _, Value};
+use sea_orm::{ConnectionTrait as _, TransactionTrait as _, sea_query::Query};
 use serde::Serialize;
 use serde_json::{Map, value::RawValue};
 
 use super::{
     Intake,
     config::genre_key,
+    entity::intake_message::{self, Column},
     model::{IntakeStatus, MessageRow},
     names::object_name,
     process::{STORE_KIND, StoreBatch, ordering_key},
 };
 use crate::{
-    db::{bind_row, now_ms, stmt},
+    db::now_ms,
     error::{AppError, AppResult},
     jobs::NewJob,
 };
@@ -269,36 +270,36 @@ pub async fn queue(state: &Intake, messages: Vec<NewMessage>) -> AppResult<Vec<M
     const ROWS_PER_INSERT: usize = 500;
     for (chunk_number, chunk) in messages.chunks(ROWS_PER_INSERT).enumerate() {
         let offset = chunk_number * ROWS_PER_INSERT;
-        let mut sql = String::from(
-            "INSERT INTO intake_messages (message_id, title, genre, object_name, body, status, job_id, submitted_at) VALUES ",
-        );
-        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 6 + 2);
-        values.push(IntakeStatus::Queued.as_str().into());
-        values.push(now.into());
+        let mut insert = Query::insert();
+        insert.into_table(intake_message::Entity).columns([
+            Column::MessageId,
+            Column::Title,
+            Column::Genre,
+            Column::ObjectName,
+            Column::Body,
+            Column::Status,
+            Column::JobId,
+            Column::SubmittedAt,
+        ]);
         for (i, message) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push(',');
-            }
-            let [message_id, title, genre, object_name, body, job_id] = bind_row(
-                &mut values,
-                [
+            insert
+                .values([
                     message.message_id.clone().into(),
                     message.title.clone().into(),
                     message.genre.clone().into(),
                     names[offset + i].clone().into(),
                     message.body.clone().into(),
+                    IntakeStatus::Queued.as_str().into(),
                     job_of[offset + i].into(),
-                ],
-            );
-            sql.push_str(&format!("({message_id}, {title}, {genre}, {object_name}, {body}, $1, {job_id}, $2)"));
+                    now.into(),
+                ])
+                .map_err(|error| AppError::Internal(error.into()))?;
         }
-        sql.push_str(" RETURNING id");
-        #[derive(FromQueryResult)]
-        struct Id {
-            id: i64,
+        insert.returning(Query::returning().column(Column::Id));
+        let mut rows = Vec::with_capacity(chunk.len());
+        for row in txn.query_all(&insert).await? {
+            rows.push(row.try_get::<i64>("", "id")?);
         }
-        let mut rows: Vec<i64> =
-            Id::find_by_statement(stmt(&txn, &sql, values)).all(&txn).await?.into_iter().map(|row| row.id).collect();
         rows.sort_unstable();
         ids.extend(rows);
     }

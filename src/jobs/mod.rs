@@ -10,20 +10,27 @@
 //!
 //! Handlers must be idempotent: a job whose node died mid-run runs again.
 
+pub mod entity;
 pub mod periodic;
 mod worker;
+
+use entity::job::{self, Column};
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use rand::Rng as _;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Value};
+use sea_orm::{
+    ColumnTrait as _, Condition, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait as _,
+    FromQueryResult as _, QueryFilter as _, QuerySelect as _, Value,
+    sea_query::{Asterisk, Expr, Func, Query},
+};
 use serde::Serialize;
 use tokio::sync::Notify;
 
 pub use worker::{JobContext, JobError, JobRegistry, Workers};
 
 use crate::{
-    db::{bind_row, duration_ms, execute, in_list, now_ms, stmt},
+    db::{duration_ms, execute, in_list, now_ms, stmt},
     settings::parse_duration,
 };
 
@@ -100,23 +107,7 @@ impl NewJob {
 }
 
 /// A job as stored.
-#[derive(Debug, Clone, FromQueryResult, Serialize)]
-pub struct JobRecord {
-    pub id: i64,
-    pub kind: String,
-    pub payload: String,
-    pub status: String,
-    pub ordering_key: Option<String>,
-    pub attempts: i32,
-    pub max_attempts: i32,
-    pub run_at: i64,
-    pub locked_by: Option<String>,
-    pub locked_until: Option<i64>,
-    pub last_error: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub finished_at: Option<i64>,
-}
+pub type JobRecord = job::Model;
 
 #[derive(Clone)]
 pub struct JobQueue {
@@ -157,35 +148,37 @@ impl JobQueue {
         let now = now_ms();
         let mut ids = Vec::with_capacity(jobs.len());
         for chunk in jobs.chunks(500) {
-            let mut sql = String::from(
-                "INSERT INTO jobs (kind, payload, status, ordering_key, attempts, max_attempts, run_at, created_at, updated_at) VALUES ",
-            );
-            let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 5 + 1);
-            values.push(now.into());
-            for (i, job) in chunk.iter().enumerate() {
-                if i > 0 {
-                    sql.push(',');
-                }
-                let [kind, payload, ordering_key, max_attempts] = bind_row(
-                    &mut values,
-                    [
+            let mut insert = Query::insert();
+            insert.into_table(job::Entity).columns([
+                Column::Kind,
+                Column::Payload,
+                Column::Status,
+                Column::OrderingKey,
+                Column::Attempts,
+                Column::MaxAttempts,
+                Column::RunAt,
+                Column::CreatedAt,
+                Column::UpdatedAt,
+            ]);
+            for job in chunk {
+                insert
+                    .values([
                         job.kind.into(),
                         job.payload.to_string().into(),
+                        QUEUED.into(),
                         job.ordering_key.clone().into(),
+                        0i32.into(),
                         job.max_attempts.unwrap_or(self.config.job_max_attempts).into(),
-                    ],
-                );
-                sql.push_str(&format!(
-                    "({kind}, {payload}, '{QUEUED}', {ordering_key}, 0, {max_attempts}, $1, $1, $1)"
-                ));
+                        now.into(),
+                        now.into(),
+                        now.into(),
+                    ])
+                    .map_err(|error| sea_orm::DbErr::Custom(error.to_string()))?;
             }
-            sql.push_str(" RETURNING id");
-            #[derive(FromQueryResult)]
-            struct Id {
-                id: i64,
+            insert.returning(Query::returning().column(Column::Id));
+            for row in conn.query_all(&insert).await? {
+                ids.push(row.try_get::<i64>("", "id")?);
             }
-            let rows = Id::find_by_statement(stmt(conn, &sql, values)).all(conn).await?;
-            ids.extend(rows.into_iter().map(|row| row.id));
         }
         self.wake.notify_waiters();
         Ok(ids)
@@ -198,51 +191,51 @@ impl JobQueue {
         if ids.is_empty() {
             return Ok(0);
         }
-        let (ids, values) = in_list(vec![now_ms().into()], ids);
-        let sql = format!(
-            "UPDATE jobs SET status = '{SUCCEEDED}', finished_at = $1, updated_at = $1
-             WHERE status = '{QUEUED}' AND attempts = 0 AND id IN ({ids})"
-        );
-        execute(conn, &sql, values).await
+        let now = now_ms();
+        let finished = job::Entity::update_many()
+            .col_expr(Column::Status, Expr::value(SUCCEEDED))
+            .col_expr(Column::FinishedAt, Expr::value(now))
+            .col_expr(Column::UpdatedAt, Expr::value(now))
+            .filter(Column::Status.eq(QUEUED))
+            .filter(Column::Attempts.eq(0))
+            .filter(Column::Id.is_in(ids.iter().copied()))
+            .exec(conn)
+            .await?;
+        Ok(finished.rows_affected)
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<JobRecord>, sea_orm::DbErr> {
-        JobRecord::find_by_statement(stmt(&self.db, "SELECT * FROM jobs WHERE id = $1", [id.into()]))
-            .one(&self.db)
-            .await
+        job::Entity::find_by_id(id).one(&self.db).await
     }
 
     /// Job counts by status (for metrics and health).
     pub async fn counts(&self) -> Result<BTreeMap<String, i64>, sea_orm::DbErr> {
-        #[derive(FromQueryResult)]
-        struct Row {
-            status: String,
-            n: i64,
-        }
-        let rows = Row::find_by_statement(stmt(&self.db, "SELECT status, COUNT(*) AS n FROM jobs GROUP BY status", []))
+        let rows = job::Entity::find()
+            .select_only()
+            .column(Column::Status)
+            .expr(Func::count(Expr::col(Asterisk)))
+            .group_by(Column::Status)
+            .into_tuple::<(String, i64)>()
             .all(&self.db)
             .await?;
         let mut counts: BTreeMap<String, i64> =
             [QUEUED, RUNNING, SUCCEEDED, FAILED].into_iter().map(|s| (s.to_string(), 0)).collect();
-        counts.extend(rows.into_iter().map(|row| (row.status, row.n)));
+        counts.extend(rows);
         Ok(counts)
     }
 
     /// Waiting jobs of one kind and the age of the oldest, in milliseconds.
     pub async fn backlog(&self, kind: &str) -> Result<(i64, Option<i64>), sea_orm::DbErr> {
-        #[derive(FromQueryResult)]
-        struct Row {
-            n: i64,
-            oldest: Option<i64>,
-        }
-        let row = Row::find_by_statement(stmt(
-            &self.db,
-            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs WHERE kind = $1 AND status IN ('queued', 'running')",
-            [kind.into()],
-        ))
-        .one(&self.db)
-        .await?;
-        Ok(row.map_or((0, None), |row| (row.n, row.oldest.map(|oldest| now_ms() - oldest))))
+        let row = job::Entity::find()
+            .select_only()
+            .expr(Func::count(Expr::col(Asterisk)))
+            .expr(Func::min(Expr::col(Column::CreatedAt)))
+            .filter(Column::Kind.eq(kind))
+            .filter(Column::Status.is_in([QUEUED, RUNNING]))
+            .into_tuple::<(i64, Option<i64>)>()
+            .one(&self.db)
+            .await?;
+        Ok(row.map_or((0, None), |(n, oldest)| (n, oldest.map(|oldest| now_ms() - oldest))))
     }
 
     /// Claims up to `limit` due jobs of the given kinds for `node`.
@@ -264,6 +257,8 @@ impl JobQueue {
         // until every older job of its group has finished (succeeded or failed); that test
         // is one probe of the partial index `jobs_unfinished_by_group`, whose conditions it
         // must keep implying (the same status list; the key equality implies NOT NULL).
+        // Raw SQL: the claim needs `FOR UPDATE SKIP LOCKED` (Postgres) in a CTE feeding an
+        // `UPDATE … RETURNING`, and the FIFO test shaped for the partial index.
         let sql = format!(
             "WITH picked AS (
                 SELECT j.id FROM jobs j
@@ -291,6 +286,7 @@ impl JobQueue {
     /// them failed so they are visible instead of stuck.
     async fn fail_abandoned(&self) -> Result<u64, sea_orm::DbErr> {
         let now = now_ms();
+        // Raw SQL: appends to `last_error` in place (string concatenation in the update).
         let touched = execute(&self.db, &format!(
                     "UPDATE jobs SET status = '{FAILED}', finished_at = $1, updated_at = $1, locked_by = NULL,
                         last_error = COALESCE(last_error || '; ', '') || 'worker lost (lease expired) on the last attempt'
@@ -302,17 +298,27 @@ impl JobQueue {
     /// Extends the lease of a job we still hold. False when it is no longer ours.
     async fn heartbeat(&self, id: i64, node: &str) -> Result<bool, sea_orm::DbErr> {
         let now = now_ms();
-        let touched = execute(&self.db, &format!("UPDATE jobs SET locked_until = $1, updated_at = $2 WHERE id = $3 AND locked_by = $4 AND status = '{RUNNING}'"), [(now + duration_ms(self.config.job_lease)).into(), now.into(), id.into(), node.into()]).await?;
-        Ok(touched == 1)
+        let touched = job::Entity::update_many()
+            .col_expr(Column::LockedUntil, Expr::value(now + duration_ms(self.config.job_lease)))
+            .col_expr(Column::UpdatedAt, Expr::value(now))
+            .filter(held_by(id, node))
+            .exec(&self.db)
+            .await?;
+        Ok(touched.rows_affected == 1)
     }
 
     async fn succeed(&self, id: i64, node: &str) -> Result<bool, sea_orm::DbErr> {
         let now = now_ms();
-        let touched = execute(&self.db, &format!(
-                    "UPDATE jobs SET status = '{SUCCEEDED}', finished_at = $1, updated_at = $1, locked_by = NULL, locked_until = NULL
-                     WHERE id = $2 AND locked_by = $3 AND status = '{RUNNING}'"
-                ), [now.into(), id.into(), node.into()]).await?;
-        Ok(touched == 1)
+        let touched = job::Entity::update_many()
+            .col_expr(Column::Status, Expr::value(SUCCEEDED))
+            .col_expr(Column::FinishedAt, Expr::value(now))
+            .col_expr(Column::UpdatedAt, Expr::value(now))
+            .col_expr(Column::LockedBy, Expr::value(Option::<String>::None))
+            .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
+            .filter(held_by(id, node))
+            .exec(&self.db)
+            .await?;
+        Ok(touched.rows_affected == 1)
     }
 
     /// Records a failed attempt: retry later with backoff, or fail for good.
@@ -324,31 +330,25 @@ impl JobQueue {
         } else {
             (QUEUED, now + duration_ms(self.backoff(job.attempts)), None)
         };
-        let touched = execute(
-            &self.db,
-            &format!(
-                "UPDATE jobs SET status = $1, run_at = $2, finished_at = $3, last_error = $4, updated_at = $5,
-                        locked_by = NULL, locked_until = NULL
-                     WHERE id = $6 AND locked_by = $7 AND status = '{RUNNING}'"
-            ),
-            [
-                status.into(),
-                run_at.into(),
-                finished_at.into(),
-                truncate(error, 4000).into(),
-                now.into(),
-                job.id.into(),
-                node.into(),
-            ],
-        )
-        .await?;
-        Ok(touched == 1)
+        let touched = job::Entity::update_many()
+            .col_expr(Column::Status, Expr::value(status))
+            .col_expr(Column::RunAt, Expr::value(run_at))
+            .col_expr(Column::FinishedAt, Expr::value(finished_at))
+            .col_expr(Column::LastError, Expr::value(truncate(error, 4000)))
+            .col_expr(Column::UpdatedAt, Expr::value(now))
+            .col_expr(Column::LockedBy, Expr::value(Option::<String>::None))
+            .col_expr(Column::LockedUntil, Expr::value(Option::<i64>::None))
+            .filter(held_by(job.id, node))
+            .exec(&self.db)
+            .await?;
+        Ok(touched.rows_affected == 1)
     }
 
     /// Hands jobs this node still holds back to the queue without counting the attempt
     /// (graceful shutdown).
     async fn release_held(&self, node: &str) -> Result<u64, sea_orm::DbErr> {
         let now = now_ms();
+        // Raw SQL: gives back the attempt with a CASE on the stored count.
         let touched = execute(&self.db, &format!(
                     "UPDATE jobs SET status = '{QUEUED}', run_at = $1, updated_at = $1, locked_by = NULL, locked_until = NULL,
                         attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END
@@ -360,13 +360,12 @@ impl JobQueue {
     /// Deletes finished jobs older than the retention period.
     pub async fn purge_finished(&self) -> Result<u64, sea_orm::DbErr> {
         let cutoff = now_ms() - duration_ms(self.config.job_retention);
-        let touched = execute(
-            &self.db,
-            &format!("DELETE FROM jobs WHERE status IN ('{SUCCEEDED}', '{FAILED}') AND finished_at < $1"),
-            [cutoff.into()],
-        )
-        .await?;
-        Ok(touched)
+        let purged = job::Entity::delete_many()
+            .filter(Column::Status.is_in([SUCCEEDED, FAILED]))
+            .filter(Column::FinishedAt.lt(cutoff))
+            .exec(&self.db)
+            .await?;
+        Ok(purged.rows_affected)
     }
 
     /// Exponential backoff with ±25% jitter, so retries of many jobs spread out.
@@ -380,6 +379,11 @@ impl JobQueue {
     fn wake(&self) -> &Notify {
         &self.wake
     }
+}
+
+/// The job `id`, while `node` holds it running.
+fn held_by(id: i64, node: &str) -> Condition {
+    Condition::all().add(Column::Id.eq(id)).add(Column::LockedBy.eq(node)).add(Column::Status.eq(RUNNING))
 }
 
 fn truncate(text: &str, max: usize) -> &str {

@@ -12,14 +12,21 @@ use anyhow::Context as _;
 use chrono::Utc;
 use croner::{Cron, parser::CronParser};
 use futures::{FutureExt as _, future::BoxFuture};
-use sea_orm::FromQueryResult;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait as _, Condition, DerivePartialModel, EntityTrait as _, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _,
+    sea_query::{Expr, OnConflict},
+};
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::task::AbortOnDropHandle;
 
 use sea_orm::DatabaseConnection;
 
+use super::entity::{periodic_lease, periodic_run};
+use crate::db::{duration_ms, now_ms};
+
 use super::JobQueue;
-use crate::db::{duration_ms, execute, now_ms, stmt};
 
 type Task = Arc<dyn Fn() -> BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
@@ -70,13 +77,16 @@ pub async fn start(state: Leases, jobs: Vec<Periodic>) -> anyhow::Result<JobSche
     let scheduler = JobScheduler::new().await.context("starting the scheduler")?;
     for job in jobs {
         let period = cron_period(&job.cron).with_context(|| format!("periodic job {}", job.name))?;
-        execute(
-            &state.db,
-            "INSERT INTO periodic_leases (name, expires_at, last_started_at) VALUES ($1, 0, 0)
-             ON CONFLICT (name) DO NOTHING",
-            [job.name.into()],
-        )
-        .await?;
+        let lease = periodic_lease::ActiveModel {
+            name: Set(job.name.to_string()),
+            holder: NotSet,
+            expires_at: Set(0),
+            last_started_at: Set(0),
+        };
+        periodic_lease::Entity::insert(lease)
+            .on_conflict(OnConflict::column(periodic_lease::Column::Name).do_nothing().to_owned())
+            .exec_without_returning(&state.db)
+            .await?;
         let state = state.clone();
         let cron = job.cron.clone();
         let scheduled = Job::new_async(cron.as_str(), move |_, _| {
@@ -113,12 +123,12 @@ pub async fn run_if_leader(state: Leases, job: Periodic, period: Duration) {
             ticker.tick().await;
             loop {
                 ticker.tick().await;
-                let renewed = execute(
-                    &state.db,
-                    "UPDATE periodic_leases SET expires_at = $1 WHERE name = $2 AND holder = $3",
-                    [(now_ms() + duration_ms(lease)).into(), job.name.into(), node.as_str().into()],
-                )
-                .await;
+                let renewed = periodic_lease::Entity::update_many()
+                    .col_expr(periodic_lease::Column::ExpiresAt, Expr::value(now_ms() + duration_ms(lease)))
+                    .filter(periodic_lease::Column::Name.eq(job.name))
+                    .filter(periodic_lease::Column::Holder.eq(node.as_str()))
+                    .exec(&state.db)
+                    .await;
                 if let Err(error) = renewed {
                     tracing::warn!(job = job.name, error = %error, "periodic lease renewal failed");
                 }
@@ -141,19 +151,20 @@ pub async fn run_if_leader(state: Leases, job: Periodic, period: Duration) {
     metrics::histogram!("emporium_periodic_duration_seconds", "job" => job.name)
         .record((now_ms() - started) as f64 / 1000.0);
     if let Some(id) = run_id {
-        let _ = execute(
-            &state.db,
-            "UPDATE periodic_runs SET finished_at = $1, error = $2 WHERE id = $3",
-            [now_ms().into(), error.into(), id.into()],
-        )
-        .await;
+        let _ = periodic_run::Entity::update_many()
+            .col_expr(periodic_run::Column::FinishedAt, Expr::value(now_ms()))
+            .col_expr(periodic_run::Column::Error, Expr::value(error))
+            .filter(periodic_run::Column::Id.eq(id))
+            .exec(&state.db)
+            .await;
     }
-    let _ = execute(
-        &state.db,
-        "UPDATE periodic_leases SET holder = NULL, expires_at = 0 WHERE name = $1 AND holder = $2",
-        [job.name.into(), node.as_str().into()],
-    )
-    .await;
+    let _ = periodic_lease::Entity::update_many()
+        .col_expr(periodic_lease::Column::Holder, Expr::value(Option::<String>::None))
+        .col_expr(periodic_lease::Column::ExpiresAt, Expr::value(0i64))
+        .filter(periodic_lease::Column::Name.eq(job.name))
+        .filter(periodic_lease::Column::Holder.eq(node.as_str()))
+        .exec(&state.db)
+        .await;
 }
 
 async fn try_acquire(
@@ -164,30 +175,28 @@ async fn try_acquire(
     min_gap: Duration,
 ) -> Result<bool, sea_orm::DbErr> {
     let now = now_ms();
-    let acquired = execute(
-        &state.db,
-        "UPDATE periodic_leases SET holder = $1, expires_at = $2, last_started_at = $3
-             WHERE name = $4 AND (holder IS NULL OR expires_at < $3) AND last_started_at <= $5",
-        [node.into(), (now + duration_ms(lease)).into(), now.into(), name.into(), (now - duration_ms(min_gap)).into()],
-    )
-    .await?;
-    Ok(acquired == 1)
+    use periodic_lease::Column;
+    let acquired = periodic_lease::Entity::update_many()
+        .col_expr(Column::Holder, Expr::value(node))
+        .col_expr(Column::ExpiresAt, Expr::value(now + duration_ms(lease)))
+        .col_expr(Column::LastStartedAt, Expr::value(now))
+        .filter(Column::Name.eq(name))
+        .filter(Condition::any().add(Column::Holder.is_null()).add(Column::ExpiresAt.lt(now)))
+        .filter(Column::LastStartedAt.lte(now - duration_ms(min_gap)))
+        .exec(&state.db)
+        .await?;
+    Ok(acquired.rows_affected == 1)
 }
 
 async fn record_start(state: &Leases, name: &str, node: &str, started: i64) -> Option<i64> {
-    #[derive(FromQueryResult)]
-    struct Id {
-        id: i64,
-    }
-    let inserted = Id::find_by_statement(stmt(
-        &state.db,
-        "INSERT INTO periodic_runs (name, node, started_at) VALUES ($1, $2, $3) RETURNING id",
-        [name.into(), node.into(), started.into()],
-    ))
-    .one(&state.db)
-    .await;
-    match inserted {
-        Ok(row) => row.map(|row| row.id),
+    let run = periodic_run::ActiveModel {
+        name: Set(name.to_string()),
+        node: Set(node.to_string()),
+        started_at: Set(started),
+        ..Default::default()
+    };
+    match periodic_run::Entity::insert(run).exec(&state.db).await {
+        Ok(inserted) => Some(inserted.last_insert_id),
         Err(error) => {
             tracing::warn!(job = name, error = %error, "recording the periodic run failed");
             None
@@ -196,7 +205,8 @@ async fn record_start(state: &Leases, name: &str, node: &str, started: i64) -> O
 }
 
 /// The latest runs of a periodic job, newest first (health, tests).
-#[derive(Debug, Clone, FromQueryResult, serde::Serialize)]
+#[derive(Debug, Clone, DerivePartialModel, serde::Serialize)]
+#[sea_orm(entity = "periodic_run::Entity")]
 pub struct PeriodicRun {
     pub name: String,
     pub node: String,
@@ -210,13 +220,13 @@ pub async fn recent_runs(
     name: &str,
     limit: i64,
 ) -> Result<Vec<PeriodicRun>, sea_orm::DbErr> {
-    PeriodicRun::find_by_statement(stmt(
-        db,
-        "SELECT name, node, started_at, finished_at, error FROM periodic_runs WHERE name = $1 ORDER BY started_at DESC LIMIT $2",
-        [name.into(), limit.into()],
-    ))
-    .all(db)
-    .await
+    periodic_run::Entity::find()
+        .filter(periodic_run::Column::Name.eq(name))
+        .order_by_desc(periodic_run::Column::StartedAt)
+        .limit(u64::try_from(limit).unwrap_or(0))
+        .into_partial_model::<PeriodicRun>()
+        .all(db)
+        .await
 }
 
 /// Foundation housekeeping that every deployment runs.
@@ -232,7 +242,7 @@ pub fn housekeeping(jobs: &JobQueue) -> Vec<Periodic> {
 async fn purge(jobs: &JobQueue) -> anyhow::Result<()> {
     let purged = jobs.purge_finished().await?;
     let cutoff = now_ms() - duration_ms(jobs.config().job_retention);
-    execute(jobs.db(), "DELETE FROM periodic_runs WHERE started_at < $1", [cutoff.into()]).await?;
+    periodic_run::Entity::delete_many().filter(periodic_run::Column::StartedAt.lt(cutoff)).exec(jobs.db()).await?;
     tracing::info!(purged, "purged finished jobs");
     Ok(())
 }

@@ -1,14 +1,19 @@
 //! Customers: creation with a case-insensitively unique e-mail, updates, and
 //! deactivation (the account and its purchase history stay; it can no longer buy).
 
-use sea_orm::{ConnectionTrait, FromQueryResult as _};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait as _, Condition, ConnectionTrait, EntityTrait as _, QueryFilter as _, Select,
+    sea_query::{Expr, LikeExpr},
+};
 
 use super::{
-    model::{CUSTOMER_COLUMNS, Conditions, Customer},
+    entity::customer::{self, Column},
+    model::{self, Customer},
     validate,
 };
 use crate::{
-    db::{now_ms, stmt},
+    db::now_ms,
     error::{AppError, AppResult, UniqueKey, conflict_on_unique},
     paging::Page,
 };
@@ -39,28 +44,25 @@ pub async fn create(db: &impl ConnectionTrait, name: &str, email: &str) -> AppRe
     let name = validate::text("name", name)?;
     let email = validate::email(email)?;
     let now = now_ms();
-    let sql = format!(
-        "INSERT INTO customers (name, name_folded, email, email_folded, active, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {CUSTOMER_COLUMNS}"
-    );
-    let values = [
-        name.clone().into(),
-        validate::fold(&name).into(),
-        email.clone().into(),
-        validate::fold(&email).into(),
-        true.into(),
-        now.into(),
-    ];
-    Customer::find_by_statement(stmt(db, &sql, values))
-        .one(db)
+    let row = customer::ActiveModel {
+        name_folded: Set(validate::fold(&name)),
+        name: Set(name),
+        email_folded: Set(validate::fold(&email)),
+        email: Set(email.clone()),
+        active: Set(true),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    let created = customer::Entity::insert(row)
+        .exec_with_returning(db)
         .await
-        .map_err(|error| conflict_on_unique(error, EMAIL_KEY, email_taken(&email)))?
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("insert returned no customer")))
+        .map_err(|error| conflict_on_unique(error, EMAIL_KEY, email_taken(&email)))?;
+    Ok(created.into())
 }
 
 pub async fn find(db: &impl ConnectionTrait, id: i64) -> AppResult<Option<Customer>> {
-    let sql = format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1");
-    Ok(Customer::find_by_statement(stmt(db, &sql, [id.into()])).one(db).await?)
+    Ok(customer::Entity::find_by_id(id).into_partial_model::<Customer>().one(db).await?)
 }
 
 pub async fn get(db: &impl ConnectionTrait, id: i64) -> AppResult<Customer> {
@@ -74,65 +76,64 @@ fn not_found(id: i64) -> AppError {
 pub async fn update(db: &impl ConnectionTrait, id: i64, changes: CustomerChanges) -> AppResult<Customer> {
     let name = changes.name.as_deref().map(|name| validate::text("name", name)).transpose()?;
     let email = changes.email.as_deref().map(validate::email).transpose()?;
-    let sql = format!(
-        "UPDATE customers SET
-            name = COALESCE($1, name), name_folded = COALESCE($2, name_folded),
-            email = COALESCE($3, email), email_folded = COALESCE($4, email_folded),
-            updated_at = $5
-         WHERE id = $6 RETURNING {CUSTOMER_COLUMNS}"
-    );
-    let values = [
-        name.clone().into(),
-        name.as_deref().map(validate::fold).into(),
-        email.clone().into(),
-        email.as_deref().map(validate::fold).into(),
-        now_ms().into(),
-        id.into(),
-    ];
     let taken = email.clone().unwrap_or_default();
-    Customer::find_by_statement(stmt(db, &sql, values))
-        .one(db)
+    let mut update = customer::Entity::update_many().col_expr(Column::UpdatedAt, Expr::value(now_ms()));
+    if let Some(name) = name {
+        update = update
+            .col_expr(Column::NameFolded, Expr::value(validate::fold(&name)))
+            .col_expr(Column::Name, Expr::value(name));
+    }
+    if let Some(email) = email {
+        update = update
+            .col_expr(Column::EmailFolded, Expr::value(validate::fold(&email)))
+            .col_expr(Column::Email, Expr::value(email));
+    }
+    let updated = update
+        .filter(Column::Id.eq(id))
+        .exec_with_returning(db)
         .await
-        .map_err(|error| conflict_on_unique(error, EMAIL_KEY, email_taken(&taken)))?
-        .ok_or_else(|| not_found(id))
+        .map_err(|error| conflict_on_unique(error, EMAIL_KEY, email_taken(&taken)))?;
+    updated.into_iter().next().map(Customer::from).ok_or_else(|| not_found(id))
 }
 
 /// Marks the customer inactive, once: a second deactivation is a conflict.
 pub async fn deactivate(db: &impl ConnectionTrait, id: i64) -> AppResult<Customer> {
     let now = now_ms();
-    let sql = format!(
-        "UPDATE customers SET active = $1, deactivated_at = $2, updated_at = $2
-         WHERE id = $3 AND active RETURNING {CUSTOMER_COLUMNS}"
-    );
-    if let Some(customer) =
-        Customer::find_by_statement(stmt(db, &sql, [false.into(), now.into(), id.into()])).one(db).await?
-    {
-        return Ok(customer);
+    let deactivated = customer::Entity::update_many()
+        .col_expr(Column::Active, Expr::value(false))
+        .col_expr(Column::DeactivatedAt, Expr::value(now))
+        .col_expr(Column::UpdatedAt, Expr::value(now))
+        .filter(Column::Id.eq(id))
+        .filter(Column::Active.eq(true))
+        .exec_with_returning(db)
+        .await?;
+    if let Some(customer) = deactivated.into_iter().next() {
+        return Ok(customer.into());
     }
     let customer = get(db, id).await?;
     let when = customer.deactivated_at.map(crate::db::to_datetime).map(|at| at.to_rfc3339()).unwrap_or_default();
     Err(AppError::conflict(format!("customer {id} is already deactivated (since {when})")))
 }
 
-fn conditions(filter: &CustomerFilter) -> Conditions {
-    let mut conditions = Conditions::default();
+fn filtered(filter: &CustomerFilter) -> Select<customer::Entity> {
+    let mut select = customer::Entity::find();
     if let Some(active) = filter.active {
-        let active = conditions.bind(active);
-        conditions.and(format!("active = {active}"));
+        select = select.filter(Column::Active.eq(active));
     }
     if let Some(search) = filter.search.as_deref().filter(|search| !search.trim().is_empty()) {
-        let pattern = conditions.bind(validate::contains_pattern(search));
-        conditions.and(format!("(name_folded LIKE {pattern} ESCAPE '\\' OR email_folded LIKE {pattern} ESCAPE '\\')"));
+        let pattern = || LikeExpr::new(validate::contains_pattern(search)).escape('\\');
+        select = select
+            .filter(Condition::any().add(Column::NameFolded.like(pattern())).add(Column::EmailFolded.like(pattern())));
     }
-    conditions
+    select
 }
 
 pub async fn list(db: &impl ConnectionTrait, filter: &CustomerFilter, page: Page) -> AppResult<Vec<Customer>> {
-    conditions(filter).page(db, "customers", CUSTOMER_COLUMNS, page).await
+    model::page(db, filtered(filter), Column::Id, page).await
 }
 
 pub async fn count(db: &impl ConnectionTrait, filter: &CustomerFilter) -> AppResult<i64> {
-    conditions(filter).count(db, "customers").await
+    model::count(db, filtered(filter)).await
 }
 
 /// Customers by id, in any order (for the DataLoader).
@@ -140,8 +141,6 @@ pub async fn by_ids(db: &impl ConnectionTrait, ids: &[i64]) -> AppResult<Vec<Cus
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut conditions = Conditions::default();
-    let list = conditions.bind_list(ids.iter().copied());
-    conditions.and(format!("id IN ({list})"));
-    conditions.all(db, "customers", CUSTOMER_COLUMNS).await
+    let select = customer::Entity::find().filter(Column::Id.is_in(ids.iter().copied()));
+    Ok(select.into_partial_model::<Customer>().all(db).await?)
 }

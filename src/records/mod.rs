@@ -13,6 +13,7 @@
 //! holds under any concurrency, and a CHECK keeps stock non-negative in the database.
 
 mod customers;
+pub mod entity;
 pub mod graphql;
 mod loaders;
 mod model;

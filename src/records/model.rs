@@ -1,20 +1,20 @@
-//! The store's rows as stored, the purchase status, and a small builder for the
-//! filtered keyset queries every list runs.
+//! The store's rows as the API reads them (partial models of the entities in
+//! `entity/`), the purchase status, and the keyset page and count every list runs.
 
-use sea_orm::{ConnectionTrait, FromQueryResult, QueryResult, Value};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, PartialModelTrait, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _, Select,
+    sea_query::{Asterisk, Expr, Func},
+};
 
+use super::entity::{customer, purchase, record};
 use crate::{
-    db::stmt,
     error::{AppError, AppResult},
     paging::Page,
 };
 
-pub const CUSTOMER_COLUMNS: &str = "id, name, email, active, created_at, updated_at, deactivated_at";
-pub const RECORD_COLUMNS: &str = "id, title, artist, genre, release_year, price, stock, created_at, updated_at";
-pub const PURCHASE_COLUMNS: &str =
-    "id, customer_id, record_id, quantity, unit_price, total, status, created_at, cancelled_at";
-
-#[derive(Debug, Clone, FromQueryResult)]
+#[derive(Debug, Clone, DerivePartialModel)]
+#[sea_orm(entity = "customer::Entity")]
 pub struct Customer {
     pub id: i64,
     pub name: String,
@@ -25,8 +25,23 @@ pub struct Customer {
     pub deactivated_at: Option<i64>,
 }
 
+impl From<customer::Model> for Customer {
+    fn from(row: customer::Model) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            email: row.email,
+            active: row.active,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            deactivated_at: row.deactivated_at,
+        }
+    }
+}
+
 /// A record (disc) of the store's catalog.
-#[derive(Debug, Clone, FromQueryResult)]
+#[derive(Debug, Clone, DerivePartialModel)]
+#[sea_orm(entity = "record::Entity")]
 pub struct Record {
     pub id: i64,
     pub title: String,
@@ -40,19 +55,24 @@ pub struct Record {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, FromQueryResult)]
-pub struct Purchase {
-    pub id: i64,
-    pub customer_id: i64,
-    pub record_id: i64,
-    pub quantity: i32,
-    /// The record's price when the purchase was made (minor units).
-    pub unit_price: i64,
-    pub total: i64,
-    pub status: String,
-    pub created_at: i64,
-    pub cancelled_at: Option<i64>,
+impl From<record::Model> for Record {
+    fn from(row: record::Model) -> Self {
+        Self {
+            id: row.id,
+            title: row.title,
+            artist: row.artist,
+            genre: row.genre,
+            release_year: row.release_year,
+            price: row.price,
+            stock: row.stock,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
 }
+
+/// A purchase: every column of `purchases`.
+pub type Purchase = purchase::Model;
 
 /// Where a purchase stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
@@ -92,70 +112,21 @@ impl Purchase {
     }
 }
 
-/// `WHERE` conditions with their bound values, numbered `$1, $2, …` in order.
-#[derive(Default, Clone)]
-pub struct Conditions {
-    clauses: Vec<String>,
-    values: Vec<Value>,
+/// One keyset page of `select`, ordered by id.
+pub async fn page<E, M>(db: &impl ConnectionTrait, select: Select<E>, id: E::Column, page: Page) -> AppResult<Vec<M>>
+where
+    E: EntityTrait,
+    M: PartialModelTrait + Send + Sync,
+{
+    let select = match page.after {
+        Some(after) => select.filter(id.gt(after)),
+        None => select,
+    };
+    Ok(select.order_by_asc(id).limit(page.fetch_limit()).into_partial_model::<M>().all(db).await?)
 }
 
-impl Conditions {
-    /// Binds a value and returns its placeholder.
-    pub fn bind(&mut self, value: impl Into<Value>) -> String {
-        self.values.push(value.into());
-        format!("${}", self.values.len())
-    }
-
-    /// Binds every value and returns the placeholders, comma-separated (for `IN (…)`).
-    pub fn bind_list<V: Into<Value>>(&mut self, values: impl IntoIterator<Item = V>) -> String {
-        values.into_iter().map(|value| self.bind(value)).collect::<Vec<_>>().join(", ")
-    }
-
-    pub fn and(&mut self, clause: impl Into<String>) {
-        self.clauses.push(clause.into());
-    }
-
-    fn where_sql(&self) -> String {
-        if self.clauses.is_empty() { String::new() } else { format!(" WHERE {}", self.clauses.join(" AND ")) }
-    }
-
-    /// One keyset page of `table` under these conditions, ordered by id.
-    pub async fn page<T: FromQueryResult>(
-        mut self,
-        db: &impl ConnectionTrait,
-        table: &str,
-        columns: &str,
-        page: Page,
-    ) -> AppResult<Vec<T>> {
-        if let Some(after) = page.after {
-            let placeholder = self.bind(after);
-            self.and(format!("id > {placeholder}"));
-        }
-        let limit = self.bind(page.fetch_limit() as i64);
-        let sql = format!("SELECT {columns} FROM {table}{} ORDER BY id LIMIT {limit}", self.where_sql());
-        Ok(T::find_by_statement(stmt(db, &sql, self.values)).all(db).await?)
-    }
-
-    /// Every matching row of `table`, unordered (for batched lookups by id).
-    pub async fn all<T: FromQueryResult>(
-        self,
-        db: &impl ConnectionTrait,
-        table: &str,
-        columns: &str,
-    ) -> AppResult<Vec<T>> {
-        let sql = format!("SELECT {columns} FROM {table}{}", self.where_sql());
-        Ok(T::find_by_statement(stmt(db, &sql, self.values)).all(db).await?)
-    }
-
-    /// Runs `sql`, written with this builder's placeholders, ignoring its conditions.
-    pub async fn query_all(self, db: &impl ConnectionTrait, sql: &str) -> AppResult<Vec<QueryResult>> {
-        Ok(db.query_all_raw(stmt(db, sql, self.values)).await?)
-    }
-
-    /// How many rows of `table` match (for `totalCount`).
-    pub async fn count(self, db: &impl ConnectionTrait, table: &str) -> AppResult<i64> {
-        let sql = format!("SELECT COUNT(*) AS n FROM {table}{}", self.where_sql());
-        let row = db.query_one_raw(stmt(db, &sql, self.values)).await?;
-        Ok(row.map(|row| row.try_get::<i64>("", "n")).transpose()?.unwrap_or(0))
-    }
+/// How many rows `select` matches (for `totalCount`).
+pub async fn count<E: EntityTrait>(db: &impl ConnectionTrait, select: Select<E>) -> AppResult<i64> {
+    let n = select.select_only().expr(Func::count(Expr::col(Asterisk))).into_tuple::<i64>().one(db).await?;
+    Ok(n.unwrap_or(0))
 }

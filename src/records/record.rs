@@ -6,14 +6,19 @@
 //! `stock = initial + restocked − effective + cancelled` always holds. `update` does
 //! not touch stock for that reason.
 
-use sea_orm::{ConnectionTrait, FromQueryResult as _};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _, Select,
+    sea_query::{Expr, ExprTrait as _, LikeExpr},
+};
 
 use super::{
-    model::{Conditions, RECORD_COLUMNS, Record},
+    entity::record::{self, Column},
+    model::{self, Record},
     validate,
 };
 use crate::{
-    db::{now_ms, stmt},
+    db::now_ms,
     error::{AppError, AppResult},
     paging::Page,
 };
@@ -62,33 +67,26 @@ pub async fn create(db: &impl ConnectionTrait, new: NewRecord) -> AppResult<Reco
     let release_year = validate::release_year(new.release_year)?;
     let price = validate::price(new.price)?;
     let stock = validate::stock(new.stock)?;
-    let sql = format!(
-        "INSERT INTO records (title, title_folded, artist, artist_folded, genre, genre_folded, release_year, price, stock, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {RECORD_COLUMNS}"
-    );
-    let (title_folded, artist_folded, genre_folded) =
-        (validate::fold(&title), validate::fold(&artist), validate::fold(&genre));
-    let values = [
-        title.into(),
-        title_folded.into(),
-        artist.into(),
-        artist_folded.into(),
-        genre.into(),
-        genre_folded.into(),
-        release_year.into(),
-        price.into(),
-        stock.into(),
-        now_ms().into(),
-    ];
-    Record::find_by_statement(stmt(db, &sql, values))
-        .one(db)
-        .await?
-        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("insert returned no record")))
+    let now = now_ms();
+    let row = record::ActiveModel {
+        title_folded: Set(validate::fold(&title)),
+        title: Set(title),
+        artist_folded: Set(validate::fold(&artist)),
+        artist: Set(artist),
+        genre_folded: Set(validate::fold(&genre)),
+        genre: Set(genre),
+        release_year: Set(release_year),
+        price: Set(price),
+        stock: Set(stock),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    Ok(record::Entity::insert(row).exec_with_returning(db).await?.into())
 }
 
 pub async fn find(db: &impl ConnectionTrait, id: i64) -> AppResult<Option<Record>> {
-    let sql = format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = $1");
-    Ok(Record::find_by_statement(stmt(db, &sql, [id.into()])).one(db).await?)
+    Ok(record::Entity::find_by_id(id).into_partial_model::<Record>().one(db).await?)
 }
 
 pub async fn get(db: &impl ConnectionTrait, id: i64) -> AppResult<Record> {
@@ -105,44 +103,38 @@ pub async fn update(db: &impl ConnectionTrait, id: i64, changes: RecordChanges) 
     let genre = changes.genre.as_deref().map(|genre| validate::text("genre", genre)).transpose()?;
     let release_year = changes.release_year.map(validate::release_year).transpose()?;
     let price = changes.price.map(validate::price).transpose()?;
-    let sql = format!(
-        "UPDATE records SET
-            title = COALESCE($1, title), title_folded = COALESCE($2, title_folded),
-            artist = COALESCE($3, artist), artist_folded = COALESCE($4, artist_folded),
-            genre = COALESCE($5, genre), genre_folded = COALESCE($6, genre_folded),
-            release_year = COALESCE($7, release_year), price = COALESCE($8, price),
-            updated_at = $9
-         WHERE id = $10 RETURNING {RECORD_COLUMNS}"
-    );
-    let title_folded = title.as_deref().map(validate::fold);
-    let artist_folded = artist.as_deref().map(validate::fold);
-    let genre_folded = genre.as_deref().map(validate::fold);
-    let values = [
-        title.into(),
-        title_folded.into(),
-        artist.into(),
-        artist_folded.into(),
-        genre.into(),
-        genre_folded.into(),
-        release_year.into(),
-        price.into(),
-        now_ms().into(),
-        id.into(),
-    ];
-    Record::find_by_statement(stmt(db, &sql, values)).one(db).await?.ok_or_else(|| not_found(id))
+    let mut update = record::Entity::update_many().col_expr(Column::UpdatedAt, Expr::value(now_ms()));
+    for (column, folded, text) in [
+        (Column::Title, Column::TitleFolded, title),
+        (Column::Artist, Column::ArtistFolded, artist),
+        (Column::Genre, Column::GenreFolded, genre),
+    ] {
+        if let Some(text) = text {
+            update = update.col_expr(folded, Expr::value(validate::fold(&text))).col_expr(column, Expr::value(text));
+        }
+    }
+    if let Some(release_year) = release_year {
+        update = update.col_expr(Column::ReleaseYear, Expr::value(release_year));
+    }
+    if let Some(price) = price {
+        update = update.col_expr(Column::Price, Expr::value(price));
+    }
+    let updated = update.filter(Column::Id.eq(id)).exec_with_returning(db).await?;
+    updated.into_iter().next().map(Record::from).ok_or_else(|| not_found(id))
 }
 
 /// Adds `quantity` units in one conditional statement.
 pub async fn restock(db: &impl ConnectionTrait, id: i64, quantity: i32) -> AppResult<Record> {
     let quantity = validate::quantity("quantity", quantity)?;
-    let sql = format!(
-        "UPDATE records SET stock = stock + $1, updated_at = $2
-         WHERE id = $3 AND stock <= {MAX_STOCK} - $1 RETURNING {RECORD_COLUMNS}"
-    );
-    if let Some(record) =
-        Record::find_by_statement(stmt(db, &sql, [quantity.into(), now_ms().into(), id.into()])).one(db).await?
-    {
-        return Ok(record);
+    let restocked = record::Entity::update_many()
+        .col_expr(Column::Stock, Expr::col(Column::Stock).add(quantity))
+        .col_expr(Column::UpdatedAt, Expr::value(now_ms()))
+        .filter(Column::Id.eq(id))
+        .filter(Column::Stock.lte(MAX_STOCK - quantity))
+        .exec_with_returning(db)
+        .await?;
+    if let Some(record) = restocked.into_iter().next() {
+        return Ok(record.into());
     }
     let record = get(db, id).await?;
     Err(AppError::bad_input(format!(
@@ -151,36 +143,33 @@ pub async fn restock(db: &impl ConnectionTrait, id: i64, quantity: i32) -> AppRe
     )))
 }
 
-fn conditions(filter: &RecordFilter) -> AppResult<Conditions> {
-    let mut conditions = Conditions::default();
-    for (column, needle) in [("artist_folded", &filter.artist), ("title_folded", &filter.title)] {
+fn filtered(filter: &RecordFilter) -> AppResult<Select<record::Entity>> {
+    let mut select = record::Entity::find();
+    for (column, needle) in [(Column::ArtistFolded, &filter.artist), (Column::TitleFolded, &filter.title)] {
         if let Some(needle) = needle.as_deref().filter(|needle| !needle.trim().is_empty()) {
-            let pattern = conditions.bind(validate::contains_pattern(needle));
-            conditions.and(format!("{column} LIKE {pattern} ESCAPE '\\'"));
+            select = select.filter(column.like(LikeExpr::new(validate::contains_pattern(needle)).escape('\\')));
         }
     }
     if let Some(genre) = filter.genre.as_deref().filter(|genre| !genre.trim().is_empty()) {
-        let genre = conditions.bind(validate::fold(genre.trim()));
-        conditions.and(format!("genre_folded = {genre}"));
+        select = select.filter(Column::GenreFolded.eq(validate::fold(genre.trim())));
     }
     if let Some(year) = filter.release_year {
-        let year = conditions.bind(validate::release_year(year)?);
-        conditions.and(format!("release_year = {year}"));
+        select = select.filter(Column::ReleaseYear.eq(validate::release_year(year)?));
     }
     match filter.in_stock {
-        Some(true) => conditions.and("stock > 0"),
-        Some(false) => conditions.and("stock = 0"),
+        Some(true) => select = select.filter(Column::Stock.gt(0)),
+        Some(false) => select = select.filter(Column::Stock.eq(0)),
         None => {}
     }
-    Ok(conditions)
+    Ok(select)
 }
 
 pub async fn list(db: &impl ConnectionTrait, filter: &RecordFilter, page: Page) -> AppResult<Vec<Record>> {
-    conditions(filter)?.page(db, "records", RECORD_COLUMNS, page).await
+    model::page(db, filtered(filter)?, Column::Id, page).await
 }
 
 pub async fn count(db: &impl ConnectionTrait, filter: &RecordFilter) -> AppResult<i64> {
-    conditions(filter)?.count(db, "records").await
+    model::count(db, filtered(filter)?).await
 }
 
 /// Records by id, in any order (for the DataLoader).
@@ -188,8 +177,6 @@ pub async fn by_ids(db: &impl ConnectionTrait, ids: &[i64]) -> AppResult<Vec<Rec
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let mut conditions = Conditions::default();
-    let list = conditions.bind_list(ids.iter().copied());
-    conditions.and(format!("id IN ({list})"));
-    conditions.all(db, "records", RECORD_COLUMNS).await
+    let select = record::Entity::find().filter(Column::Id.is_in(ids.iter().copied()));
+    Ok(select.into_partial_model::<Record>().all(db).await?)
 }

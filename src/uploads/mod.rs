@@ -14,6 +14,7 @@
 //!    the catalog in batches, resumable after a crash; progress is visible over REST,
 //!    GraphQL and the `uploadProgress` subscription.
 
+pub mod entity;
 mod graphql;
 mod http;
 mod ingest;

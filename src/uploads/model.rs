@@ -1,11 +1,17 @@
 //! The `uploads` table: one row per accepted body and its ingestion progress.
 
-use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait as _, ConnectionTrait, EntityTrait as _, FromQueryResult as _, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _, Select,
+    sea_query::{Asterisk, Expr, ExprTrait as _, Func},
+};
 use serde::{Deserialize, Serialize};
 
+use super::entity::upload::{self, Column};
 use crate::{
     db::{now_ms, stmt},
-    error::{AppError, AppResult},
+    error::AppResult,
     paging::Page,
 };
 
@@ -15,26 +21,7 @@ pub const SUCCEEDED: &str = "succeeded";
 pub const FAILED: &str = "failed";
 
 /// An upload as stored (also the payload of progress events).
-#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult, Serialize, Deserialize)]
-pub struct UploadRecord {
-    pub id: i64,
-    pub status: String,
-    pub digest: String,
-    pub bytes: i64,
-    pub items_total: i64,
-    pub items_done: i64,
-    pub items_rejected: i64,
-    /// JSON array of [`ItemRejection`] (the first few).
-    pub rejections: Option<String>,
-    pub products_created: i64,
-    pub products_updated: i64,
-    pub spool_key: String,
-    pub job_id: Option<i64>,
-    pub error: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub finished_at: Option<i64>,
-}
+pub type UploadRecord = upload::Model;
 
 impl UploadRecord {
     pub fn is_finished(&self) -> bool {
@@ -42,6 +29,7 @@ impl UploadRecord {
     }
 }
 
+/// The columns of [`UploadRecord`], for the raw statement's `RETURNING`.
 const COLUMNS: &str = "id, status, digest, bytes, items_total, items_done, items_rejected, rejections, \
                        products_created, products_updated, spool_key, job_id, error, created_at, updated_at, finished_at";
 
@@ -82,74 +70,69 @@ pub async fn insert(
     items_total: u64,
     spool_key: &str,
 ) -> AppResult<i64> {
-    #[derive(FromQueryResult)]
-    struct Id {
-        id: i64,
-    }
     let now = now_ms();
-    let row = Id::find_by_statement(stmt(
-        conn,
-        "INSERT INTO uploads (status, digest, bytes, items_total, items_done, spool_key, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 0, $5, $6, $6) RETURNING id",
-        [
-            QUEUED.into(),
-            digest.into(),
-            i64::try_from(bytes).unwrap_or(i64::MAX).into(),
-            i64::try_from(items_total).unwrap_or(i64::MAX).into(),
-            spool_key.into(),
-            now.into(),
-        ],
-    ))
-    .one(conn)
-    .await?;
-    row.map(|row| row.id).ok_or_else(|| AppError::internal(anyhow::anyhow!("insert into uploads returned no id")))
+    let row = upload::ActiveModel {
+        status: Set(QUEUED.to_string()),
+        digest: Set(digest.to_string()),
+        bytes: Set(i64::try_from(bytes).unwrap_or(i64::MAX)),
+        items_total: Set(i64::try_from(items_total).unwrap_or(i64::MAX)),
+        items_done: Set(0),
+        spool_key: Set(spool_key.to_string()),
+        created_at: Set(now),
+        updated_at: Set(now),
+        ..Default::default()
+    };
+    Ok(upload::Entity::insert(row).exec(conn).await?.last_insert_id)
 }
 
 pub async fn set_job(conn: &impl ConnectionTrait, id: i64, job_id: i64) -> AppResult<()> {
-    conn.execute_raw(stmt(conn, "UPDATE uploads SET job_id = $1 WHERE id = $2", [job_id.into(), id.into()])).await?;
+    upload::Entity::update_many()
+        .col_expr(Column::JobId, Expr::value(job_id))
+        .filter(Column::Id.eq(id))
+        .exec(conn)
+        .await?;
     Ok(())
 }
 
 pub async fn get(conn: &impl ConnectionTrait, id: i64) -> AppResult<Option<UploadRecord>> {
-    let sql = format!("SELECT {COLUMNS} FROM uploads WHERE id = $1");
-    Ok(UploadRecord::find_by_statement(stmt(conn, &sql, [id.into()])).one(conn).await?)
+    Ok(upload::Entity::find_by_id(id).one(conn).await?)
+}
+
+fn of_status(status: Option<&str>) -> Select<upload::Entity> {
+    match status {
+        Some(status) => upload::Entity::find().filter(Column::Status.eq(status)),
+        None => upload::Entity::find(),
+    }
 }
 
 /// One page by id, optionally of one status.
 pub async fn list(conn: &impl ConnectionTrait, page: Page, status: Option<&str>) -> AppResult<Vec<UploadRecord>> {
-    let mut values: Vec<Value> =
-        vec![page.after.unwrap_or(0).into(), i64::try_from(page.fetch_limit()).unwrap_or(i64::MAX).into()];
-    let status_filter = match status {
-        Some(status) => {
-            values.push(status.into());
-            "AND status = $3"
-        }
-        None => "",
-    };
-    let sql = format!("SELECT {COLUMNS} FROM uploads WHERE id > $1 {status_filter} ORDER BY id LIMIT $2");
-    Ok(UploadRecord::find_by_statement(stmt(conn, &sql, values)).all(conn).await?)
+    Ok(of_status(status)
+        .filter(Column::Id.gt(page.after.unwrap_or(0)))
+        .order_by_asc(Column::Id)
+        .limit(page.fetch_limit())
+        .all(conn)
+        .await?)
 }
 
 pub async fn count(conn: &impl ConnectionTrait, status: Option<&str>) -> AppResult<i64> {
-    #[derive(FromQueryResult)]
-    struct Count {
-        n: i64,
-    }
-    let statement = match status {
-        Some(status) => stmt(conn, "SELECT COUNT(*) AS n FROM uploads WHERE status = $1", [status.into()]),
-        None => stmt(conn, "SELECT COUNT(*) AS n FROM uploads", []),
-    };
-    Ok(Count::find_by_statement(statement).one(conn).await?.map_or(0, |row| row.n))
+    let count = of_status(status).select_only().expr(Func::count(Expr::col(Asterisk))).into_tuple::<i64>();
+    Ok(count.one(conn).await?.unwrap_or(0))
 }
 
 /// Marks the upload as being ingested (also after a failure, when its job is retried).
 /// Returns the row, or `None` when it does not exist or already succeeded.
 pub async fn start_ingesting(conn: &impl ConnectionTrait, id: i64) -> AppResult<Option<UploadRecord>> {
-    let sql = format!(
-        "UPDATE uploads SET status = '{INGESTING}', error = NULL, finished_at = NULL, updated_at = $1
-         WHERE id = $2 AND status <> '{SUCCEEDED}' RETURNING {COLUMNS}"
-    );
-    Ok(UploadRecord::find_by_statement(stmt(conn, &sql, [now_ms().into(), id.into()])).one(conn).await?)
+    let updated = upload::Entity::update_many()
+        .col_expr(Column::Status, Expr::value(INGESTING))
+        .col_expr(Column::Error, Expr::value(Option::<String>::None))
+        .col_expr(Column::FinishedAt, Expr::value(Option::<i64>::None))
+        .col_expr(Column::UpdatedAt, Expr::value(now_ms()))
+        .filter(Column::Id.eq(id))
+        .filter(Column::Status.ne(SUCCEEDED))
+        .exec_with_returning(conn)
+        .await?;
+    Ok(updated.into_iter().next())
 }
 
 /// Advances the progress by one batch, if nobody else advanced it since `expected_done`
@@ -162,35 +145,45 @@ pub async fn advance(
     batch: &BatchProgress,
 ) -> AppResult<Option<UploadRecord>> {
     let rejections = batch.rejections.as_ref().map(|list| serde_json::to_string(list).unwrap_or_default());
-    let sql = format!(
-        "UPDATE uploads SET items_done = items_done + $1, items_rejected = items_rejected + $2,
-            rejections = COALESCE($3, rejections), products_created = products_created + $4,
-            products_updated = products_updated + $5, updated_at = $6
-         WHERE id = $7 AND items_done = $8 AND status = '{INGESTING}' RETURNING {COLUMNS}"
-    );
-    let values: [Value; 8] = [
-        batch.items.into(),
-        batch.rejected.into(),
-        rejections.into(),
-        i64::try_from(batch.created).unwrap_or(i64::MAX).into(),
-        i64::try_from(batch.updated).unwrap_or(i64::MAX).into(),
-        now_ms().into(),
-        id.into(),
-        expected_done.into(),
-    ];
-    Ok(UploadRecord::find_by_statement(stmt(conn, &sql, values)).one(conn).await?)
+    let counter = |column: Column, by: i64| Expr::col(column).add(by);
+    let mut update = upload::Entity::update_many()
+        .col_expr(Column::ItemsDone, counter(Column::ItemsDone, batch.items))
+        .col_expr(Column::ItemsRejected, counter(Column::ItemsRejected, batch.rejected))
+        .col_expr(
+            Column::ProductsCreated,
+            counter(Column::ProductsCreated, i64::try_from(batch.created).unwrap_or(i64::MAX)),
+        )
+        .col_expr(
+            Column::ProductsUpdated,
+            counter(Column::ProductsUpdated, i64::try_from(batch.updated).unwrap_or(i64::MAX)),
+        )
+        .col_expr(Column::UpdatedAt, Expr::value(now_ms()));
+    if let Some(rejections) = rejections {
+        update = update.col_expr(Column::Rejections, Expr::value(rejections));
+    }
+    let updated = update
+        .filter(Column::Id.eq(id))
+        .filter(Column::ItemsDone.eq(expected_done))
+        .filter(Column::Status.eq(INGESTING))
+        .exec_with_returning(conn)
+        .await?;
+    Ok(updated.into_iter().next())
 }
 
 /// Ends the upload: `succeeded`, or `failed` with its reason.
 pub async fn finish(conn: &impl ConnectionTrait, id: i64, error: Option<&str>) -> AppResult<Option<UploadRecord>> {
     let status = if error.is_some() { FAILED } else { SUCCEEDED };
     let now = now_ms();
-    let sql = format!(
-        "UPDATE uploads SET status = $1, error = $2, finished_at = $3, updated_at = $3
-         WHERE id = $4 AND status IN ('{QUEUED}', '{INGESTING}') RETURNING {COLUMNS}"
-    );
-    let values: [Value; 4] = [status.into(), error.map(str::to_string).into(), now.into(), id.into()];
-    Ok(UploadRecord::find_by_statement(stmt(conn, &sql, values)).one(conn).await?)
+    let updated = upload::Entity::update_many()
+        .col_expr(Column::Status, Expr::value(status))
+        .col_expr(Column::Error, Expr::value(error.map(str::to_string)))
+        .col_expr(Column::FinishedAt, Expr::value(now))
+        .col_expr(Column::UpdatedAt, Expr::value(now))
+        .filter(Column::Id.eq(id))
+        .filter(Column::Status.is_in([QUEUED, INGESTING]))
+        .exec_with_returning(conn)
+        .await?;
+    Ok(updated.into_iter().next())
 }
 
 /// Uploads left unfinished although their ingestion job is gone or failed for good (a
@@ -198,6 +191,8 @@ pub async fn finish(conn: &impl ConnectionTrait, id: i64, error: Option<&str>) -
 /// with the job's last error, so no upload stays "ingesting" forever. Returns them.
 pub async fn fail_orphans(conn: &impl ConnectionTrait, older_than_ms: i64) -> AppResult<Vec<UploadRecord>> {
     let now = now_ms();
+    // Raw SQL: one conditional update with correlated subqueries on `jobs` (the job's
+    // error, and whether it is still alive); `$N` placeholders serve both backends.
     let sql = format!(
         "UPDATE uploads SET status = '{FAILED}', finished_at = $1, updated_at = $1,
             error = COALESCE((SELECT j.last_error FROM jobs j WHERE j.id = uploads.job_id), 'the ingestion job was lost')
@@ -210,16 +205,13 @@ pub async fn fail_orphans(conn: &impl ConnectionTrait, older_than_ms: i64) -> Ap
 
 /// Whether an upload still needs the spool at `key` (used by the spool sweeper).
 pub async fn spool_in_use(conn: &impl ConnectionTrait, key: &str) -> AppResult<bool> {
-    #[derive(FromQueryResult)]
-    struct Count {
-        n: i64,
-    }
-    let row = Count::find_by_statement(stmt(
-        conn,
-        &format!("SELECT COUNT(*) AS n FROM uploads WHERE spool_key = $1 AND status <> '{SUCCEEDED}'"),
-        [key.into()],
-    ))
-    .one(conn)
-    .await?;
-    Ok(row.is_some_and(|row| row.n > 0))
+    let in_use = upload::Entity::find()
+        .select_only()
+        .expr(Func::count(Expr::col(Asterisk)))
+        .filter(Column::SpoolKey.eq(key))
+        .filter(Column::Status.ne(SUCCEEDED))
+        .into_tuple::<i64>()
+        .one(conn)
+        .await?;
+    Ok(in_use.is_some_and(|n| n > 0))
 }
