@@ -1,31 +1,26 @@
-//! The catalog's GraphQL surface: thin resolvers over the catalog logic, and the batch
-//! loaders that keep a list of products with their offers, lowest prices and trends at a
-//! constant number of SQL statements (no N+1).
+//! The catalog's GraphQL surface: thin resolvers over the catalog logic; nested fields of
+//! a list go through the batch loaders ([`super::loaders`]).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use async_graphql::{
     Context, Enum, ID, InputObject, Json, MaybeUndefined, Object, SchemaBuilder, SimpleObject, Subscription,
-    dataloader::{DataLoader, Loader},
 };
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
-use sea_orm::{ColumnTrait as _, DatabaseConnection, EntityTrait as _, QueryFilter as _, QueryOrder as _};
-use tokio::sync::OnceCell;
+use sea_orm::EntityTrait as _;
 
-use super::Catalog;
 use super::{
-    entity::{offer, product},
+    Catalog,
+    entity::offer,
+    loaders::{Batch, history_of, loader_error, offers_of},
     model::{OfferRow, ProductRow, Registration},
     products::{self, NewProduct, ProductChanges, ProductFilter},
     sync::{PRICE_TOPIC, PriceChanges},
-    trend::{self, Period, ProductHistory},
+    trend,
 };
 use crate::{
-    db::{now_ms, to_datetime},
+    db::to_datetime,
     error::AppError,
     events::EventBus,
     paging::{Page, Paged, Totals, connection, parse_id},
@@ -106,7 +101,7 @@ impl Product {
     /// The offers listed for the product now, cheapest first (read-only; refreshed by the
     /// offer sync); empty before registration or when none is listed.
     async fn offers(&self, ctx: &Context<'_>) -> Result<Vec<Offer>> {
-        let offers = offers_of(ctx, self.row.id, self.batch.as_ref()).await?;
+        let offers = offers_of(&state(ctx).loaders, self.row.id, self.batch.as_ref()).await?;
         Ok(offers
             .iter()
             .map(|offer| Offer { row: offer.clone(), product: Some(self.row.clone()), batch: self.batch.clone() })
@@ -116,7 +111,11 @@ impl Product {
     /// The lowest price among the current offers, in integer minor units as the offers
     /// service quotes them; null without offers.
     async fn lowest_price(&self, ctx: &Context<'_>) -> Result<Option<i64>> {
-        Ok(offers_of(ctx, self.row.id, self.batch.as_ref()).await?.iter().map(|offer| offer.price).min())
+        Ok(offers_of(&state(ctx).loaders, self.row.id, self.batch.as_ref())
+            .await?
+            .iter()
+            .map(|offer| offer.price)
+            .min())
     }
 
     /// The product's lowest offer price over a period, including offers withdrawn since.
@@ -127,7 +126,7 @@ impl Product {
         #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
         #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
     ) -> Result<PriceTrend> {
-        let history = history_of(ctx, self.row.id, from, to, self.batch.as_ref()).await?;
+        let history = history_of(&state(ctx).loaders, self.row.id, from, to, self.batch.as_ref()).await?;
         Ok(PriceTrend::new(&history.lowest_points()))
     }
 
@@ -140,7 +139,7 @@ impl Product {
         #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
         #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
     ) -> Result<Vec<OfferPriceRecord>> {
-        let history = history_of(ctx, self.row.id, from, to, self.batch.as_ref()).await?;
+        let history = history_of(&state(ctx).loaders, self.row.id, from, to, self.batch.as_ref()).await?;
         Ok(history
             .before
             .iter()
@@ -252,7 +251,7 @@ impl Offer {
         #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
         #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
     ) -> Result<Vec<PricePoint>> {
-        let history = history_of(ctx, self.row.product_id, from, to, self.batch.as_ref()).await?;
+        let history = history_of(&state(ctx).loaders, self.row.product_id, from, to, self.batch.as_ref()).await?;
         Ok(history.offer_changes(&self.row.source_id).into_iter().map(PricePoint::from).collect())
     }
 
@@ -264,7 +263,7 @@ impl Offer {
         #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
         #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
     ) -> Result<PriceTrend> {
-        let history = history_of(ctx, self.row.product_id, from, to, self.batch.as_ref()).await?;
+        let history = history_of(&state(ctx).loaders, self.row.product_id, from, to, self.batch.as_ref()).await?;
         Ok(PriceTrend::new(&history.offer_points(&self.row.source_id)))
     }
 }
@@ -563,149 +562,4 @@ fn price_changes(events: EventBus, product_id: i64) -> impl Stream<Item = OfferP
                 at,
             }))
         })
-}
-
-// ---- batch loading --------------------------------------------------------------------
-
-/// The catalog's batch loaders. They live for the node (not per request) and do not
-/// cache: each batch reads fresh rows, and concurrent requests share batches.
-pub struct Loaders {
-    offers: DataLoader<OffersByProduct>,
-    products: DataLoader<ProductsById>,
-    histories: DataLoader<HistoriesByProduct>,
-}
-
-impl Loaders {
-    pub fn new(db: &DatabaseConnection) -> Self {
-        Self {
-            offers: DataLoader::new(OffersByProduct(db.clone()), tokio::spawn),
-            products: DataLoader::new(ProductsById(db.clone()), tokio::spawn),
-            histories: DataLoader::new(HistoriesByProduct(db.clone()), tokio::spawn),
-        }
-    }
-}
-
-type LoadError = Arc<sea_orm::DbErr>;
-
-fn loader_error(error: LoadError) -> AppError {
-    AppError::Internal(anyhow::anyhow!("{error}"))
-}
-
-/// The products of one list page. The first resolver that needs offers (or one
-/// period's history) of any of them loads them for the whole page through the batch
-/// loader; the rest of the page reuses the result. Batching a page therefore does not
-/// depend on resolver timing (the loader's short collection window), and nested fields
-/// (an offer's trend under its product) reuse the page's rows instead of loading again.
-pub struct Batch {
-    ids: Vec<i64>,
-    offers: OnceCell<HashMap<i64, Arc<Vec<OfferRow>>>>,
-    histories: Mutex<HashMap<Period, Arc<OnceCell<PageHistories>>>>,
-}
-
-/// One period's price histories of a page's products.
-type PageHistories = HashMap<(i64, Period), Arc<ProductHistory>>;
-
-impl Batch {
-    fn new(ids: Vec<i64>) -> Self {
-        Self { ids, offers: OnceCell::new(), histories: Mutex::new(HashMap::new()) }
-    }
-}
-
-async fn offers_of(
-    ctx: &Context<'_>,
-    product_id: i64,
-    batch: Option<&Arc<Batch>>,
-) -> std::result::Result<Arc<Vec<OfferRow>>, AppError> {
-    let loader = &state(ctx).loaders.offers;
-    let Some(batch) = batch else {
-        return Ok(loader.load_one(product_id).await.map_err(loader_error)?.unwrap_or_default());
-    };
-    let page =
-        batch.offers.get_or_try_init(|| loader.load_many(batch.ids.iter().copied())).await.map_err(loader_error)?;
-    Ok(page.get(&product_id).cloned().unwrap_or_default())
-}
-
-async fn history_of(
-    ctx: &Context<'_>,
-    product_id: i64,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    batch: Option<&Arc<Batch>>,
-) -> std::result::Result<Arc<ProductHistory>, AppError> {
-    let period = Period::new(from.map(|at| at.timestamp_millis()), to.map(|at| at.timestamp_millis()))?;
-    let loader = &state(ctx).loaders.histories;
-    let Some(batch) = batch else {
-        return Ok(loader.load_one((product_id, period)).await.map_err(loader_error)?.unwrap_or_default());
-    };
-    let cell = {
-        let mut histories = batch.histories.lock().map_err(|_| AppError::Internal(anyhow::anyhow!("poisoned")))?;
-        histories.entry(period).or_default().clone()
-    };
-    let page = cell
-        .get_or_try_init(|| loader.load_many(batch.ids.iter().map(|id| (*id, period))))
-        .await
-        .map_err(loader_error)?;
-    Ok(page.get(&(product_id, period)).cloned().unwrap_or_default())
-}
-
-/// Current offers of many products: one statement.
-pub struct OffersByProduct(DatabaseConnection);
-
-impl Loader<i64> for OffersByProduct {
-    type Value = Arc<Vec<OfferRow>>;
-    type Error = LoadError;
-
-    async fn load(&self, keys: &[i64]) -> std::result::Result<HashMap<i64, Self::Value>, Self::Error> {
-        let rows = offer::Entity::find()
-            .filter(offer::Column::ProductId.is_in(keys.iter().copied()))
-            .order_by_asc(offer::Column::ProductId)
-            .order_by_asc(offer::Column::Price)
-            .order_by_asc(offer::Column::Id)
-            .all(&self.0)
-            .await?;
-        let mut grouped: HashMap<i64, Vec<OfferRow>> = keys.iter().map(|key| (*key, Vec::new())).collect();
-        for row in rows {
-            grouped.entry(row.product_id).or_default().push(row);
-        }
-        Ok(grouped.into_iter().map(|(key, rows)| (key, Arc::new(rows))).collect())
-    }
-}
-
-/// Products by id: one statement.
-pub struct ProductsById(DatabaseConnection);
-
-impl Loader<i64> for ProductsById {
-    type Value = ProductRow;
-    type Error = LoadError;
-
-    async fn load(&self, keys: &[i64]) -> std::result::Result<HashMap<i64, Self::Value>, Self::Error> {
-        let rows = product::Entity::find().filter(product::Column::Id.is_in(keys.iter().copied())).all(&self.0).await?;
-        Ok(rows.into_iter().map(|row| (row.id, row)).collect())
-    }
-}
-
-/// Price histories of many products: two statements per distinct period asked for.
-pub struct HistoriesByProduct(DatabaseConnection);
-
-impl Loader<(i64, Period)> for HistoriesByProduct {
-    type Value = Arc<ProductHistory>;
-    type Error = LoadError;
-
-    async fn load(
-        &self,
-        keys: &[(i64, Period)],
-    ) -> std::result::Result<HashMap<(i64, Period), Self::Value>, Self::Error> {
-        let now = now_ms();
-        let mut by_period: HashMap<Period, Vec<i64>> = HashMap::new();
-        for (id, period) in keys {
-            by_period.entry(*period).or_default().push(*id);
-        }
-        let mut loaded = HashMap::with_capacity(keys.len());
-        for (period, ids) in by_period {
-            let (from, to) = period.resolve(now);
-            let histories = trend::load_histories(&self.0, &ids, from, to).await?;
-            loaded.extend(histories.into_iter().map(|(id, history)| ((id, period), Arc::new(history))));
-        }
-        Ok(loaded)
-    }
 }

@@ -20,6 +20,7 @@
 pub mod client;
 pub mod entity;
 pub mod graphql;
+mod loaders;
 pub mod model;
 mod products;
 pub mod registration;
@@ -81,7 +82,7 @@ pub struct Catalog {
     pub events: EventBus,
     pub config: CatalogConfig,
     pub offers: OffersClient,
-    pub(crate) loaders: graphql::Loaders,
+    pub(crate) loaders: loaders::Loaders,
     /// `PAGE_MAX`.
     pub page_max: usize,
     /// The offers service is the bundled simulator (shown in `/health`).
@@ -95,7 +96,7 @@ impl Catalog {
             jobs: shared.jobs.clone(),
             events: shared.events.clone(),
             offers: OffersClient::new(offers_url, &shared.node_id, &config)?,
-            loaders: graphql::Loaders::new(&shared.db),
+            loaders: loaders::Loaders::new(&shared.db),
             config,
             page_max: shared.page_max,
             simulated,
