@@ -92,47 +92,108 @@ pub enum ErrorKind {
     Compressed,
     ByteOrderMark,
     /// The body ended early; `expected` says what should have come.
-    UnexpectedEnd { expected: &'static str },
+    UnexpectedEnd {
+        expected: &'static str,
+    },
     /// Not `[` at the start (a value other than an array is a [`ErrorClass::Shape`] error).
-    NotAnArray { found: u8 },
+    NotAnArray {
+        found: u8,
+    },
     /// Between array elements; `after_item` when it is the top-level array.
-    ExpectedCommaOrBracket { after_item: Option<u64>, found: u8 },
-    ExpectedKey { found: u8 },
-    ExpectedColon { found: u8 },
-    ExpectedCommaOrBrace { found: u8 },
-    ExpectedValue { found: u8 },
+    ExpectedCommaOrBracket {
+        after_item: Option<u64>,
+        found: u8,
+    },
+    ExpectedKey {
+        found: u8,
+    },
+    ExpectedColon {
+        found: u8,
+    },
+    ExpectedCommaOrBrace {
+        found: u8,
+    },
+    ExpectedValue {
+        found: u8,
+    },
     /// `,` right before `}` (`in_object`) or `]`.
-    TrailingComma { in_object: bool },
-    AfterEnd { found: u8 },
-    InvalidLiteral { found: u8 },
+    TrailingComma {
+        in_object: bool,
+    },
+    AfterEnd {
+        found: u8,
+    },
+    InvalidLiteral {
+        found: u8,
+    },
     /// A raw byte below 0x20 in a string.
-    ControlCharacter { byte: u8 },
+    ControlCharacter {
+        byte: u8,
+    },
     InvalidUtf8,
-    InvalidEscape { found: u8 },
-    InvalidHexDigit { found: u8 },
+    InvalidEscape {
+        found: u8,
+    },
+    InvalidHexDigit {
+        found: u8,
+    },
     LoneHighSurrogate,
     LoneLowSurrogate,
     LeadingZero,
-    DigitAfterMinus { found: u8 },
-    DigitAfterDot { found: u8 },
-    ExponentDigit { found: u8 },
+    DigitAfterMinus {
+        found: u8,
+    },
+    DigitAfterDot {
+        found: u8,
+    },
+    ExponentDigit {
+        found: u8,
+    },
     /// Beyond a 64-bit float's range (reported at the number's start).
     NumberOutOfRange,
     // ---- shape
     /// `found` starts a value of the wrong type.
-    WrongType { path: Path, expected: &'static str, found: u8 },
-    Missing { index: u64, field: Field },
-    Repeated { index: u64, field: Field },
-    Blank { path: Path },
-    ControlInId { index: u64 },
-    IdNotInteger { index: u64 },
-    IdOutOfRange { index: u64 },
+    WrongType {
+        path: Path,
+        expected: &'static str,
+        found: u8,
+    },
+    Missing {
+        index: u64,
+        field: Field,
+    },
+    Repeated {
+        index: u64,
+        field: Field,
+    },
+    Blank {
+        path: Path,
+    },
+    ControlInId {
+        index: u64,
+    },
+    IdNotInteger {
+        index: u64,
+    },
+    IdOutOfRange {
+        index: u64,
+    },
     // ---- limits
-    TooDeep { max: usize },
-    ItemTooLarge { index: u64, max: u64 },
+    TooDeep {
+        max: usize,
+    },
+    ItemTooLarge {
+        index: u64,
+        max: u64,
+    },
     /// A string beyond its limit; `path` is `None` for a key.
-    TooLong { path: Option<Path>, max: u32 },
-    NumberTooLong { max: usize },
+    TooLong {
+        path: Option<Path>,
+        max: u32,
+    },
+    NumberTooLong {
+        max: usize,
+    },
 }
 
 impl ErrorKind {
@@ -232,10 +293,9 @@ impl fmt::Display for ErrorKind {
             Repeated { index, field } => write!(f, "$[{index}] has \"{}\" more than once", field.as_str()),
             Blank { path } => write!(f, "{path} must not be blank"),
             ControlInId { index } => write!(f, "$[{index}].id must not contain control characters"),
-            IdNotInteger { index } => write!(
-                f,
-                "$[{index}].id must be a string or an integer, found a number with a fraction or exponent"
-            ),
+            IdNotInteger { index } => {
+                write!(f, "$[{index}].id must be a string or an integer, found a number with a fraction or exponent")
+            }
             IdOutOfRange { index } => {
                 write!(f, "$[{index}].id is not an integer in the 64-bit range (send long ids as strings)")
             }

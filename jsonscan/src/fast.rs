@@ -48,13 +48,8 @@ pub(super) fn item(buf: &[u8], limits: &Limits) -> Option<Item> {
         nesting,
         number_chars: SHORT_NUMBER.min(limits.max_number_chars),
     };
-    let mut cursor = Cursor {
-        buf: &buf[..buf.len().min(room)],
-        at: 1,
-        newlines: 0,
-        after_last_newline: 0,
-        limits: cursor_limits,
-    };
+    let mut cursor =
+        Cursor { buf: &buf[..buf.len().min(room)], at: 1, newlines: 0, after_last_newline: 0, limits: cursor_limits };
     cursor.item_members()?;
     Some(Item { len: cursor.at, newlines: cursor.newlines, after_last_newline: cursor.after_last_newline })
 }

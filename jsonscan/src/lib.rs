@@ -1284,7 +1284,11 @@ mod tests {
         let chunk = vec![b'a'; 64 * 1024];
         let e = scanner.feed(&chunk, |_| {}).expect_err("too long");
         assert_eq!(e.offset, 19 + u64::from(Limits::DEFAULT.max_name_chars));
-        assert!(e.reason().contains(&format!("$[0].name is longer than {}", Limits::DEFAULT.max_name_chars)), "{}", e.reason());
+        assert!(
+            e.reason().contains(&format!("$[0].name is longer than {}", Limits::DEFAULT.max_name_chars)),
+            "{}",
+            e.reason()
+        );
 
         let description = format!(
             r#"[{{"id":"1","name":"a","description":"{}"}}]"#,
@@ -1335,6 +1339,139 @@ mod tests {
         let texts: Vec<&[u8]> = spans.iter().map(|s| &input[s.start as usize..s.end as usize]).collect();
         assert_eq!(texts, vec![&br#"{"id":"a","name":"x"}"#[..], &br#"{"id":2,"name":"y","z":{"q":[1,2]}}"#[..]]);
         assert_eq!(spans[1].index, 1);
+    }
+
+    /// Every split into two chunks, and every split into three for a short body, gives
+    /// what feeding the body whole gives: items, spans, summary or error.
+    #[test]
+    fn any_chunking_gives_the_whole_body_result() {
+        let bodies: Vec<&[u8]> = vec![
+            MANY_ITEMS[0].as_bytes(),
+            MANY_ITEMS[2].as_bytes(),
+            br#"[{"id":"1","name":"a"},{"id":"2","name":"b","x":"\ud800x"}]"#,
+            b"[{\"id\":\"a\xc3\xa9\xe2\x82\",\"name\":\"b\"}]",
+            br#"[{"id":"1","name":"a"},{"id":"1","name":"a","id":3}]"#,
+        ];
+        for body in &bodies {
+            assert_split_invariant(body);
+        }
+        let body = bodies[2];
+        let whole = scan_spans(body);
+        for first in 0..=body.len() {
+            for second in first..=body.len() {
+                let mut spans = Vec::new();
+                let mut scanner = BodyScanner::new(Limits::DEFAULT);
+                let result = [&body[..first], &body[first..second], &body[second..]]
+                    .into_iter()
+                    .try_for_each(|chunk| scanner.feed(chunk, |span| spans.push(span)))
+                    .and_then(|()| scanner.finish());
+                assert_eq!(result.map(|summary| (summary, spans)), whole, "cuts at {first} and {second}");
+            }
+        }
+    }
+
+    /// Found by the fuzzer: an id longer than its limit with a DEL before the limit failed
+    /// as too long when the run of plain bytes came in one chunk, and at the DEL (a
+    /// control character) when it came byte by byte. The DEL, the first error, wins.
+    #[test]
+    fn a_del_before_the_id_limit_is_the_first_error_whatever_the_chunks() {
+        let body = format!("[{{\"id\":\"ab\u{7f}{}\",\"name\":\"x\"}}]", "c".repeat(200));
+        let e = error(body.as_bytes());
+        assert_eq!(e.offset, 10, "{e}");
+        assert_eq!(e.kind, ErrorKind::ControlInId { index: 0 });
+        assert_split_invariant(body.as_bytes());
+        // A DEL past the limit: too long first.
+        let body = format!("[{{\"id\":\"{}\u{7f}\",\"name\":\"x\"}}]", "c".repeat(100));
+        let e = error(body.as_bytes());
+        assert_eq!((e.offset, e.class()), (108, ErrorClass::Limit), "{e}");
+        assert_split_invariant(body.as_bytes());
+    }
+
+    #[test]
+    fn errors_have_a_kind_a_class_and_the_old_message() {
+        let cases: &[(&[u8], ErrorKind, ErrorClass)] = &[
+            (
+                b"[1 x",
+                ErrorKind::WrongType {
+                    path: Path { index: 0, field: None },
+                    expected: "an object with \"id\" and \"name\"",
+                    found: b'1',
+                },
+                ErrorClass::Shape,
+            ),
+            (b"{}", ErrorKind::NotAnArray { found: b'{' }, ErrorClass::Shape),
+            (b"x", ErrorKind::NotAnArray { found: b'x' }, ErrorClass::Syntax),
+            (br#"[{"id":"1"}]"#, ErrorKind::Missing { index: 0, field: Field::Name }, ErrorClass::Shape),
+            (br#"[{"id":1e999,"name":"a"}]"#, ErrorKind::IdNotInteger { index: 0 }, ErrorClass::Shape),
+            (br#"[{"id":"1","name":"a","x":1e999}]"#, ErrorKind::NumberOutOfRange, ErrorClass::Syntax),
+            (
+                br#"[{"id":"1","name":"a","x":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["#,
+                ErrorKind::TooDeep { max: 64 },
+                ErrorClass::Limit,
+            ),
+            (br#"[{"id":"1","name":"a"},]"#, ErrorKind::TrailingComma { in_object: false }, ErrorClass::Syntax),
+        ];
+        for (input, kind, class) in cases {
+            let e = error(input);
+            assert_eq!(&e.kind, kind, "{}", String::from_utf8_lossy(input));
+            assert_eq!(e.class(), *class, "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!("invalid body at byte {} (line {}, column {}): {}", e.offset, e.line, e.column, e.reason())
+            );
+        }
+        assert_eq!(
+            error(br#"[{"id":"1","name":"a","id":"2"}]"#).to_string(),
+            "invalid body at byte 22 (line 1, column 23): $[0] has \"id\" more than once"
+        );
+    }
+
+    /// Small limits hold on the whole-item fast path as on the byte-by-byte machine.
+    #[test]
+    fn limits_passed_in_are_enforced_on_both_paths() {
+        let limits = Limits {
+            max_depth: 4,
+            max_id_chars: 3,
+            max_name_chars: 4,
+            max_description_chars: 5,
+            max_item_bytes: 80,
+            max_number_chars: 6,
+        };
+        let check = |input: &str| -> Result<Summary, ScanError> {
+            let whole = {
+                let mut scanner = BodyScanner::new(limits);
+                scanner.feed(input.as_bytes(), |_| {}).and_then(|()| scanner.finish())
+            };
+            let mut scanner = BodyScanner::new(limits);
+            let bytewise = input
+                .as_bytes()
+                .iter()
+                .try_for_each(|byte| scanner.feed(std::slice::from_ref(byte), |_| {}))
+                .and_then(|()| scanner.finish());
+            assert_eq!(whole, bytewise, "{input}");
+            assert_eq!(scanner_limits(limits), limits);
+            whole
+        };
+        fn scanner_limits(limits: Limits) -> Limits {
+            *BodyScanner::new(limits).limits()
+        }
+        assert!(check(r#"[{"id":"abc","name":"abcd","description":"abcde","x":[[1]],"n":123456}]"#).is_ok());
+        let refused = [
+            (r#"[{"id":"abcd","name":"a"}]"#, "$[0].id is longer than 3 characters"),
+            (r#"[{"id":"a","name":"abcde"}]"#, "$[0].name is longer than 4 characters"),
+            (r#"[{"id":"a","name":"a","description":"abcdef"}]"#, "$[0].description is longer than 5 characters"),
+            (r#"[{"id":"a","name":"a","x":[[[1]]]}]"#, "nesting deeper than 4 levels"),
+            (r#"[{"id":"a","name":"a","n":1234567}]"#, "number longer than 6 characters"),
+            (
+                r#"[{"id":"a","name":"a","x":"01234567890123456789012345678901234567890123456789012345"}]"#,
+                "$[0] is larger than 80 bytes (the limit per item)",
+            ),
+        ];
+        for (input, reason) in refused {
+            let e = check(input).expect_err(input);
+            assert_eq!(e.reason(), reason);
+            assert_eq!(e.class(), ErrorClass::Limit);
+        }
     }
 
     #[test]

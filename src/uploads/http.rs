@@ -66,7 +66,7 @@ fn invalid_body(error: &SyntaxError) -> Response {
             "offset": error.offset,
             "line": error.line,
             "column": error.column,
-            "reason": error.reason,
+            "reason": error.reason(),
         }
     });
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
