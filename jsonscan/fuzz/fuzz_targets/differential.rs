@@ -176,7 +176,9 @@ fn cut_number(data: &[u8], error: &ScanError, theirs: i64) -> bool {
         return false;
     };
     theirs <= ours
-        && data[theirs..ours.min(data.len())].iter().all(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+        && data[theirs..ours.min(data.len())]
+            .iter()
+            .all(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
 }
 
 /// The index of the closing quote of the string `from` is in (or the body's length).
