@@ -23,7 +23,7 @@ use super::{
     IngestJob, Uploads, model,
     model::{BatchProgress, ItemRejection, REJECTIONS_KEPT, UploadRecord},
     publish_progress,
-    scan::{self, ItemSpan, SyntaxError},
+    scan::{BodyScanner, ItemSpan, SyntaxError},
 };
 use crate::{
     catalog::{self, ProductUpsert},
@@ -186,7 +186,7 @@ impl Reader {
         mut spool: BoxStream<'static, io::Result<Bytes>>,
         batches: &Sender<ReadBatch>,
     ) -> Result<(), Failure> {
-        let mut scanner = scan::scanner();
+        let mut scanner = BodyScanner::new();
         let mut buffer: Vec<u8> = Vec::new();
         let mut buffer_start: u64 = 0;
         let mut spans: Vec<ItemSpan> = Vec::new();

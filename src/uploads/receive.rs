@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{
     INGEST_JOB, IngestJob, Uploads, model,
-    scan::{self, Summary, SyntaxError},
+    scan::{BodyScanner, Summary, SyntaxError},
     window::{Duplicate, Verdict},
 };
 use crate::{error::AppError, jobs::NewJob, storage::ObjectWriter};
@@ -213,7 +213,7 @@ impl BackgroundScan {
     fn start() -> Self {
         let (batches, mut queued) = tokio::sync::mpsc::channel::<Vec<Bytes>>(Self::QUEUED_BATCHES);
         let result = tokio::task::spawn_blocking(move || {
-            let mut scanner = scan::scanner();
+            let mut scanner = BodyScanner::new();
             while let Some(batch) = queued.blocking_recv() {
                 for chunk in batch {
                     scanner.feed(&chunk, |_| {})?;

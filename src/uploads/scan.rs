@@ -3,7 +3,7 @@
 //! service's limits. The character limits are the catalog's, so a body that passes here
 //! is one the catalog takes; the others keep memory flat and items small.
 
-pub use jsonscan::{BodyScanner, ItemSpan, Limits, ScanError as SyntaxError, Summary};
+pub use jsonscan::{ItemSpan, Limits, ScanError as SyntaxError, Summary};
 
 use crate::catalog::model as catalog;
 
@@ -19,5 +19,42 @@ pub const LIMITS: Limits = Limits {
 
 /// A scanner for an upload body.
 pub fn scanner() -> BodyScanner {
-    BodyScanner::new(LIMITS)
+    BodyScanner(jsonscan::BodyScanner::new(LIMITS))
+}
+
+/// [`jsonscan::BodyScanner`] with [`LIMITS`], as the uploads (and bench/helpers) use it.
+#[derive(Debug, Clone)]
+pub struct BodyScanner(jsonscan::BodyScanner);
+
+impl Default for BodyScanner {
+    fn default() -> Self {
+        scanner()
+    }
+}
+
+impl BodyScanner {
+    pub fn new() -> Self {
+        scanner()
+    }
+
+    /// Scans the next chunk, calling `on_item` for every item that closes in it. After an
+    /// error every later call returns the same error.
+    pub fn feed<F: FnMut(ItemSpan)>(&mut self, chunk: &[u8], on_item: F) -> Result<(), SyntaxError> {
+        self.0.feed(chunk, on_item)
+    }
+
+    /// Declares the end of the body: the summary when it was one complete array.
+    pub fn finish(self) -> Result<Summary, SyntaxError> {
+        self.0.finish()
+    }
+
+    /// Bytes consumed so far.
+    pub fn offset(&self) -> u64 {
+        self.0.offset()
+    }
+
+    /// Offset of the `{` of the item being scanned, if one is open.
+    pub fn open_item_start(&self) -> Option<u64> {
+        self.0.open_item_start()
+    }
 }
