@@ -122,7 +122,14 @@ async fn introspection_and_graphiql_can_be_turned_off() {
     let page = app.http.get(app.url("/graphql")).header(header::ACCEPT, "text/html").send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert!(page.text().await.unwrap().contains("/graphiql/"));
-    app.gql_ok("{ __schema { queryType { name } } }", json!({})).await;
+    // The roots have the names clients and tools expect.
+    let roots = app
+        .gql_ok("{ __schema { queryType { name } mutationType { name } subscriptionType { name } } }", json!({}))
+        .await;
+    assert_eq!(
+        roots["__schema"],
+        json!({ "queryType": { "name": "Query" }, "mutationType": { "name": "Mutation" }, "subscriptionType": { "name": "Subscription" } })
+    );
     app.stop().await;
 
     let app = TestApp::spawn_with(&env, |config| config.graphql.graphql_introspection = false).await;
