@@ -191,7 +191,7 @@ test('GraphiQL in headless Chromium: render, query, docs, subscription, same ori
       const title = docs.locator('.graphiql-doc-explorer-title');
       await docs.getByRole('link', { name: 'Query', exact: true }).first().click();
       await waitFor(() => title.innerText(), (text) => text.trim() === 'Query', STEP_TIMEOUT_MS, 'the docs of the Query type');
-      // Query.product(id: ID!): Product! — then on to the Product type itself.
+      // Query.product(id: ID!): Product — then on to the Product type itself.
       const productField = docs
         .locator('.graphiql-doc-explorer-item')
         .filter({ has: page.locator('a.graphiql-doc-explorer-field-name', { hasText: /^product$/ }) });

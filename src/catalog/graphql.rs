@@ -429,23 +429,27 @@ impl CatalogQuery {
         Ok(connection(nodes, page, |product| product.row.id, totals))
     }
 
-    /// A product by id (NOT_FOUND when there is none).
-    async fn product(&self, ctx: &Context<'_>, #[graphql(desc = "The product's id.")] id: ID) -> Result<Product> {
+    /// A product by id; null when there is none (a malformed id is BAD_USER_INPUT).
+    async fn product(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "The product's id.")] id: ID,
+    ) -> Result<Option<Product>> {
         let id = parse_id(&id, "product")?;
-        Ok(Product::alone(products::get(&state(ctx).db, id).await?))
+        Ok(products::find(&state(ctx).db, id).await?.map(Product::alone))
     }
 
-    /// An offer by id (NOT_FOUND when there is none: it may have been withdrawn).
+    /// An offer by id; null when there is none (it may have been withdrawn; a malformed
+    /// id is BAD_USER_INPUT).
     async fn offer(
         &self,
         ctx: &Context<'_>,
         #[graphql(desc = "Our id of the offer (`Offer.id`).")] id: ID,
-    ) -> Result<Offer> {
+    ) -> Result<Option<Offer>> {
         let id = parse_id(&id, "offer")?;
         let db = &state(ctx).db;
         let row = offer::Entity::find_by_id(id).one(db).await.map_err(AppError::from)?;
-        let row = row.ok_or_else(|| AppError::not_found(format!("no offer {id}")))?;
-        Ok(Offer { row, product: None, batch: None })
+        Ok(row.map(|row| Offer { row, product: None, batch: None }))
     }
 }
 

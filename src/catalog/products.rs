@@ -372,8 +372,14 @@ pub async fn delete(state: &Catalog, id: i64) -> AppResult<()> {
     Ok(())
 }
 
+/// The product, if there is one.
+pub async fn find(db: &impl ConnectionTrait, id: i64) -> AppResult<Option<ProductRow>> {
+    Ok(product::Entity::find_by_id(id).one(db).await?)
+}
+
+/// The product; NOT_FOUND when there is none.
 pub async fn get(db: &impl ConnectionTrait, id: i64) -> AppResult<ProductRow> {
-    product::Entity::find_by_id(id).one(db).await?.ok_or_else(|| AppError::not_found(format!("no product {id}")))
+    find(db, id).await?.ok_or_else(|| AppError::not_found(format!("no product {id}")))
 }
 
 /// The products a filter lets through.

@@ -24,7 +24,9 @@ use tokio::sync::Semaphore;
 use crate::{config::GraphqlConfig, error::AppError, node::Node};
 
 /// Every read. Ids are positive integers sent as strings: a malformed id is
-/// `BAD_USER_INPUT`. Paged lists (`…Connection`) are Relay cursor connections in creation
+/// `BAD_USER_INPUT`. A lookup of one entity by id (`product`, `offer`, `customer`, `record`,
+/// `purchase`, `upload`, `intakeMessage`, `job`) is nullable: null when there is none,
+/// without an error. Paged lists (`…Connection`) are Relay cursor connections in creation
 /// (id) order: `first` rows (20 when omitted, at most `PAGE_MAX`, 100 by default) after
 /// the cursor `after`. Every error carries `extensions.code`.
 #[derive(MergedObject, Default)]

@@ -90,7 +90,7 @@ pub struct SystemQuery;
 
 #[Object]
 impl SystemQuery {
-    /// A durable job by id; null when there is none.
+    /// A durable job by id; null when there is none (a malformed id is BAD_USER_INPUT).
     async fn job(
         &self,
         ctx: &Context<'_>,

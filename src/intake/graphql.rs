@@ -214,7 +214,8 @@ impl IntakeQuery {
         Ok(connection(messages, page, |message: &IntakeMessage| message.0.id, totals))
     }
 
-    /// One intake message by our id; null when there is none.
+    /// One intake message by our id; null when there is none (a malformed id is
+    /// BAD_USER_INPUT).
     async fn intake_message(
         &self,
         ctx: &Context<'_>,

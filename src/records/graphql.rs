@@ -354,7 +354,7 @@ impl RecordsQuery {
         Ok(connection(rows, page, |customer| customer.id, totals))
     }
 
-    /// A customer by id; null when there is none.
+    /// A customer by id; null when there is none (a malformed id is BAD_USER_INPUT).
     async fn customer(
         &self,
         ctx: &Context<'_>,
@@ -392,7 +392,7 @@ impl RecordsQuery {
         Ok(connection(rows, page, |record| record.id, totals))
     }
 
-    /// A record by id; null when there is none.
+    /// A record by id; null when there is none (a malformed id is BAD_USER_INPUT).
     async fn record(&self, ctx: &Context<'_>, #[graphql(desc = "The record's id.")] id: ID) -> Result<Option<Record>> {
         Ok(record::find(&state(ctx).db, parse_id(&id, "record")?).await?)
     }
@@ -426,7 +426,7 @@ impl RecordsQuery {
         Ok(connection(rows, page, |purchase| purchase.id, totals))
     }
 
-    /// A purchase by id; null when there is none.
+    /// A purchase by id; null when there is none (a malformed id is BAD_USER_INPUT).
     async fn purchase(
         &self,
         ctx: &Context<'_>,

@@ -133,7 +133,7 @@ pub struct UploadQuery;
 #[Object]
 impl UploadQuery {
     /// An upload by id (the `upload_id` that `POST /v1/products` answered); null when
-    /// there is none.
+    /// there is none (a malformed id is BAD_USER_INPUT).
     async fn upload(
         &self,
         ctx: &Context<'_>,

@@ -208,3 +208,40 @@ async fn open_websockets_are_pinged() {
     assert_eq!(ping, Ok(true), "a ping within 5 s");
     app.stop().await;
 }
+
+/// One rule for every lookup of one entity by id: the field is nullable, an unknown id
+/// answers null without an error, a malformed id is BAD_USER_INPUT.
+#[tokio::test]
+async fn every_lookup_by_id_answers_null_for_an_unknown_id() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    // Every root field that takes exactly one `id` argument: the lookups.
+    let schema = app
+        .gql_ok(
+            "{ __schema { queryType { fields { name args { name type { kind ofType { name } } } type { kind name } } } } }",
+            json!({}),
+        )
+        .await;
+    let mut lookups = Vec::new();
+    for field in schema["__schema"]["queryType"]["fields"].as_array().unwrap() {
+        let args = field["args"].as_array().unwrap();
+        if args.len() == 1 && args[0]["name"] == "id" && args[0]["type"]["ofType"]["name"] == "ID" {
+            let name = field["name"].as_str().unwrap().to_string();
+            assert_eq!(field["type"]["kind"], "OBJECT", "`{name}` must be nullable: {field}");
+            lookups.push(name);
+        }
+    }
+    lookups.sort();
+    let expected = ["customer", "intakeMessage", "job", "offer", "product", "purchase", "record", "upload"];
+    assert_eq!(lookups, expected, "the lookups by id");
+    for name in &lookups {
+        let unknown = app.gql(&format!("{{ {name}(id: \"987654321\") {{ __typename }} }}"), json!({})).await;
+        assert!(unknown.get("errors").is_none(), "{name}: {unknown:#}");
+        assert_eq!(unknown["data"], json!({ name.as_str(): null }), "{name}: {unknown:#}");
+        for malformed in ["abc", "0", "-5", "99999999999999999999999"] {
+            let body = app.gql(&format!("{{ {name}(id: \"{malformed}\") {{ __typename }} }}"), json!({})).await;
+            assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "{name}({malformed}): {body:#}");
+        }
+    }
+    app.stop().await;
+}
