@@ -6,6 +6,7 @@
 //! storage, telemetry) in their own modules.
 
 // Infrastructure: knows no domain.
+pub mod dates;
 pub mod db;
 pub mod error;
 pub mod events;

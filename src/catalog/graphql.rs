@@ -20,6 +20,7 @@ use super::{
     trend,
 };
 use crate::{
+    dates::DateTimeInput,
     db::to_datetime,
     error::AppError,
     events::EventBus,
@@ -119,14 +120,19 @@ impl Product {
     }
 
     /// The product's lowest offer price over a period, including offers withdrawn since.
-    /// `from` after `to`, or both given more than 31 days apart, is BAD_USER_INPUT.
+    /// `from` after `to`, or a period longer than 31 days (`to` being now when omitted), is
+    /// BAD_USER_INPUT.
     async fn price_trend(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
-        #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period start (inclusive): a date-time, or a date (its start, 00:00 UTC); a day \
+                          before `to` when omitted.")]
+        from: Option<DateTimeInput>,
+        #[graphql(desc = "Period end (inclusive): a date-time, or a date (its start, 00:00 UTC); now when \
+                          omitted.")]
+        to: Option<DateTimeInput>,
     ) -> Result<PriceTrend> {
-        let history = history_of(&state(ctx).loaders, self.row.id, from, to, self.batch.as_ref()).await?;
+        let history = history_of(&state(ctx).loaders, self.row.id, utc(from), utc(to), self.batch.as_ref()).await?;
         Ok(PriceTrend::new(&history.lowest_points()))
     }
 
@@ -136,10 +142,14 @@ impl Product {
     async fn price_history(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
-        #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period start (inclusive): a date-time, or a date (its start, 00:00 UTC); a day \
+                          before `to` when omitted.")]
+        from: Option<DateTimeInput>,
+        #[graphql(desc = "Period end (inclusive): a date-time, or a date (its start, 00:00 UTC); now when \
+                          omitted.")]
+        to: Option<DateTimeInput>,
     ) -> Result<Vec<OfferPriceRecord>> {
-        let history = history_of(&state(ctx).loaders, self.row.id, from, to, self.batch.as_ref()).await?;
+        let history = history_of(&state(ctx).loaders, self.row.id, utc(from), utc(to), self.batch.as_ref()).await?;
         Ok(history
             .before
             .iter()
@@ -243,15 +253,20 @@ impl Offer {
         Ok(Product::alone(row))
     }
 
-    /// The offer's recorded price changes in a period, oldest first. `from` after `to`,
-    /// or both given more than 31 days apart, is BAD_USER_INPUT.
+    /// The offer's recorded price changes in a period, oldest first. `from` after `to`, or
+    /// a period longer than 31 days (`to` being now when omitted), is BAD_USER_INPUT.
     async fn price_history(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
-        #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period start (inclusive): a date-time, or a date (its start, 00:00 UTC); a day \
+                          before `to` when omitted.")]
+        from: Option<DateTimeInput>,
+        #[graphql(desc = "Period end (inclusive): a date-time, or a date (its start, 00:00 UTC); now when \
+                          omitted.")]
+        to: Option<DateTimeInput>,
     ) -> Result<Vec<PricePoint>> {
-        let history = history_of(&state(ctx).loaders, self.row.product_id, from, to, self.batch.as_ref()).await?;
+        let history =
+            history_of(&state(ctx).loaders, self.row.product_id, utc(from), utc(to), self.batch.as_ref()).await?;
         Ok(history.offer_changes(&self.row.source_id).into_iter().map(PricePoint::from).collect())
     }
 
@@ -260,10 +275,15 @@ impl Offer {
     async fn price_trend(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "Period start (inclusive); a day before `to` when omitted.")] from: Option<DateTime<Utc>>,
-        #[graphql(desc = "Period end (inclusive); now when omitted.")] to: Option<DateTime<Utc>>,
+        #[graphql(desc = "Period start (inclusive): a date-time, or a date (its start, 00:00 UTC); a day \
+                          before `to` when omitted.")]
+        from: Option<DateTimeInput>,
+        #[graphql(desc = "Period end (inclusive): a date-time, or a date (its start, 00:00 UTC); now when \
+                          omitted.")]
+        to: Option<DateTimeInput>,
     ) -> Result<PriceTrend> {
-        let history = history_of(&state(ctx).loaders, self.row.product_id, from, to, self.batch.as_ref()).await?;
+        let history =
+            history_of(&state(ctx).loaders, self.row.product_id, utc(from), utc(to), self.batch.as_ref()).await?;
         Ok(PriceTrend::new(&history.offer_points(&self.row.source_id)))
     }
 }
@@ -387,6 +407,11 @@ pub struct ProductsFilter {
     pub search: Option<String>,
     /// Exactly this sku (case-sensitive; surrounding spaces are trimmed).
     pub sku: Option<String>,
+}
+
+/// A date-time argument as the catalog takes it.
+fn utc(at: Option<DateTimeInput>) -> Option<DateTime<Utc>> {
+    at.map(DateTimeInput::utc)
 }
 
 fn maybe<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {

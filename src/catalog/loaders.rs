@@ -85,7 +85,7 @@ pub(super) async fn history_of(
     to: Option<DateTime<Utc>>,
     batch: Option<&Arc<Batch>>,
 ) -> Result<Arc<ProductHistory>, AppError> {
-    let period = Period::new(from.map(|at| at.timestamp_millis()), to.map(|at| at.timestamp_millis()))?;
+    let period = Period::new(from.map(|at| at.timestamp_millis()), to.map(|at| at.timestamp_millis()), now_ms())?;
     let loader = &loaders.histories;
     let Some(batch) = batch else {
         return Ok(loader.load_one((product_id, period)).await.map_err(loader_error)?.unwrap_or_default());

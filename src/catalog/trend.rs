@@ -29,14 +29,22 @@ pub struct Period {
 }
 
 impl Period {
-    /// Checks the order and length of a requested period.
-    pub fn new(from: Option<i64>, to: Option<i64>) -> AppResult<Self> {
-        if let (Some(from), Some(to)) = (from, to) {
-            if from > to {
-                return Err(AppError::bad_input("`from` must not be after `to`"));
+    /// Checks the order and length of a requested period, `to` being `now` when omitted
+    /// (the same rules whether it is given or not).
+    pub fn new(from: Option<i64>, to: Option<i64>, now: i64) -> AppResult<Self> {
+        if let Some(from) = from {
+            let end = to.unwrap_or(now);
+            if from > end {
+                return Err(AppError::bad_input(match to {
+                    Some(_) => "`from` must not be after `to`",
+                    None => "`from` must not be in the future when `to` is omitted (it means now)",
+                }));
             }
-            if to - from > MAX_PERIOD_MS {
-                return Err(AppError::bad_input("a period may span at most 31 days"));
+            if end - from > MAX_PERIOD_MS {
+                return Err(AppError::bad_input(match to {
+                    Some(_) => "a period may span at most 31 days",
+                    None => "a period may span at most 31 days (`to` is now when omitted)",
+                }));
             }
         }
         Ok(Self { from, to })
@@ -275,10 +283,14 @@ mod tests {
 
     #[test]
     fn periods_are_checked() {
-        assert!(Period::new(Some(10), Some(5)).is_err());
-        assert!(Period::new(Some(0), Some(MAX_PERIOD_MS + 1)).is_err());
+        assert!(Period::new(Some(10), Some(5), 100).is_err());
+        assert!(Period::new(Some(0), Some(MAX_PERIOD_MS + 1), 0).is_err());
+        // Without `to`, the span is counted to now.
+        assert!(Period::new(Some(0), None, MAX_PERIOD_MS + 1).is_err());
+        assert!(Period::new(Some(1), None, MAX_PERIOD_MS + 1).is_ok());
+        assert!(Period::new(Some(10), None, 5).is_err());
         assert_eq!(
-            Period::new(None, None).unwrap().resolve(DEFAULT_PERIOD_MS * 2),
+            Period::new(None, None, 0).unwrap().resolve(DEFAULT_PERIOD_MS * 2),
             (DEFAULT_PERIOD_MS, DEFAULT_PERIOD_MS * 2)
         );
     }

@@ -214,7 +214,14 @@ impl Parser {
 
 /// The schema of a node; without `state`, only for printing the SDL.
 pub fn build(state: Option<Node>, transport: Transport) -> AppSchema {
-    let mut builder = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default());
+    // `DateTime` is two Rust types: chrono's for output, ours for input (it also takes a
+    // date); one GraphQL scalar (see `crate::dates`).
+    let mut builder = Schema::build_with_ignore_name_conflicts(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        SubscriptionRoot::default(),
+        [crate::dates::SCALAR_NAME],
+    );
     if let Some(state) = state {
         // Depth and cost are [`limits`]', checked before async-graphql sees the document.
         if !state.config.graphql.graphql_introspection {
@@ -235,12 +242,13 @@ pub fn build(state: Option<Node>, transport: Transport) -> AppSchema {
     }
     // Types async-graphql defines, out of reach of our doc comments: chrono's `DateTime`
     // (its own text says how it is implemented) and the Relay connections.
-    const DATE_TIME: &str = "A date-time in RFC 3339 format, in UTC on output (e.g. `2026-12-04T10:15:00+00:00`, \
-        or `2026-12-04T10:15:00.123+00:00` when it has milliseconds). Inputs need an offset (`Z`, `+02:00`) and \
-        are converted to UTC.";
+    const DATE_TIME: &str = "A date-time. Output: RFC 3339, in UTC (e.g. `2026-12-04T10:15:00+00:00`, or \
+        `2026-12-04T10:15:00.123+00:00` when it has milliseconds). Input: an RFC 3339 date-time with an offset \
+        (`2026-12-04T10:15:00Z`, `2026-12-04T11:15:00+01:00`), converted to UTC, or a date (`2026-12-04`), \
+        meaning that day's start, 00:00 UTC; anything else is BAD_USER_INPUT.";
     builder = builder
         .override_output_type_description::<chrono::DateTime<chrono::Utc>>(DATE_TIME)
-        .override_input_type_description::<chrono::DateTime<chrono::Utc>>(DATE_TIME);
+        .override_input_type_description::<crate::dates::DateTimeInput>(DATE_TIME);
     builder = crate::catalog::graphql::CatalogQuery::describe_connections(builder);
     builder = crate::records::RecordsQuery::describe_connections(builder);
     builder = crate::intake::IntakeQuery::describe_connections(builder);

@@ -13,6 +13,7 @@ use super::{
     record::{self, NewRecord, RecordChanges},
 };
 use crate::{
+    dates::DateTimeInput,
     db::to_datetime,
     error::{AppError, AppResult},
     paging::{Page, Paged, Totals, connection, parse_id},
@@ -253,10 +254,12 @@ pub struct PurchaseFilterInput {
     pub customer_id: Option<ID>,
     /// Only purchases of this record.
     pub record_id: Option<ID>,
-    /// Purchases made at or after this instant (inclusive).
-    pub from: Option<DateTime<Utc>>,
-    /// Purchases made before this instant (exclusive).
-    pub to: Option<DateTime<Utc>>,
+    /// Purchases made at or after this instant (inclusive); a date means its start
+    /// (00:00 UTC).
+    pub from: Option<DateTimeInput>,
+    /// Purchases made before this instant (exclusive); a date means its start (00:00 UTC),
+    /// so `to: "2026-12-05"` ends with December 4th.
+    pub to: Option<DateTimeInput>,
     /// Only purchases in this status.
     pub status: Option<PurchaseStatus>,
 }
@@ -416,8 +419,8 @@ impl RecordsQuery {
         let filter = purchases::PurchaseFilter {
             customer_id: optional_id(filter.customer_id.as_ref(), "customer")?,
             record_id: optional_id(filter.record_id.as_ref(), "record")?,
-            from: filter.from,
-            to: filter.to,
+            from: filter.from.map(DateTimeInput::utc),
+            to: filter.to.map(DateTimeInput::utc),
             status: filter.status,
         };
         let rows = purchases::list(&state.db, &filter, page).await?;

@@ -450,6 +450,25 @@ async fn bad_input_gets_its_code_and_stores_nothing() {
         "{{ product(id: \"{kept_id}\") {{ priceTrend(from: \"2025-01-01T00:00:00Z\", to: \"2026-01-01T00:00:00Z\") {{ prices }} }} }}"
     );
     assert_eq!(error_code(&app.gql(&too_long, json!({})).await).as_deref(), Some("BAD_USER_INPUT"));
+    // The same limit when `to` is omitted (it means now): 60 days back is refused, naming the limit.
+    let sixty_days_ago = (chrono::Utc::now() - chrono::Duration::days(60)).to_rfc3339();
+    for selection in ["priceTrend(from: $from) { prices }", "offers { priceHistory(from: $from) { price } }"] {
+        let query = format!("query($id: ID!, $from: DateTime) {{ product(id: $id) {{ {selection} }} }}");
+        let refused = app.gql(&query, json!({ "id": kept_id, "from": sixty_days_ago })).await;
+        assert_eq!(error_code(&refused).as_deref(), Some("BAD_USER_INPUT"), "{refused:#}");
+        assert!(refused["errors"][0]["message"].as_str().unwrap().contains("at most 31 days"), "{refused:#}");
+    }
+    // A malformed date-time names the formats it takes.
+    for malformed in ["04.12.2026", "2026-12-04T10:15:00", "2026-02-30", "now"] {
+        let query = "query($id: ID!, $from: DateTime) { product(id: $id) { priceTrend(from: $from) { prices } } }";
+        let refused = app.gql(query, json!({ "id": kept_id, "from": malformed })).await;
+        assert_eq!(error_code(&refused).as_deref(), Some("BAD_USER_INPUT"), "{malformed}: {refused:#}");
+        let message = refused["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("a date (`2026-12-04`") && message.contains(malformed), "{message}");
+        let inline = format!("{{ product(id: \"{kept_id}\") {{ priceTrend(from: \"{malformed}\") {{ prices }} }} }}");
+        let refused = app.gql(&inline, json!({})).await;
+        assert_eq!(error_code(&refused).as_deref(), Some("BAD_USER_INPUT"), "{malformed}: {refused:#}");
+    }
 
     // A real query nested 50 levels deep (product → offers → product → …) is refused
     // before it runs; so is one just past the depth limit (GRAPHQL_MAX_DEPTH, 12).
@@ -626,6 +645,57 @@ async fn vanished_offers_are_deleted_and_their_history_stays_with_the_product() 
     app.gql_ok("mutation($id: ID!) { deleteProduct(id: $id) }", json!({ "id": id })).await;
     assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM offers").await, 0);
     assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM price_history").await, 0);
+    app.stop().await;
+}
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// A product with the offer history given as (offer, price, moment) snapshots, oldest first.
+async fn product_with_history(app: &TestApp, name: &str, snapshots: &[&[(&str, i64)]], at: &[i64]) -> String {
+    use emporium::catalog::{client::RemoteOffer, sync::apply};
+    let id = create_product(app, name).await;
+    for (offers, at) in snapshots.iter().zip(at) {
+        let offers: Vec<RemoteOffer> = offers
+            .iter()
+            .map(|(source, price)| RemoteOffer { source_id: (*source).into(), price: *price, items_in_stock: 1 })
+            .collect();
+        apply(&app.node.catalog, id.parse().unwrap(), &offers, *at).await.unwrap();
+    }
+    id
+}
+
+#[tokio::test]
+async fn date_inputs_mean_the_start_of_the_day_in_utc_and_offsets_are_honoured() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| {
+        quiet_sync(config);
+        config.jobs.job_workers = 0;
+    })
+    .await;
+    let now = emporium::db::now_ms();
+    let id =
+        product_with_history(&app, "clock", &[&[("a", 100)], &[("a", 80)]], &[now - 40 * DAY_MS, now - 2 * DAY_MS])
+            .await;
+    let query = "query($id: ID!, $from: DateTime, $to: DateTime) { product(id: $id) {
+        priceTrend(from: $from, to: $to) { points { at price } } offers { priceTrend(from: $from) { points { at } } } } }";
+    let day = emporium::db::to_datetime(now - 10 * DAY_MS).date_naive();
+    let by_date = app.gql_ok(query, json!({ "id": id, "from": day.to_string() })).await;
+    let points = &by_date["product"]["priceTrend"]["points"];
+    let start = format!("{day}T00:00:00+00:00");
+    assert_eq!(points, &json!([{ "at": start, "price": 100 }, { "at": points[1]["at"], "price": 80 }]));
+    assert_eq!(by_date["product"]["offers"][0]["priceTrend"]["points"][0]["at"], start.as_str());
+    // `to` as a date: the start of that day; with an offset: the same instant in UTC.
+    let to_day = emporium::db::to_datetime(now - 5 * DAY_MS).date_naive();
+    let until = app.gql_ok(query, json!({ "id": id, "from": day.to_string(), "to": to_day.to_string() })).await;
+    assert_eq!(until["product"]["priceTrend"]["points"], json!([{ "at": start, "price": 100 }]));
+    let instant = emporium::db::to_datetime(now - 3 * DAY_MS);
+    let with_offset = instant.with_timezone(&chrono::FixedOffset::east_opt(2 * 3600).unwrap()).to_rfc3339();
+    assert!(with_offset.ends_with("+02:00"));
+    let offset = app.gql_ok(query, json!({ "id": id, "from": with_offset })).await;
+    assert_eq!(offset["product"]["priceTrend"]["points"][0], json!({ "at": instant.to_rfc3339(), "price": 100 }));
+    // The scalar's description says so.
+    let described = app.gql_ok("{ __type(name: \"DateTime\") { description } }", json!({})).await;
+    assert!(described["__type"]["description"].as_str().unwrap().contains("or a date (`2026-12-04`)"));
     app.stop().await;
 }
 

@@ -431,6 +431,11 @@ async fn purchase_periods_are_half_open_in_utc() {
         )
         .await;
     assert_eq!(error_code(&malformed).as_deref(), Some("BAD_USER_INPUT"), "{malformed:#}");
+    // Dates: the start of the day, in UTC.
+    let day = t1.date_naive();
+    let next_day = t3.date_naive().succ_opt().unwrap().to_string();
+    assert_eq!(purchases(&app, json!({ "from": day.to_string(), "to": next_day })).await.0, 3);
+    assert_eq!(purchases(&app, json!({ "to": day.to_string() })).await.0, 0, "before that day's start");
     let bad_id = app.gql("{ purchases(filter: { customerId: \"abc\" }) { totalCount } }", json!({})).await;
     assert_eq!(error_code(&bad_id).as_deref(), Some("BAD_USER_INPUT"));
 
