@@ -13,7 +13,7 @@ use sea_orm::EntityTrait as _;
 use super::{
     Catalog,
     entity::offer,
-    loaders::{Batch, history_of, loader_error, offers_of},
+    loaders::{Batch, history_of, loader_error, offers_of, omnibus_of},
     model::{OfferRow, ProductRow, Registration},
     products::{self, NewProduct, ProductChanges, ProductFilter},
     sync::{PRICE_TOPIC, PriceChanges},
@@ -117,6 +117,20 @@ impl Product {
             .iter()
             .map(|offer| offer.price)
             .min())
+    }
+
+    /// The lowest price the product had (its lowest offer price at each moment) in the 30
+    /// days before its current lowest price took effect, in integer minor units: the
+    /// reference price of a reduction under the EU Omnibus rule (Directive 2019/2161,
+    /// Art. 6a). Null without offers or without a price in that window.
+    async fn lowest_price_last30_days(&self, ctx: &Context<'_>) -> Result<Option<i64>> {
+        Ok(omnibus_of(&state(ctx).loaders, self.row.id, self.batch.as_ref()).await?.lowest_before)
+    }
+
+    /// Whether the current lowest price is a reduction: below `lowestPriceLast30Days`
+    /// (false when that is null).
+    async fn price_reduced(&self, ctx: &Context<'_>) -> Result<bool> {
+        Ok(omnibus_of(&state(ctx).loaders, self.row.id, self.batch.as_ref()).await?.price_reduced())
     }
 
     /// The product's lowest offer price over a period, including offers withdrawn since.
@@ -241,6 +255,14 @@ impl Offer {
     /// When its price or stock last changed.
     async fn updated_at(&self) -> DateTime<Utc> {
         to_datetime(self.row.updated_at)
+    }
+
+    /// The lowest price this offer had in the 30 days before its current price took
+    /// effect, in integer minor units (the EU Omnibus rule's reference price); null when
+    /// it had no price in that window.
+    async fn lowest_price_last30_days(&self, ctx: &Context<'_>) -> Result<Option<i64>> {
+        let figures = omnibus_of(&state(ctx).loaders, self.row.product_id, self.batch.as_ref()).await?;
+        Ok(figures.offers.get(&self.row.source_id).copied())
     }
 
     /// The product the offer is for.

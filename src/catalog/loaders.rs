@@ -14,6 +14,7 @@ use tokio::sync::OnceCell;
 use super::{
     entity::{offer, product},
     model::{OfferRow, ProductRow},
+    omnibus::{self, Omnibus},
     trend::{self, Period, ProductHistory},
 };
 use crate::{db::now_ms, error::AppError};
@@ -24,6 +25,7 @@ pub struct Loaders {
     offers: DataLoader<OffersByProduct>,
     pub(super) products: DataLoader<ProductsById>,
     histories: DataLoader<HistoriesByProduct>,
+    omnibus: DataLoader<OmnibusByProduct>,
 }
 
 impl Loaders {
@@ -32,6 +34,7 @@ impl Loaders {
             offers: DataLoader::new(OffersByProduct(db.clone()), tokio::spawn),
             products: DataLoader::new(ProductsById(db.clone()), tokio::spawn),
             histories: DataLoader::new(HistoriesByProduct(db.clone()), tokio::spawn),
+            omnibus: DataLoader::new(OmnibusByProduct(db.clone()), tokio::spawn),
         }
     }
 }
@@ -51,6 +54,7 @@ pub struct Batch {
     ids: Vec<i64>,
     offers: OnceCell<HashMap<i64, Arc<Vec<OfferRow>>>>,
     histories: Mutex<HashMap<Period, Arc<OnceCell<PageHistories>>>>,
+    omnibus: OnceCell<HashMap<i64, Arc<Omnibus>>>,
 }
 
 /// One period's price histories of a page's products.
@@ -58,7 +62,7 @@ type PageHistories = HashMap<(i64, Period), Arc<ProductHistory>>;
 
 impl Batch {
     pub(super) fn new(ids: Vec<i64>) -> Self {
-        Self { ids, offers: OnceCell::new(), histories: Mutex::new(HashMap::new()) }
+        Self { ids, offers: OnceCell::new(), histories: Mutex::new(HashMap::new()), omnibus: OnceCell::new() }
     }
 }
 
@@ -74,6 +78,21 @@ pub(super) async fn offers_of(
     };
     let page =
         batch.offers.get_or_try_init(|| loader.load_many(batch.ids.iter().copied())).await.map_err(loader_error)?;
+    Ok(page.get(&product_id).cloned().unwrap_or_default())
+}
+
+/// A product's figures under the Omnibus price rule, through its page's batch when it has one.
+pub(super) async fn omnibus_of(
+    loaders: &Loaders,
+    product_id: i64,
+    batch: Option<&Arc<Batch>>,
+) -> Result<Arc<Omnibus>, AppError> {
+    let loader = &loaders.omnibus;
+    let Some(batch) = batch else {
+        return Ok(loader.load_one(product_id).await.map_err(loader_error)?.unwrap_or_default());
+    };
+    let page =
+        batch.omnibus.get_or_try_init(|| loader.load_many(batch.ids.iter().copied())).await.map_err(loader_error)?;
     Ok(page.get(&product_id).cloned().unwrap_or_default())
 }
 
@@ -157,5 +176,19 @@ impl Loader<(i64, Period)> for HistoriesByProduct {
             loaded.extend(histories.into_iter().map(|(id, history)| ((id, period), Arc::new(history))));
         }
         Ok(loaded)
+    }
+}
+
+/// Figures under the Omnibus price rule of many products: two statements per round of
+/// history read ([`omnibus::load`]: one round when the current prices are recent).
+pub struct OmnibusByProduct(DatabaseConnection);
+
+impl Loader<i64> for OmnibusByProduct {
+    type Value = Arc<Omnibus>;
+    type Error = LoadError;
+
+    async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Self::Value>, Self::Error> {
+        let figures = omnibus::load(&self.0, keys, now_ms()).await?;
+        Ok(figures.into_iter().map(|(id, figures)| (id, Arc::new(figures))).collect())
     }
 }

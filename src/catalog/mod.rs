@@ -22,6 +22,7 @@ pub mod entity;
 pub mod graphql;
 mod loaders;
 pub mod model;
+pub mod omnibus;
 mod products;
 pub mod registration;
 pub mod sync;

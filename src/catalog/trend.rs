@@ -176,21 +176,79 @@ pub async fn load_histories(
     from: i64,
     to: i64,
 ) -> Result<HashMap<i64, ProductHistory>, sea_orm::DbErr> {
+    let (before, during) = load_rows(db, &[(from, product_ids)], Some(to)).await?;
     let mut histories: HashMap<i64, ProductHistory> = product_ids
         .iter()
         .map(|id| (*id, ProductHistory { from, to, before: Vec::new(), during: Vec::new() }))
         .collect();
-    if product_ids.is_empty() {
-        return Ok(histories);
+    file_rows(&mut histories, before, during);
+    Ok(histories)
+}
+
+/// Loads the history of many products, each from its own moment to the latest row (`to`
+/// is `i64::MAX`): two statements whatever the number of products.
+pub async fn load_since(
+    db: &impl ConnectionTrait,
+    bounds: &[(i64, i64)],
+) -> Result<HashMap<i64, ProductHistory>, sea_orm::DbErr> {
+    let mut by_from: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (id, from) in bounds {
+        by_from.entry(*from).or_default().push(*id);
     }
+    let groups: Vec<(i64, &[i64])> = by_from.iter().map(|(from, ids)| (*from, ids.as_slice())).collect();
+    let (before, during) = load_rows(db, &groups, None).await?;
+    let mut histories: HashMap<i64, ProductHistory> = bounds
+        .iter()
+        .map(|(id, from)| (*id, ProductHistory { from: *from, to: i64::MAX, before: Vec::new(), during: Vec::new() }))
+        .collect();
+    file_rows(&mut histories, before, during);
+    Ok(histories)
+}
+
+/// Each product's rows into its history.
+fn file_rows(histories: &mut HashMap<i64, ProductHistory>, before: Vec<HistoryRow>, during: Vec<HistoryRow>) {
+    for row in before {
+        if let Some(history) = histories.get_mut(&row.product_id) {
+            // Two rows of one offer at the same instant cannot be written; keep the last anyway.
+            history.before.retain(|kept| kept.offer_source_id != row.offer_source_id);
+            history.before.push(row);
+        }
+    }
+    for row in during {
+        if let Some(history) = histories.get_mut(&row.product_id) {
+            history.during.push(row);
+        }
+    }
+}
+
+/// For each group of products sharing a `from`: each offer's latest row at or before
+/// `from` (ordered by id), and every row after `from` up to `to` (oldest first).
+async fn load_rows(
+    db: &impl ConnectionTrait,
+    groups: &[(i64, &[i64])],
+    to: Option<i64>,
+) -> Result<(Vec<HistoryRow>, Vec<HistoryRow>), sea_orm::DbErr> {
+    let groups: Vec<(i64, &[i64])> = groups.iter().copied().filter(|(_, ids)| !ids.is_empty()).collect();
+    if groups.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let up_to_from = groups.iter().fold(Condition::any(), |any, (from, ids)| {
+        any.add(
+            Condition::all()
+                .add(Expr::col(Column::ProductId).is_in(ids.iter().copied()))
+                .add(Expr::col(Column::RecordedAt).lte(*from)),
+        )
+    });
+    let after_from = groups.iter().fold(Condition::any(), |any, (from, ids)| {
+        any.add(Condition::all().add(Column::ProductId.is_in(ids.iter().copied())).add(Column::RecordedAt.gt(*from)))
+    });
     // The row in effect at `from` of each offer: its latest row up to then.
     let (h, latest) = (Alias::new("h"), Alias::new("latest"));
     let latest_rows = Query::select()
         .columns([Column::ProductId, Column::OfferSourceId])
         .expr_as(Expr::col(Column::RecordedAt).max(), "at")
         .from(price_history::Entity)
-        .and_where(Expr::col(Column::ProductId).is_in(product_ids.iter().copied()))
-        .and_where(Expr::col(Column::RecordedAt).lte(from))
+        .cond_where(up_to_from)
         .group_by_columns([Column::ProductId, Column::OfferSourceId])
         .to_owned();
     let before_query = Query::select()
@@ -216,28 +274,17 @@ pub async fn load_histories(
         .iter()
         .map(|row| HistoryRow::from_query_result(row, ""))
         .collect::<Result<Vec<_>, _>>()?;
-    let during = price_history::Entity::find()
-        .filter(Column::ProductId.is_in(product_ids.iter().copied()))
-        .filter(Column::RecordedAt.gt(from))
-        .filter(Column::RecordedAt.lte(to))
+    let mut during = price_history::Entity::find().filter(after_from);
+    if let Some(to) = to {
+        during = during.filter(Column::RecordedAt.lte(to));
+    }
+    let during = during
         .order_by_asc(Column::RecordedAt)
         .order_by_asc(Column::Id)
         .into_partial_model::<HistoryRow>()
         .all(db)
         .await?;
-    for row in before {
-        if let Some(history) = histories.get_mut(&row.product_id) {
-            // Two rows of one offer at the same instant cannot be written; keep the last anyway.
-            history.before.retain(|kept| kept.offer_source_id != row.offer_source_id);
-            history.before.push(row);
-        }
-    }
-    for row in during {
-        if let Some(history) = histories.get_mut(&row.product_id) {
-            history.during.push(row);
-        }
-    }
-    Ok(histories)
+    Ok((before, during))
 }
 
 #[cfg(test)]

@@ -699,6 +699,80 @@ async fn date_inputs_mean_the_start_of_the_day_in_utc_and_offsets_are_honoured()
     app.stop().await;
 }
 
+#[tokio::test]
+async fn the_lowest_price_of_the_last_30_days_comes_with_every_reduction() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| {
+        quiet_sync(config);
+        config.jobs.job_workers = 0;
+    })
+    .await;
+    let now = emporium::db::now_ms();
+    // 100 from 40 days ago, 80 from 20 days ago, 90 now: no reduction (80 was lower).
+    let rise = product_with_history(
+        &app,
+        "rise",
+        &[&[("r", 100)], &[("r", 80)], &[("r", 90)]],
+        &[now - 40 * DAY_MS, now - 20 * DAY_MS, now],
+    )
+    .await;
+    // 100 from 80 days ago, 90 since yesterday: a reduction from 100. Another offer, 130
+    // then 120 for the last 50 days: its own window reaches back 80 days, to 130.
+    let cut = product_with_history(
+        &app,
+        "cut",
+        &[&[("c", 100), ("d", 130)], &[("c", 100), ("d", 120)], &[("c", 90), ("d", 120)]],
+        &[now - 80 * DAY_MS, now - 50 * DAY_MS, now - DAY_MS],
+    )
+    .await;
+    // One price only, and no history at all: nothing to compare.
+    let fresh = product_with_history(&app, "fresh", &[&[("f", 70)]], &[now - 2 * DAY_MS]).await;
+    let bare = create_product(&app, "bare").await;
+
+    let listed = app
+        .gql_ok(
+            "{ products(first: 10) { nodes { id lowestPrice lowestPriceLast30Days priceReduced
+                offers { id sourceId price lowestPriceLast30Days } } } }",
+            json!({}),
+        )
+        .await;
+    let nodes = listed["products"]["nodes"].as_array().unwrap();
+    let node = |id: &str| nodes.iter().find(|node| node["id"] == id).unwrap().clone();
+    let figures = |node: &Value| {
+        (node["lowestPrice"].clone(), node["lowestPriceLast30Days"].clone(), node["priceReduced"].clone())
+    };
+    let offer_figures = |node: &Value| {
+        node["offers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|offer| (offer["sourceId"].as_str().unwrap().to_string(), offer["lowestPriceLast30Days"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(figures(&node(&rise)), (json!(90), json!(80), json!(false)));
+    assert_eq!(offer_figures(&node(&rise)), [("r".to_string(), json!(80))]);
+    assert_eq!(figures(&node(&cut)), (json!(90), json!(100), json!(true)));
+    assert_eq!(offer_figures(&node(&cut)), [("c".to_string(), json!(100)), ("d".to_string(), json!(130))]);
+    assert_eq!(figures(&node(&fresh)), (json!(70), Value::Null, json!(false)));
+    assert_eq!(offer_figures(&node(&fresh)), [("f".to_string(), Value::Null)]);
+    assert_eq!(figures(&node(&bare)), (Value::Null, Value::Null, json!(false)));
+
+    // The same through single lookups (no page to batch with).
+    let alone = app
+        .gql_ok(
+            "query($id: ID!, $offer: ID!) { product(id: $id) { lowestPriceLast30Days priceReduced }
+                offer(id: $offer) { price lowestPriceLast30Days } }",
+            json!({ "id": cut, "offer": node(&cut)["offers"][0]["id"] }),
+        )
+        .await;
+    assert_eq!(
+        alone,
+        json!({ "product": { "lowestPriceLast30Days": 100, "priceReduced": true },
+                "offer": { "price": 90, "lowestPriceLast30Days": 100 } })
+    );
+    app.stop().await;
+}
+
 /// Products registered with offers; returns their ids.
 async fn registered_products(app: &TestApp, count: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -968,8 +1042,8 @@ async fn listing_products_with_offers_costs_a_constant_number_of_statements() {
 
     let query = |first: usize| {
         format!(
-            "{{ products(first: {first}) {{ nodes {{ name lowestPrice
-                offers {{ price itemsInStock product {{ sku }} priceTrend {{ changePercent }} }}
+            "{{ products(first: {first}) {{ nodes {{ name lowestPrice lowestPriceLast30Days priceReduced
+                offers {{ price itemsInStock product {{ sku }} priceTrend {{ changePercent }} lowestPriceLast30Days }}
                 priceTrend {{ prices changePercent }} }} }} }}"
         )
     };
@@ -979,10 +1053,11 @@ async fn listing_products_with_offers_costs_a_constant_number_of_statements() {
     assert_eq!(nodes.len(), 50);
     assert!(nodes.iter().all(|node| !node["offers"].as_array().unwrap().is_empty() && node["lowestPrice"].is_i64()));
     let (for_5, _) = statements_for(&app, &query(5)).await;
-    // The page, the offers, and the price history (two); an offer's product is the one
-    // it was reached through.
+    // The page, the offers, the price history (two) and the history behind the 30-day
+    // lowest prices (two: the prices are recent); an offer's product is the one it was
+    // reached through.
     assert_eq!(for_50, for_5, "statements grow with the page size");
-    assert_eq!(for_50, 4, "{for_50} statements for one page");
+    assert_eq!(for_50, 6, "{for_50} statements for one page");
     // The benchmark's query: the page and the offers.
     let (plain, response) =
         statements_for(&app, "{ products(first: 50) { nodes { name offers { price itemsInStock } } } }").await;
