@@ -30,6 +30,9 @@
 //! assert_eq!((summary.items, spans[0].start, spans[0].end), (1, 1, 30));
 //! ```
 
+// One `unsafe` block in the crate: the SSE2 load in `plain_run_end`, allowed there alone.
+#![deny(unsafe_code)]
+
 mod error;
 mod fast;
 
@@ -247,6 +250,7 @@ const PLAIN: [bool; 256] = {
 /// Strings are most of a body's bytes and this was the scan's hottest loop: on x86_64 it
 /// tests sixteen bytes at a time with SSE2 (part of every x86_64), elsewhere and for the
 /// last bytes eight at a time (SWAR); the table finishes the job.
+#[allow(unsafe_code)]
 fn plain_run_end(buf: &[u8], mut i: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
     while let Some(bytes) = buf.get(i..i + 16) {
