@@ -128,7 +128,7 @@ impl App {
             let deadline = shared.requests_deadline.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                server::serve(listener, router, limits, stop.cancelled_owned(), grace, deadline).await
+                server::serve(listener, router.into(), limits, stop.cancelled_owned(), grace, deadline).await
             })
         });
         tracing::info!(

@@ -19,6 +19,9 @@
 //!   connection holds, like a feed client slot).
 //! - **Per-connection state.** Every request carries the [`ConnectionScope`] of its
 //!   connection; what a route keeps there lives until the connection closes.
+//! - **A prelude.** A [`Prelude`] (the feed's fast path) may answer a connection's first
+//!   requests on the socket, within the same budget and timeouts, and hands the connection
+//!   to hyper with what it read of the first request it does not answer ([`Replay`]).
 
 use std::{
     collections::HashMap,
@@ -36,6 +39,7 @@ use axum::{
     http::{HeaderValue, Method, header},
     response::IntoResponse as _,
 };
+use bytes::Bytes;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
@@ -130,13 +134,44 @@ impl ConnectionScope {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves; then stops accepting and lets
+/// A client connection as the server hands it on: writes fail after `write_timeout`
+/// without progress.
+pub type ClientStream = WriteDeadline<TcpStream>;
+
+/// Answers a connection's first requests before hyper sees the connection. Returns the
+/// stream with what was read of the first request it does not answer, or `None` when the
+/// connection is finished. It must bound the wait for each request head by
+/// `header_timeout`, as hyper does, and stop between requests once `stopping` is cancelled.
+pub trait Prelude: Send + Sync + 'static {
+    fn serve(
+        &self,
+        stream: ClientStream,
+        scope: ConnectionScope,
+        header_timeout: Duration,
+        stopping: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = Option<Replay<ClientStream>>> + Send>>;
+}
+
+/// What a node serves on a listener: its router, and optionally a [`Prelude`].
+#[derive(Clone)]
+pub struct Site {
+    pub router: Router,
+    pub prelude: Option<Arc<dyn Prelude>>,
+}
+
+impl From<Router> for Site {
+    fn from(router: Router) -> Self {
+        Self { router, prelude: None }
+    }
+}
+
+/// Serves `site` on `listener` until `shutdown` resolves; then stops accepting and lets
 /// open connections finish their requests. After `grace` minus a second, `deadline` is
 /// cancelled (long requests that watch it, like uploads, answer 503 and end); a second
 /// later the server returns regardless (an open websocket would wait forever).
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    site: Site,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -162,14 +197,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         if let Ok(slot) = slots.clone().try_acquire_owned() {
-            let connection = serve_connection(stream, router.clone(), limits, stopping.clone());
+            let connection = serve_connection(stream, site.clone(), limits, stopping.clone());
             connections.spawn(async move {
                 connection.await;
                 drop(slot);
             });
         } else if let Ok(slot) = overflow.clone().try_acquire_owned() {
             metrics::counter!("emporium_http_connections_refused_total", "how" => "503").increment(1);
-            let router = router.clone();
+            let router = site.router.clone();
             connections.spawn(async move {
                 serve_overflow(stream, router, limits).await;
                 drop(slot);
@@ -197,13 +232,22 @@ fn connection_builder(header_timeout: Duration) -> http1::Builder {
     builder
 }
 
-async fn serve_connection(stream: TcpStream, router: Router, limits: ServerLimits, stopping: CancellationToken) {
+async fn serve_connection(stream: TcpStream, site: Site, limits: ServerLimits, stopping: CancellationToken) {
     let scope = ConnectionScope::default();
+    let stream = WriteDeadline::new(stream, limits.write_timeout);
+    let stream = match &site.prelude {
+        Some(prelude) => match prelude.serve(stream, scope.clone(), limits.header_timeout, stopping.clone()).await {
+            Some(rest) => rest,
+            None => return,
+        },
+        None => Replay::new(Bytes::new(), stream),
+    };
+    let router = site.router;
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(scope.clone());
         router.clone().oneshot(request.map(axum::body::Body::new))
     });
-    let io = TokioIo::new(WriteDeadline::new(stream, limits.write_timeout));
+    let io = TokioIo::new(stream);
     let connection = connection_builder(limits.header_timeout).serve_connection(io, service).with_upgrades();
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
@@ -241,8 +285,59 @@ async fn serve_overflow(stream: TcpStream, router: Router, limits: ServerLimits)
     }
 }
 
+/// A stream whose first bytes come from a buffer: what a [`Prelude`] read of a request it
+/// hands over.
+pub struct Replay<S> {
+    read: Bytes,
+    stream: S,
+}
+
+impl<S> Replay<S> {
+    pub fn new(read: Bytes, stream: S) -> Self {
+        Self { read, stream }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.read.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 /// A stream whose writes fail once they have made no progress for `timeout`.
-struct WriteDeadline<S> {
+pub struct WriteDeadline<S> {
     inner: S,
     timeout: Duration,
     /// Armed when a write could not proceed; cleared by any progress.
@@ -335,6 +430,18 @@ mod tests {
             assert!((budget as u64) < limit, "{budget} connections with {limit} descriptors");
         }
         assert_eq!(connection_budget(10), 10);
+    }
+
+    #[tokio::test]
+    async fn a_replayed_stream_reads_the_buffer_first_then_the_stream() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.expect("write");
+        drop(client);
+        let mut replay = Replay::new(Bytes::from_static(b"hello"), server);
+        let mut all = String::new();
+        replay.read_to_string(&mut all).await.expect("read");
+        assert_eq!(all, "hello world");
     }
 
     #[tokio::test]

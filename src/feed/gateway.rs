@@ -2,7 +2,7 @@
 //! served, pre-serialized.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::Duration,
 };
 
@@ -79,6 +79,8 @@ pub struct Served {
     pub etag: HeaderValue,
     /// The same items, for GraphQL.
     pub items: Arc<[String]>,
+    /// The fast path's response heads for this body, built on its first request there.
+    pub(super) wire_heads: OnceLock<super::wire::Heads>,
 }
 
 impl Served {
@@ -92,7 +94,7 @@ impl Served {
         let hash = blake3::hash(&body).to_hex();
         let etag =
             HeaderValue::from_str(&format!("\"{}\"", &hash[..32])).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
-        Self { body: Bytes::from(body), etag, items: items.into() }
+        Self { body: Bytes::from(body), etag, items: items.into(), wire_heads: OnceLock::new() }
     }
 }
 
@@ -256,8 +258,12 @@ mod tests {
     fn gateway(sources: usize) -> Gateway {
         let sources: Vec<(String, Duration)> =
             (0..sources).map(|n| (format!("http://feed/{n}"), Duration::from_secs(15))).collect();
-        let config =
-            FeedConfig { feed_max_clients: 2, feed_max_body_bytes: 1024, feed_timeout: Duration::from_secs(1) };
+        let config = FeedConfig {
+            feed_max_clients: 2,
+            feed_max_body_bytes: 1024,
+            feed_timeout: Duration::from_secs(1),
+            feed_fast_path: true,
+        };
         Gateway::new(&sources, &config)
     }
 

@@ -61,7 +61,7 @@ impl FeedRoute {
 
     /// Takes a request slot, and a client slot for the connection unless it holds one
     /// already (kept until the connection closes), and loads what to send.
-    fn admit(&self, connection: Option<&ConnectionScope>, if_none_match: Option<&[u8]>) -> Admission {
+    pub(super) fn admit(&self, connection: Option<&ConnectionScope>, if_none_match: Option<&[u8]>) -> Admission {
         let Ok(request_slot) = self.inflight.clone().try_acquire_owned() else {
             return Admission::Shed;
         };
@@ -112,13 +112,13 @@ impl FeedRoute {
     }
 
     /// Counts a request answered with the feed (a 200, or a 304 unless `modified`).
-    fn count(head: bool, modified: bool) {
+    pub(super) fn count(head: bool, modified: bool) {
         RequestCounters::get().count(head, if modified { Outcome::Ok } else { Outcome::NotModified });
     }
 }
 
 /// What a feed response holds until its body has been handed to the connection.
-struct Slots {
+pub(super) struct Slots {
     #[allow(dead_code)] // held for its drop
     request: OwnedSemaphorePermit,
     #[allow(dead_code)] // held for its drop
@@ -126,12 +126,12 @@ struct Slots {
 }
 
 /// The feed's `content-type`.
-const CONTENT_TYPE: &str = "application/json";
+pub(super) const CONTENT_TYPE: &str = "application/json";
 /// Caches may keep the feed but must ask again (a 304 is cheap): it changes any time.
-const CACHE_CONTROL: &str = "no-cache";
+pub(super) const CACHE_CONTROL: &str = "no-cache";
 
 /// Whether a feed request may be served now.
-enum Admission {
+pub(super) enum Admission {
     /// Serve `served` (a 304 unless `modified`), holding `slots` until the body is handed
     /// to the connection.
     Serve { served: Arc<Served>, modified: bool, slots: Slots },

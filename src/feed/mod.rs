@@ -27,6 +27,7 @@ mod gateway;
 mod graphql;
 mod http;
 mod poller;
+mod wire;
 
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ pub use gateway::{Gateway, PollFailure, Source, SourceStatus, SourceView};
 pub use graphql::FeedQuery;
 pub use http::FeedRoute;
 pub use poller::{PollError, Pollers, parse_items, spawn_pollers};
+pub use wire::FastPath;
 
 use crate::{
     db::to_datetime,
@@ -57,6 +59,9 @@ pub struct FeedConfig {
     /// Time limit of one upstream poll (connect, answer and body); never longer than the source's period.
     #[arg(long, env = "FEED_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub feed_timeout: Duration,
+    /// Answer plain `GET`/`HEAD /v1/feed` requests on the socket, before hyper (`false`: through the router, as every other route); off when CORS is on.
+    #[arg(long, env = "FEED_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub feed_fast_path: bool,
 }
 
 fn parse_positive(text: &str) -> Result<usize, InvalidSetting> {

@@ -25,14 +25,16 @@ use tower_http::{
 
 use crate::{
     error::AppError,
-    feed::FeedRoute,
+    feed::{FastPath, FeedRoute},
     guard::{self, WriteAccess},
     node::Node,
+    server::{Prelude, Site},
     telemetry,
 };
 
-/// The public listener's router.
-pub fn app(state: Node) -> Router {
+/// What the public listener serves: the router, and the feed's fast path in front of it
+/// unless `FEED_FAST_PATH=false` or CORS is on (its headers come from the router's layer).
+pub fn app(state: Node) -> Site {
     let config = &state.config;
     let inflight = Arc::new(Semaphore::new(config.http.max_inflight_requests.max(1)));
 
@@ -50,7 +52,10 @@ pub fn app(state: Node) -> Router {
     // The feed gateway answers from memory at static-file speed: it is merged after every
     // layer (it counts its own requests with pre-registered handles, only reads, answers
     // JSON errors itself), and takes its request slot itself.
-    let feed = FeedRoute::new(state.feed.clone(), inflight).routes();
+    let feed_route = FeedRoute::new(state.feed.clone(), inflight);
+    let prelude = (config.feed.feed_fast_path && config.cors_origins.is_empty())
+        .then(|| Arc::new(FastPath::new(feed_route.clone())) as Arc<dyn Prelude>);
+    let feed = feed_route.routes();
     let feed = if config.cors_origins.is_empty() { feed } else { feed.layer(cors(&config.cors_origins)) };
 
     let mut router = Router::new().merge(shed);
@@ -58,7 +63,7 @@ pub fn app(state: Node) -> Router {
         // GraphiQL's assets; the page itself is `GET /graphql` for browsers.
         router = router.merge(graphiql::routes());
     }
-    router
+    let router = router
         .route("/health", get(public_health))
         .layer(middleware::from_fn_with_state(state.clone(), write_access))
         .layer(cors(&config.cors_origins))
@@ -68,7 +73,8 @@ pub fn app(state: Node) -> Router {
         .layer(middleware::from_fn(json_errors))
         // The feed's answers are JSON already (its 503 too): outside every layer.
         .merge(feed)
-        .with_state(state)
+        .with_state(state);
+    Site { router, prelude }
 }
 
 /// The admin listener's router (`ADMIN_LISTEN`): the detailed `/health` and `/metrics`.

@@ -336,6 +336,67 @@ async fn one_connection_mixes_pipelined_feed_requests_with_other_routes_in_order
     app.stop().await;
 }
 
+/// Sends `requests` on one new connection (the last one asks to close) and reads until the
+/// server closes it; `date` lines become `date: -` (they differ by the second written).
+async fn exchange(addr: SocketAddr, requests: &str) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(requests.as_bytes()).await.expect("send");
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("the server closes after `Connection: close`")
+        .expect("read");
+    let text = String::from_utf8(received).expect("UTF-8 answers");
+    text.split("\r\n")
+        .map(|line| if line.to_ascii_lowercase().starts_with("date: ") { "date: -" } else { line })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+#[tokio::test]
+async fn the_fast_path_and_the_router_send_the_same_bytes() {
+    let env = env(1).await;
+    let content = items("p", 0..50);
+    env.sim.set_feed_items(0, content.clone());
+    let fast = app(&env, &[1], &[], |_| {}).await;
+    let routed = app(&env, &[1], &[], |config| config.feed.feed_fast_path = false).await;
+    for node in [&fast, &routed] {
+        eventually(Duration::from_secs(5), "the feed", || feed_is(node, &content)).await;
+    }
+    let (_, etag, _) = get_feed(&fast).await;
+    let etag = etag.expect("an ETag");
+    let request = |method: &str, target: &str, extra: &str| {
+        format!("{method} {target} HTTP/1.1\r\nHost: emporium\r\n{extra}\r\n")
+    };
+    let close = "Connection: close\r\n";
+    let cases = [
+        request("GET", "/v1/feed", close),
+        request("HEAD", "/v1/feed", close),
+        request("GET", "/v1/feed", &format!("If-None-Match: {etag}\r\n{close}")),
+        request("HEAD", "/v1/feed", &format!("If-None-Match: W/{etag}, \"other\"\r\n{close}")),
+        request("GET", "/v1/feed", &format!("If-None-Match: \"other\"\r\n{close}")),
+        request("GET", "/v1/feed", &format!("If-None-Match: *\r\n{close}")),
+        request("GET", "/v1/feed?since=1", &format!("Content-Length: 0\r\nConnection: keep-alive, close\r\n")),
+        // Kept alive and pipelined: the fast path answers each in turn.
+        [
+            request("GET", "/v1/feed", ""),
+            request("HEAD", "/v1/feed", "Connection: keep-alive\r\n"),
+            request("GET", "/v1/feed", &format!("If-None-Match: {etag}\r\n")),
+            request("GET", "/v1/feed", close),
+        ]
+        .concat(),
+    ];
+    for (index, requests) in cases.iter().enumerate() {
+        let from_fast = exchange(fast.addr, requests).await;
+        let from_router = exchange(routed.addr, requests).await;
+        assert!(from_fast.starts_with("HTTP/1.1 "), "case {index}: {from_fast}");
+        assert_eq!(from_fast, from_router, "case {index}: the fast path's bytes, then the router's, for\n{requests}");
+    }
+    fast.stop().await;
+    routed.stop().await;
+}
+
 #[tokio::test]
 async fn concurrent_readers_always_get_a_body_with_its_own_etag() {
     let first = items("v", 0..100);
