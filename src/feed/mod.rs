@@ -17,6 +17,8 @@
 //! `If-None-Match` gets 304. At most `FEED_MAX_CLIENTS` clients (connections) use the
 //! feed at once: a connection keeps its slot until it closes, and the server's write
 //! timeout drops a client that stops reading; the next ones get 503 with `Retry-After`.
+//! Plain `GET`/`HEAD` requests are answered on the socket before hyper (`wire.rs`,
+//! `FEED_FAST_PATH`), with the same bytes as the router's route (`http.rs`).
 //!
 //! **A cache, not shared state.** Snapshots live in this node's memory and every node
 //! polls on its own: nothing to migrate, nothing shared in a cluster. Nodes may briefly
