@@ -377,7 +377,7 @@ async fn the_fast_path_and_the_router_send_the_same_bytes() {
         request("HEAD", "/v1/feed", &format!("If-None-Match: W/{etag}, \"other\"\r\n{close}")),
         request("GET", "/v1/feed", &format!("If-None-Match: \"other\"\r\n{close}")),
         request("GET", "/v1/feed", &format!("If-None-Match: *\r\n{close}")),
-        request("GET", "/v1/feed?since=1", &format!("Content-Length: 0\r\nConnection: keep-alive, close\r\n")),
+        request("GET", "/v1/feed?since=1", "Content-Length: 0\r\nConnection: keep-alive, close\r\n"),
         // Kept alive and pipelined: the fast path answers each in turn.
         [
             request("GET", "/v1/feed", ""),
