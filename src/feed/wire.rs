@@ -134,10 +134,7 @@ where
             // Between requests, a stopping server closes the connection (as hyper's
             // graceful shutdown does); a request being read is finished first.
             () = &mut stopped, if input.is_empty() => return None,
-            () = tokio::time::sleep_until(head_deadline) => {
-                metrics::counter!("emporium_http_header_timeouts_total", "path" => "feed").increment(1);
-                return None;
-            }
+            () = tokio::time::sleep_until(head_deadline) => return None,
         };
         match read {
             Ok(0) | Err(_) => return None,
