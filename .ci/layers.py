@@ -11,7 +11,7 @@ import re
 import sys
 
 LAYERS = {
-    0: ["dates", "db", "error", "events", "guard", "health", "jobs", "paging", "server", "settings", "state", "storage", "telemetry"],
+    0: ["dates", "db", "error", "events", "global_id", "guard", "health", "jobs", "paging", "server", "settings", "state", "storage", "telemetry"],
     1: ["catalog", "feed", "intake", "records", "uploads"],
     2: ["app", "config", "graphql", "http", "node", "main", "lib"],
 }

@@ -10,6 +10,7 @@ pub mod dates;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod global_id;
 pub mod guard;
 pub mod health;
 pub mod jobs;

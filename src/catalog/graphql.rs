@@ -1,14 +1,14 @@
 //! The catalog's GraphQL surface: thin resolvers over the catalog logic; nested fields of
 //! a list go through the batch loaders ([`super::loaders`]).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use async_graphql::{
     Context, Enum, ID, InputObject, Json, MaybeUndefined, Object, SchemaBuilder, SimpleObject, Subscription,
 };
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
-use sea_orm::EntityTrait as _;
+use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _};
 
 use super::{
     Catalog,
@@ -22,9 +22,10 @@ use super::{
 use crate::{
     dates::DateTimeInput,
     db::to_datetime,
-    error::AppError,
+    error::{AppError, AppResult},
     events::EventBus,
-    paging::{Page, Paged, Totals, connection, parse_id},
+    global_id,
+    paging::{Page, Paged, Totals, connection},
 };
 
 type Result<T> = async_graphql::Result<T>;
@@ -36,6 +37,7 @@ fn state<'a>(ctx: &Context<'a>) -> &'a Catalog {
 
 // ---- types ----------------------------------------------------------------------------
 
+#[derive(Clone)]
 pub struct Product {
     row: Arc<ProductRow>,
     /// Set when the product came in a list: its related rows load for the whole list at once.
@@ -52,9 +54,9 @@ impl Product {
 /// the product is registered there (see `registration`).
 #[Object]
 impl Product {
-    /// The product's id.
-    async fn id(&self) -> ID {
-        ID(self.row.id.to_string())
+    /// The product's global id (opaque; `node(id:)` refetches it).
+    pub async fn id(&self) -> ID {
+        global_id::of::<Self>(self.row.id)
     }
 
     /// The client's own key (unique when present); bulk uploads match products by it.
@@ -91,12 +93,7 @@ impl Product {
 
     /// Where the product stands with the offers service.
     async fn registration(&self) -> ProductRegistration {
-        ProductRegistration {
-            status: RegistrationStatus::from(Registration::parse(&self.row.registration_status)),
-            last_error: self.row.registration_error.clone(),
-            registered_at: self.row.registered_at.map(to_datetime),
-            offers_updated_at: self.row.offers_synced_at.map(to_datetime),
-        }
+        ProductRegistration::of(&self.row)
     }
 
     /// The offers listed for the product now, cheapest first (read-only; refreshed by the
@@ -178,9 +175,13 @@ impl Product {
     }
 }
 
-/// A product's registration with the offers service.
-#[derive(SimpleObject)]
+/// A product's registration with the offers service. It has its own id (one per
+/// product) so that client caches update it in place when it changes.
+#[derive(SimpleObject, Clone)]
 pub struct ProductRegistration {
+    /// The registration's global id (opaque; one per product; `node(id:)` refetches it).
+    #[graphql(owned)]
+    pub id: ID,
     /// Where the registration stands.
     pub status: RegistrationStatus,
     /// Why the last registration attempt failed (PENDING: it will be retried; FAILED:
@@ -191,6 +192,18 @@ pub struct ProductRegistration {
     pub registered_at: Option<DateTime<Utc>>,
     /// When the offers last synced were fetched; null before the first sync.
     pub offers_updated_at: Option<DateTime<Utc>>,
+}
+
+impl ProductRegistration {
+    fn of(row: &ProductRow) -> Self {
+        Self {
+            id: global_id::of::<Self>(row.id),
+            status: RegistrationStatus::from(Registration::parse(&row.registration_status)),
+            last_error: row.registration_error.clone(),
+            registered_at: row.registered_at.map(to_datetime),
+            offers_updated_at: row.offers_synced_at.map(to_datetime),
+        }
+    }
 }
 
 /// Where a product stands with the offers service.
@@ -216,6 +229,7 @@ impl From<Registration> for RegistrationStatus {
     }
 }
 
+#[derive(Clone)]
 pub struct Offer {
     row: OfferRow,
     /// The product, when the offer was reached through it.
@@ -227,9 +241,10 @@ pub struct Offer {
 /// offer sync; a withdrawn offer disappears).
 #[Object]
 impl Offer {
-    /// Our id of the offer.
-    async fn id(&self) -> ID {
-        ID(self.row.id.to_string())
+    /// The offer's global id (ours, opaque; `node(id:)` refetches it while the offer is
+    /// listed).
+    pub async fn id(&self) -> ID {
+        global_id::of::<Self>(self.row.id)
     }
 
     /// The offers service's id of this offer.
@@ -375,9 +390,9 @@ impl PriceTrend {
 /// A change of one offer's price, found by the offer sync.
 #[derive(SimpleObject, Clone)]
 pub struct OfferPriceChange {
-    /// The product whose offer changed.
+    /// The global id of the product whose offer changed.
     pub product_id: ID,
-    /// Our id of the offer.
+    /// The global id of the offer (`Offer.id`).
     pub offer_id: ID,
     /// The offers service's id of the offer.
     pub offer_source_id: String,
@@ -482,7 +497,7 @@ impl CatalogQuery {
         ctx: &Context<'_>,
         #[graphql(desc = "The product's id.")] id: ID,
     ) -> Result<Option<Product>> {
-        let id = parse_id(&id, "product")?;
+        let id = global_id::parse::<Product>(&id)?;
         Ok(products::find(&state(ctx).db, id).await?.map(Product::alone))
     }
 
@@ -493,7 +508,7 @@ impl CatalogQuery {
         ctx: &Context<'_>,
         #[graphql(desc = "Our id of the offer (`Offer.id`).")] id: ID,
     ) -> Result<Option<Offer>> {
-        let id = parse_id(&id, "offer")?;
+        let id = global_id::parse::<Offer>(&id)?;
         let db = &state(ctx).db;
         let row = offer::Entity::find_by_id(id).one(db).await.map_err(AppError::from)?;
         Ok(row.map(|row| Offer { row, product: None, batch: None }))
@@ -542,7 +557,7 @@ impl CatalogMutation {
         #[graphql(desc = "The product to change.")] id: ID,
         #[graphql(desc = "The fields to change.")] input: UpdateProductInput,
     ) -> Result<Product> {
-        let id = parse_id(&id, "product")?;
+        let id = global_id::parse::<Product>(&id)?;
         let changes = ProductChanges {
             name: input.name,
             description: input.description,
@@ -559,7 +574,7 @@ impl CatalogMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "The product to delete.")] id: ID,
     ) -> Result<ID> {
-        let product_id = parse_id(&id, "product")?;
+        let product_id = global_id::parse::<Product>(&id)?;
         products::delete(state(ctx), product_id).await?;
         Ok(id)
     }
@@ -572,7 +587,7 @@ impl CatalogMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "The product to register.")] id: ID,
     ) -> Result<Product> {
-        let id = parse_id(&id, "product")?;
+        let id = global_id::parse::<Product>(&id)?;
         Ok(Product::alone(products::register_again(state(ctx), id).await?))
     }
 }
@@ -590,7 +605,7 @@ impl CatalogSubscription {
         #[graphql(desc = "The product to follow; NOT_FOUND when there is none.")] product_id: ID,
     ) -> Result<impl Stream<Item = OfferPriceChange> + use<>> {
         let state = state(ctx);
-        let id = parse_id(&product_id, "product")?;
+        let id = global_id::parse::<Product>(&product_id)?;
         products::get(&state.db, id).await?;
         Ok(price_changes(state.events.clone(), id))
     }
@@ -603,14 +618,38 @@ fn price_changes(events: EventBus, product_id: i64) -> impl Stream<Item = OfferP
         .filter(move |event| std::future::ready(event.product_id == product_id))
         .flat_map(|event| {
             let at = to_datetime(event.at);
-            let product_id = ID(event.product_id.to_string());
+            let product_id = global_id::of::<Product>(event.product_id);
             futures::stream::iter(event.changes.into_iter().map(move |change| OfferPriceChange {
                 product_id: product_id.clone(),
-                offer_id: ID(change.offer_id.to_string()),
+                offer_id: global_id::of::<Offer>(change.offer_id),
                 offer_source_id: change.source_id,
                 previous_price: change.previous_price,
                 price: change.price,
                 at,
             }))
         })
+}
+
+// ---- lookups by global id (`node`, `nodes`) ---------------------------------------------
+
+/// Products by row: one read through the shared batch loader.
+pub async fn products_by_row(ctx: &Context<'_>, rows: &[i64]) -> AppResult<HashMap<i64, Product>> {
+    let loaded = state(ctx).loaders.products.load_many(rows.iter().copied()).await.map_err(loader_error)?;
+    Ok(loaded.into_iter().map(|(row, product)| (row, Product::alone(product))).collect())
+}
+
+/// Products' registrations by (product) row: the same read as their products.
+pub async fn registrations_by_row(ctx: &Context<'_>, rows: &[i64]) -> AppResult<HashMap<i64, ProductRegistration>> {
+    let loaded = state(ctx).loaders.products.load_many(rows.iter().copied()).await.map_err(loader_error)?;
+    Ok(loaded.into_iter().map(|(row, product)| (row, ProductRegistration::of(&product))).collect())
+}
+
+/// Offers still listed, by row: one statement.
+pub async fn offers_by_row(ctx: &Context<'_>, rows: &[i64]) -> AppResult<HashMap<i64, Offer>> {
+    let found = offer::Entity::find()
+        .filter(offer::Column::Id.is_in(rows.iter().copied()))
+        .all(&state(ctx).db)
+        .await
+        .map_err(AppError::from)?;
+    Ok(found.into_iter().map(|row| (row.id, Offer { row, product: None, batch: None })).collect())
 }

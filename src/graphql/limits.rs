@@ -411,16 +411,18 @@ fn summarize(set: &SelectionSet, fragments: &Fragments<'_>, context: &Context<'_
 }
 
 /// How many times a field's selection is resolved: its `first` or `last` (a literal or a
-/// variable), else the default page for a field the schema pages, else once.
+/// variable), or the length of its `ids` list (`nodes`), else the default page for a field
+/// the schema pages, else once.
 fn page_size(field: &Field, context: &Context<'_>) -> u64 {
     let requested = field.arguments.iter().find_map(|(name, value)| {
-        if !matches!(name.node.as_str(), "first" | "last") {
+        if !matches!(name.node.as_str(), "first" | "last" | "ids") {
             return None;
         }
         let resolved =
             value.node.clone().into_const_with(|variable| context.variables.get(&variable).cloned().ok_or(()));
         let number = match resolved {
             Ok(Value::Number(number)) => number.as_u64(),
+            Ok(Value::List(items)) => Some(count(items.len())),
             _ => None,
         };
         // Negative or not a number: the resolver refuses it; count the default page.
@@ -466,6 +468,7 @@ mod tests {
     fn cost_multiplies_by_the_page_asked_for_or_the_default_page() {
         assert_eq!(run("{ a(first: 10) { b c } }").map(|shape| shape.cost), Ok(1 + 10 * 2));
         assert_eq!(run("{ a(last: 3) { b } d }").map(|shape| shape.cost), Ok(1 + 3 + 1));
+        assert_eq!(run(r#"{ nodes(ids: ["x", "y", "z"]) { id } }"#).map(|shape| shape.cost), Ok(1 + 3));
         // A paged field queried without a page size costs the default page.
         assert_eq!(run("{ products { nodes { id } } }").map(|shape| shape.cost), Ok(1 + 20 * 2));
         let nested = "{ a(first: 100) { b(first: 100) { c(first: 100) { d } } } }";

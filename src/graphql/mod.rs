@@ -5,6 +5,7 @@
 //! `API_TOKENS` is set, and POST).
 
 pub mod limits;
+mod nodes;
 pub mod persisted;
 mod system;
 
@@ -23,15 +24,17 @@ use tokio::sync::Semaphore;
 
 use crate::{config::GraphqlConfig, error::AppError, node::Node};
 
-/// Every read. Ids are positive integers sent as strings: a malformed id is
-/// `BAD_USER_INPUT`. A lookup of one entity by id (`product`, `offer`, `customer`, `record`,
-/// `purchase`, `upload`, `intakeMessage`, `job`) is nullable: null when there is none,
-/// without an error. Paged lists (`…Connection`) are Relay cursor connections in creation
+/// Every read. Ids are global (Relay's object identification): opaque strings, unique
+/// across types, that `node(id:)` resolves; an argument taking the id of one type refuses
+/// a malformed id or another type's id with `BAD_USER_INPUT`. A lookup of one entity by id
+/// (`node`, `product`, `offer`, `customer`, `record`, `purchase`, `upload`,
+/// `intakeMessage`, `job`) is nullable: null when there is none, without an error. Paged lists (`…Connection`) are Relay cursor connections in creation
 /// (id) order: `first` rows (20 when omitted, at most `PAGE_MAX`, 100 by default) after
 /// the cursor `after`. Every error carries `extensions.code`.
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
 pub struct QueryRoot(
+    nodes::NodeQuery,
     system::SystemQuery,
     crate::catalog::graphql::CatalogQuery,
     crate::records::RecordsQuery,

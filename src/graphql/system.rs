@@ -1,76 +1,15 @@
 //! Operator-facing fields of the foundation: durable jobs and their outcome.
 
-use async_graphql::{Context, Enum, ID, Object, SimpleObject};
-use chrono::{DateTime, Utc};
+use async_graphql::{Context, ID, Object, SimpleObject};
 use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, sea_query::Expr};
 
 use super::state;
-use crate::paging::parse_id;
 use crate::{
-    db::{now_ms, to_datetime},
+    db::now_ms,
     error::{AppError, AppResult},
-    jobs::{self, JobRecord, entity::job},
+    global_id,
+    jobs::{self, entity::job, graphql::Job},
 };
-
-/// Where a durable job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum JobStatus {
-    /// Waiting to run: new, or retrying after a failed attempt (from `runAt` on).
-    Queued,
-    /// A node is running it now (a job whose node dies is run again).
-    Running,
-    /// Done.
-    Succeeded,
-    /// Given up, after its last attempt or an error that retrying cannot fix; `lastError`
-    /// says why, and `retryJob` queues it again.
-    Failed,
-}
-
-/// A unit of durable background work (offer registration, upload ingestion, intake).
-#[derive(Debug, Clone, SimpleObject)]
-pub struct Job {
-    /// The job's id.
-    pub id: ID,
-    /// What the job does: `catalog.register`, `uploads.ingest` or `intake.store`.
-    pub kind: String,
-    /// Where the job stands.
-    pub status: JobStatus,
-    /// Attempts started so far (`retryJob` resets it to 0).
-    pub attempts: i32,
-    /// Attempts allowed before the job fails for good (set by the server per kind).
-    pub max_attempts: i32,
-    /// The error of the last failed attempt (kept after a later success); null when no
-    /// attempt has failed.
-    pub last_error: Option<String>,
-    /// When the job is (or was) due to run next.
-    pub run_at: DateTime<Utc>,
-    /// When the job was queued.
-    pub created_at: DateTime<Utc>,
-    /// When it became `SUCCEEDED` or `FAILED`; null while queued or running.
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-impl From<JobRecord> for Job {
-    fn from(job: JobRecord) -> Self {
-        let status = match job.status.as_str() {
-            jobs::RUNNING => JobStatus::Running,
-            jobs::SUCCEEDED => JobStatus::Succeeded,
-            jobs::FAILED => JobStatus::Failed,
-            _ => JobStatus::Queued,
-        };
-        Self {
-            id: ID(job.id.to_string()),
-            kind: job.kind,
-            status,
-            attempts: job.attempts,
-            max_attempts: job.max_attempts,
-            last_error: job.last_error,
-            run_at: to_datetime(job.run_at),
-            created_at: to_datetime(job.created_at),
-            finished_at: job.finished_at.map(to_datetime),
-        }
-    }
-}
 
 /// How many jobs are in each state, cluster-wide.
 #[derive(Debug, Clone, SimpleObject)]
@@ -96,7 +35,7 @@ impl SystemQuery {
         ctx: &Context<'_>,
         #[graphql(desc = "The job's id (e.g. `IntakeMessage.jobId`).")] id: ID,
     ) -> async_graphql::Result<Option<Job>> {
-        let id = parse_id(&id, "job")?;
+        let id = global_id::parse::<Job>(&id)?;
         Ok(state(ctx).shared.jobs.get(id).await.map_err(AppError::from)?.map(Job::from))
     }
 
@@ -125,7 +64,7 @@ impl SystemMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "The failed job to run again.")] id: ID,
     ) -> async_graphql::Result<Job> {
-        Ok(retry_job(ctx, parse_id(&id, "job")?).await?)
+        Ok(retry_job(ctx, global_id::parse::<Job>(&id)?).await?)
     }
 }
 

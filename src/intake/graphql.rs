@@ -1,5 +1,7 @@
 //! GraphQL surface of the intake pipeline: thin resolvers over `submit` and `read`.
 
+use std::collections::HashMap;
+
 use async_graphql::{Context, ID, InputObject, Object, SchemaBuilder, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
@@ -13,8 +15,10 @@ use super::{
 };
 use crate::{
     db::to_datetime,
-    error::AppError,
-    paging::{Page, Paged, Totals, connection, parse_id},
+    error::{AppError, AppResult},
+    global_id,
+    jobs::graphql::Job,
+    paging::{Page, Paged, Totals, connection},
 };
 
 /// The intake's handle inside a resolver (every schema that serves is built with it).
@@ -22,6 +26,7 @@ fn state<'a>(ctx: &Context<'a>) -> &'a Intake {
     ctx.data_unchecked::<Intake>()
 }
 
+#[derive(Clone)]
 pub struct IntakeMessage(MessageRow);
 
 /// A message submitted to the intake pipeline: queued, then written as
@@ -36,9 +41,10 @@ pub struct IntakeMessage(MessageRow);
 /// submission order, so when two share a title the later one is the object's content.
 #[Object]
 impl IntakeMessage {
-    /// Our id for this submission (every submission gets one, even when the client's `messageId` repeats).
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// The submission's global id (opaque; every submission gets one, even when the
+    /// client's `messageId` repeats; `node(id:)` refetches it).
+    pub async fn id(&self) -> ID {
+        global_id::of::<Self>(self.0.id)
     }
 
     /// The client's own `id` field, as text (not unique: resubmitting a message queues it again).
@@ -83,9 +89,9 @@ impl IntakeMessage {
         &self.0.body
     }
 
-    /// The durable job that writes this message (see `job(id)`).
+    /// The global id of the durable job that writes this message (see `job(id)`).
     async fn job_id(&self) -> ID {
-        ID(self.0.job_id.to_string())
+        global_id::of::<Job>(self.0.job_id)
     }
 
     /// When the message was queued.
@@ -104,9 +110,14 @@ pub struct IntakeNotice(Notice);
 /// The result notice of a stored message (the output queue).
 #[Object]
 impl IntakeNotice {
-    /// The message's id (our submission id).
-    async fn id(&self) -> ID {
-        ID(self.0.id.to_string())
+    /// The notice's own id (opaque; one notice per stored message): de-duplicate by it.
+    pub async fn id(&self) -> ID {
+        global_id::of::<Self>(self.0.id)
+    }
+
+    /// The global id of the stored message (`IntakeMessage.id`).
+    async fn intake_message_id(&self) -> ID {
+        global_id::of::<IntakeMessage>(self.0.id)
     }
 
     /// The client's own `id` field.
@@ -219,9 +230,9 @@ impl IntakeQuery {
     async fn intake_message(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "Our id of the message (`IntakeMessage.id`).")] id: ID,
+        #[graphql(desc = "The message's global id (`IntakeMessage.id`).")] id: ID,
     ) -> async_graphql::Result<Option<IntakeMessage>> {
-        let id = parse_id(&id, "intake message")?;
+        let id = global_id::parse::<IntakeMessage>(&id)?;
         Ok(read::get(&state(ctx).db, id).await?.map(IntakeMessage))
     }
 
@@ -297,4 +308,10 @@ impl IntakeSubscription {
             async move { keep.then_some(IntakeNotice(notice)) }
         }))
     }
+}
+
+/// Intake messages by row (`node`, `nodes`): one statement.
+pub async fn messages_by_row(ctx: &Context<'_>, rows: &[i64]) -> AppResult<HashMap<i64, IntakeMessage>> {
+    let found = read::by_ids(&state(ctx).db, rows).await?;
+    Ok(found.into_iter().map(|row| (row.id, IntakeMessage(row))).collect())
 }

@@ -12,9 +12,10 @@ use axum::{
 };
 use serde_json::json;
 
-use super::{Intake, submit};
+use super::{Intake, IntakeMessage, submit};
 use crate::{
     error::{AppError, AppResult},
+    global_id,
     guard::{BodyError, read_limited, require_write},
 };
 
@@ -22,7 +23,8 @@ pub fn routes() -> Router<Intake> {
     Router::new().route("/v1/intake", post(submit_messages).route_layer(middleware::from_fn(require_write)))
 }
 
-/// 202 `{"ids": [..], "count": n}`: our ids, in the order of the submitted messages.
+/// 202 `{"ids": [..], "node_ids": [..], "count": n}`: our row ids and the same messages'
+/// GraphQL ids (`intakeMessage(id:)`, `node(id:)`), in the order of the submitted messages.
 async fn submit_messages(State(state): State<Intake>, headers: HeaderMap, body: Body) -> AppResult<impl IntoResponse> {
     let limit = state.config.intake_max_body_bytes;
     let timeout = state.request_timeout;
@@ -38,5 +40,6 @@ async fn submit_messages(State(state): State<Intake>, headers: HeaderMap, body: 
     let messages = submit::parse_body(&bytes)?;
     let rows = submit::queue(&state, messages).await?;
     let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids, "count": ids.len() }))))
+    let node_ids: Vec<String> = ids.iter().map(|id| global_id::of::<IntakeMessage>(*id).0).collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "ids": ids, "node_ids": node_ids, "count": ids.len() }))))
 }

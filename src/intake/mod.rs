@@ -65,7 +65,7 @@ mod read;
 mod submit;
 
 pub use config::{BucketRoute, IntakeConfig};
-pub use graphql::{IntakeMutation, IntakeQuery, IntakeSubscription};
+pub use graphql::{IntakeMessage, IntakeMutation, IntakeQuery, IntakeSubscription, messages_by_row};
 pub use http::routes;
 pub use model::{IntakeStatus, Notice, PROCESSED_TOPIC};
 pub use process::{STORE_KIND, object_path, reconcile};

@@ -62,6 +62,11 @@ pub async fn get(db: &impl ConnectionTrait, id: i64) -> AppResult<Option<Message
     Ok(intake_message::Entity::find_by_id(id).one(db).await?)
 }
 
+/// Messages by id, in no particular order; unknown ids are absent.
+pub async fn by_ids(db: &impl ConnectionTrait, ids: &[i64]) -> AppResult<Vec<MessageRow>> {
+    Ok(intake_message::Entity::find().filter(Column::Id.is_in(ids.iter().copied())).all(db).await?)
+}
+
 /// Messages per status.
 pub async fn counts(db: &impl ConnectionTrait) -> AppResult<BTreeMap<&'static str, i64>> {
     let rows = intake_message::Entity::find()

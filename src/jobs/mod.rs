@@ -11,6 +11,7 @@
 //! Handlers must be idempotent: a job whose node died mid-run runs again.
 
 pub mod entity;
+pub mod graphql;
 pub mod periodic;
 mod worker;
 
@@ -206,6 +207,11 @@ impl JobQueue {
 
     pub async fn get(&self, id: i64) -> Result<Option<JobRecord>, sea_orm::DbErr> {
         job::Entity::find_by_id(id).one(&self.db).await
+    }
+
+    /// Jobs by id, in no particular order; unknown ids are absent.
+    pub async fn by_ids(&self, ids: &[i64]) -> Result<Vec<JobRecord>, sea_orm::DbErr> {
+        job::Entity::find().filter(Column::Id.is_in(ids.iter().copied())).all(&self.db).await
     }
 
     /// Job counts by status (for metrics and health).

@@ -1,6 +1,8 @@
 //! The store's GraphQL surface: thin resolvers over `customers`, `records` and
 //! `purchases`. Nested lookups go through the shared DataLoader (`loaders`).
 
+use std::collections::HashMap;
+
 use async_graphql::{Context, ID, InputObject, Object, SchemaBuilder};
 use chrono::{DateTime, Utc};
 
@@ -16,7 +18,8 @@ use crate::{
     dates::DateTimeInput,
     db::to_datetime,
     error::{AppError, AppResult},
-    paging::{Page, Paged, Totals, connection, parse_id},
+    global_id,
+    paging::{Page, Paged, Totals, connection},
 };
 
 type Result<T> = async_graphql::Result<T>;
@@ -35,17 +38,17 @@ fn int(value: i64, what: &str) -> AppResult<i32> {
     i32::try_from(value).map_err(|_| AppError::Internal(anyhow::anyhow!("{what} {value} does not fit in Int")))
 }
 
-fn optional_id(id: Option<&ID>, what: &str) -> AppResult<Option<i64>> {
-    id.map(|id| parse_id(id, what)).transpose()
+fn optional_id<T: async_graphql::OutputType>(id: Option<&ID>) -> AppResult<Option<i64>> {
+    id.map(global_id::parse::<T>).transpose()
 }
 
 /// A customer account of the record store. A deactivated account stays, with its
 /// purchases, but can no longer buy.
 #[Object]
 impl Customer {
-    /// The customer's id.
-    async fn id(&self) -> ID {
-        ID(self.id.to_string())
+    /// The customer's global id (opaque; `node(id:)` refetches it).
+    pub async fn id(&self) -> ID {
+        global_id::of::<Self>(self.id)
     }
 
     /// 1–200 characters, trimmed.
@@ -106,9 +109,9 @@ impl Customer {
 /// A record (disc) the store sells, with its current price and the units on hand.
 #[Object]
 impl Record {
-    /// The record's id.
-    async fn id(&self) -> ID {
-        ID(self.id.to_string())
+    /// The record's global id (opaque; `node(id:)` refetches it).
+    pub async fn id(&self) -> ID {
+        global_id::of::<Self>(self.id)
     }
 
     /// 1–200 characters, trimmed.
@@ -161,9 +164,9 @@ impl Record {
 /// attempt without enough stock is stored too, as `OUT_OF_STOCK`.
 #[Object]
 impl Purchase {
-    /// The purchase's id.
-    async fn id(&self) -> ID {
-        ID(self.id.to_string())
+    /// The purchase's global id (opaque; `node(id:)` refetches it).
+    pub async fn id(&self) -> ID {
+        global_id::of::<Self>(self.id)
     }
 
     /// The buyer.
@@ -363,7 +366,7 @@ impl RecordsQuery {
         ctx: &Context<'_>,
         #[graphql(desc = "The customer's id.")] id: ID,
     ) -> Result<Option<Customer>> {
-        Ok(customers::find(&state(ctx).db, parse_id(&id, "customer")?).await?)
+        Ok(customers::find(&state(ctx).db, global_id::parse::<Customer>(&id)?).await?)
     }
 
     /// Records (the store's discs), oldest first.
@@ -397,7 +400,7 @@ impl RecordsQuery {
 
     /// A record by id; null when there is none (a malformed id is BAD_USER_INPUT).
     async fn record(&self, ctx: &Context<'_>, #[graphql(desc = "The record's id.")] id: ID) -> Result<Option<Record>> {
-        Ok(record::find(&state(ctx).db, parse_id(&id, "record")?).await?)
+        Ok(record::find(&state(ctx).db, global_id::parse::<Record>(&id)?).await?)
     }
 
     /// Purchases of every status, oldest first: by customer, by record, by period, by status.
@@ -417,8 +420,8 @@ impl RecordsQuery {
         let page = Page::new(first, after, state.page_max)?;
         let filter = filter.unwrap_or_default();
         let filter = purchases::PurchaseFilter {
-            customer_id: optional_id(filter.customer_id.as_ref(), "customer")?,
-            record_id: optional_id(filter.record_id.as_ref(), "record")?,
+            customer_id: optional_id::<Customer>(filter.customer_id.as_ref())?,
+            record_id: optional_id::<Record>(filter.record_id.as_ref())?,
             from: filter.from.map(DateTimeInput::utc),
             to: filter.to.map(DateTimeInput::utc),
             status: filter.status,
@@ -435,7 +438,7 @@ impl RecordsQuery {
         ctx: &Context<'_>,
         #[graphql(desc = "The purchase's id.")] id: ID,
     ) -> Result<Option<Purchase>> {
-        Ok(purchases::find(&state(ctx).db, parse_id(&id, "purchase")?).await?)
+        Ok(purchases::find(&state(ctx).db, global_id::parse::<Purchase>(&id)?).await?)
     }
 }
 
@@ -482,7 +485,7 @@ impl RecordsMutation {
         #[graphql(desc = "The customer to change.")] id: ID,
         #[graphql(desc = "The fields to change.")] input: UpdateCustomerInput,
     ) -> Result<Customer> {
-        let id = parse_id(&id, "customer")?;
+        let id = global_id::parse::<Customer>(&id)?;
         let changes = CustomerChanges { name: input.name, email: input.email };
         Ok(customers::update(&state(ctx).db, id, changes).await?)
     }
@@ -494,7 +497,7 @@ impl RecordsMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "The customer to deactivate.")] id: ID,
     ) -> Result<Customer> {
-        Ok(customers::deactivate(&state(ctx).db, parse_id(&id, "customer")?).await?)
+        Ok(customers::deactivate(&state(ctx).db, global_id::parse::<Customer>(&id)?).await?)
     }
 
     /// Adds a record to the catalog. A field beyond its limits is BAD_USER_INPUT.
@@ -522,7 +525,7 @@ impl RecordsMutation {
         #[graphql(desc = "The record to change.")] id: ID,
         #[graphql(desc = "The fields to change.")] input: UpdateRecordInput,
     ) -> Result<Record> {
-        let id = parse_id(&id, "record")?;
+        let id = global_id::parse::<Record>(&id)?;
         let changes = RecordChanges {
             title: input.title,
             artist: input.artist,
@@ -541,7 +544,7 @@ impl RecordsMutation {
         #[graphql(desc = "The record to restock.")] id: ID,
         #[graphql(desc = "Units to add, one or more.")] quantity: i32,
     ) -> Result<Record> {
-        Ok(record::restock(&state(ctx).db, parse_id(&id, "record")?, quantity).await?)
+        Ok(record::restock(&state(ctx).db, global_id::parse::<Record>(&id)?, quantity).await?)
     }
 
     /// Buys `quantity` units of a record at its current price. With enough stock the
@@ -556,8 +559,8 @@ impl RecordsMutation {
         #[graphql(desc = "Who buys how many units of which record.")] input: CreatePurchaseInput,
     ) -> Result<Purchase> {
         let new = NewPurchase {
-            customer_id: parse_id(&input.customer_id, "customer")?,
-            record_id: parse_id(&input.record_id, "record")?,
+            customer_id: global_id::parse::<Customer>(&input.customer_id)?,
+            record_id: global_id::parse::<Record>(&input.record_id)?,
             quantity: input.quantity,
         };
         Ok(purchases::create(&state(ctx).db, new).await?)
@@ -571,6 +574,28 @@ impl RecordsMutation {
         ctx: &Context<'_>,
         #[graphql(desc = "The purchase to cancel.")] id: ID,
     ) -> Result<Purchase> {
-        Ok(purchases::cancel(&state(ctx).db, parse_id(&id, "purchase")?).await?)
+        Ok(purchases::cancel(&state(ctx).db, global_id::parse::<Purchase>(&id)?).await?)
     }
+}
+
+// ---- lookups by global id (`node`, `nodes`) ---------------------------------------------
+
+/// Customers by row: one read through the shared batch loader.
+pub async fn customers_by_row(ctx: &Context<'_>, rows: &[i64]) -> AppResult<HashMap<i64, Customer>> {
+    let keys = rows.iter().copied().map(CustomerKey);
+    let loaded = loader(ctx)?.load_many(keys).await.map_err(BatchError::into_app_error)?;
+    Ok(loaded.into_iter().map(|(key, customer)| (key.0, customer)).collect())
+}
+
+/// Records by row: one read through the shared batch loader.
+pub async fn records_by_row(ctx: &Context<'_>, rows: &[i64]) -> AppResult<HashMap<i64, Record>> {
+    let keys = rows.iter().copied().map(RecordKey);
+    let loaded = loader(ctx)?.load_many(keys).await.map_err(BatchError::into_app_error)?;
+    Ok(loaded.into_iter().map(|(key, record)| (key.0, record)).collect())
+}
+
+/// Purchases by row: one statement.
+pub async fn purchases_by_row(ctx: &Context<'_>, rows: &[i64]) -> AppResult<HashMap<i64, Purchase>> {
+    let found = purchases::by_ids(&state(ctx).db, rows).await?;
+    Ok(found.into_iter().map(|purchase| (purchase.id, purchase)).collect())
 }

@@ -23,6 +23,7 @@ mod validate;
 
 pub use graphql::{RecordsMutation, RecordsQuery};
 pub use loaders::StoreLoader;
+pub use model::{Customer, Purchase, Record};
 
 use sea_orm::DatabaseConnection;
 

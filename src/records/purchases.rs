@@ -162,6 +162,11 @@ pub async fn find(db: &impl ConnectionTrait, id: i64) -> AppResult<Option<Purcha
     Ok(purchase::Entity::find_by_id(id).one(db).await?)
 }
 
+/// Purchases by id, in no particular order; unknown ids are absent.
+pub async fn by_ids(db: &impl ConnectionTrait, ids: &[i64]) -> AppResult<Vec<Purchase>> {
+    Ok(purchase::Entity::find().filter(Column::Id.is_in(ids.iter().copied())).all(db).await?)
+}
+
 pub async fn get(db: &impl ConnectionTrait, id: i64) -> AppResult<Purchase> {
     find(db, id).await?.ok_or_else(|| AppError::not_found(format!("no purchase with id {id}")))
 }

@@ -2,6 +2,8 @@
 //! subscription. Uploads themselves arrive over REST (`POST /v1/products`): a GraphQL
 //! request cannot stream a gigabyte body.
 
+use std::collections::HashMap;
+
 use async_graphql::{Context, Enum, ID, Object, SchemaBuilder, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
@@ -13,8 +15,9 @@ use super::{
 };
 use crate::{
     db::to_datetime,
-    error::AppError,
-    paging::{Page, Paged, Totals, connection, parse_id},
+    error::{AppError, AppResult},
+    global_id,
+    paging::{Page, Paged, Totals, connection},
 };
 
 /// The uploads' handle inside a resolver (every schema that serves is built with it).
@@ -75,7 +78,9 @@ impl From<ItemRejection> for UploadItemRejection {
 /// A bulk product upload (`POST /v1/products`) and its ingestion.
 #[derive(Debug, Clone, SimpleObject)]
 pub struct Upload {
-    /// The upload's id (the `upload_id` that `POST /v1/products` answered).
+    /// The upload's global id (opaque; `node(id:)` refetches it). `POST /v1/products`
+    /// answers it as `node_id`, beside its own numeric `upload_id`.
+    #[graphql(owned)]
     pub id: ID,
     /// Where the ingestion stands.
     pub status: UploadStatus,
@@ -109,7 +114,7 @@ impl From<UploadRecord> for Upload {
     fn from(record: UploadRecord) -> Self {
         let rejections = record.rejection_list().into_iter().map(UploadItemRejection::from).collect();
         Self {
-            id: ID(record.id.to_string()),
+            id: global_id::of::<Upload>(record.id),
             status: UploadStatus::from_stored(&record.status),
             bytes: record.bytes,
             digest: record.digest,
@@ -132,14 +137,14 @@ pub struct UploadQuery;
 
 #[Object]
 impl UploadQuery {
-    /// An upload by id (the `upload_id` that `POST /v1/products` answered); null when
-    /// there is none (a malformed id is BAD_USER_INPUT).
+    /// An upload by its global id (the `node_id` that `POST /v1/products` answered); null
+    /// when there is none (a malformed id, or one of another type, is BAD_USER_INPUT).
     async fn upload(
         &self,
         ctx: &Context<'_>,
-        #[graphql(desc = "The upload's id.")] id: ID,
+        #[graphql(desc = "The upload's global id (`Upload.id`, the REST answer's `node_id`).")] id: ID,
     ) -> async_graphql::Result<Option<Upload>> {
-        let id = parse_id(&id, "upload")?;
+        let id = global_id::parse::<Upload>(&id)?;
         Ok(model::get(&state(ctx).db, id).await?.map(Upload::from))
     }
 
@@ -190,7 +195,7 @@ impl UploadSubscription {
         ctx: &Context<'_>,
         #[graphql(desc = "The upload to follow; NOT_FOUND when there is none.")] id: ID,
     ) -> async_graphql::Result<impl Stream<Item = Upload>> {
-        let id = parse_id(&id, "upload")?;
+        let id = global_id::parse::<Upload>(&id)?;
         let state = state(ctx).clone();
         // Subscribe before reading the current state, so no update falls in between.
         let mut updates = state.events.subscribe::<UploadRecord>(&progress_topic(id)).boxed();
@@ -214,4 +219,10 @@ impl UploadSubscription {
             }
         })
     }
+}
+
+/// Uploads by row (`node`, `nodes`): one statement.
+pub async fn uploads_by_row(ctx: &Context<'_>, rows: &[i64]) -> AppResult<HashMap<i64, Upload>> {
+    let found = model::by_ids(&state(ctx).db, rows).await?;
+    Ok(found.into_iter().map(|record| (record.id, Upload::from(record))).collect())
 }

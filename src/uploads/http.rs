@@ -19,7 +19,7 @@ use super::{
     receive::{self, Rejection},
     scan::SyntaxError,
 };
-use crate::{db::to_datetime, error::AppError};
+use crate::{db::to_datetime, error::AppError, global_id};
 
 pub fn routes() -> Router<Uploads> {
     Router::new()
@@ -28,7 +28,7 @@ pub fn routes() -> Router<Uploads> {
 }
 
 /// Takes a JSON array of products, whatever its `Content-Type` (`curl -d` sends
-/// `application/x-www-form-urlencoded`). 200 `{"upload_id", "status": "queued"}`; 400 with
+/// `application/x-www-form-urlencoded`). 200 `{"upload_id", "node_id", "status": "queued", …}`; 400 with
 /// the position of the first error; 403 + `Retry-After` for a body accepted less than
 /// `DEDUP_WINDOW` ago; 413 beyond `MAX_UPLOAD_BYTES`; 503 + `Retry-After` when the dedup
 /// store or object storage is down.
@@ -76,6 +76,7 @@ fn invalid_body(error: &SyntaxError) -> Response {
 #[derive(Debug, Serialize)]
 struct UploadView {
     id: String,
+    node_id: String,
     status: String,
     bytes: i64,
     digest: String,
@@ -96,6 +97,7 @@ impl From<UploadRecord> for UploadView {
         let rejections = record.rejection_list();
         Self {
             id: record.id.to_string(),
+            node_id: global_id::of::<super::graphql::Upload>(record.id).0,
             status: record.status,
             bytes: record.bytes,
             digest: record.digest,

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-pub use graphql::{UploadQuery, UploadSubscription};
+pub use graphql::{Upload, UploadQuery, UploadSubscription, uploads_by_row};
 pub use http::routes;
 pub use window::DedupWindow;
 

@@ -98,6 +98,11 @@ pub async fn get(conn: &impl ConnectionTrait, id: i64) -> AppResult<Option<Uploa
     Ok(upload::Entity::find_by_id(id).one(conn).await?)
 }
 
+/// Uploads by id, in no particular order; unknown ids are absent.
+pub async fn by_ids(conn: &impl ConnectionTrait, ids: &[i64]) -> AppResult<Vec<UploadRecord>> {
+    Ok(upload::Entity::find().filter(Column::Id.is_in(ids.iter().copied())).all(conn).await?)
+}
+
 fn of_status(status: Option<&str>) -> Select<upload::Entity> {
     match status {
         Some(status) => upload::Entity::find().filter(Column::Status.eq(status)),

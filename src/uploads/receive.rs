@@ -20,7 +20,7 @@ use super::{
     scan::{BodyScanner, Summary, SyntaxError},
     window::{Duplicate, Verdict},
 };
-use crate::{error::AppError, jobs::NewJob, storage::ObjectWriter};
+use crate::{error::AppError, global_id, jobs::NewJob, storage::ObjectWriter};
 
 /// After a 413, how much more of the body is read (and dropped) so the client can read
 /// the answer before the connection closes.
@@ -54,7 +54,11 @@ pub struct Received {
 /// The answer to an accepted upload (`200 {"upload_id": …, "status": "queued"}`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Accepted {
+    /// The REST id (`GET /v1/uploads/{upload_id}`).
     pub upload_id: String,
+    /// The same upload's GraphQL global id (`upload(id:)`, `node(id:)`), as GitHub's REST
+    /// API answers `node_id`.
+    pub node_id: String,
     pub status: &'static str,
     pub bytes: u64,
     pub items: u64,
@@ -338,6 +342,7 @@ pub async fn accept(state: &Uploads, received: Received) -> Result<Accepted, Rej
         );
         Ok(Accepted {
             upload_id: id.to_string(),
+            node_id: global_id::of::<super::graphql::Upload>(id).0,
             status: model::QUEUED,
             bytes: received.summary.bytes,
             items: received.summary.items,

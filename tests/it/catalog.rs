@@ -10,7 +10,7 @@ use emporium::{
 use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, TestEnv, error_code, eventually};
+use crate::support::{TestApp, TestEnv, error_code, eventually, row_of};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -65,7 +65,7 @@ async fn health(app: &TestApp) -> Value {
 async fn sim_offers(env: &TestEnv, app: &TestApp, id: &str) -> Vec<(String, i64, i64)> {
     let token = text(&app.state.db, "SELECT value FROM settings WHERE key = 'offers.access_token'").await;
     let offers: Vec<Value> = reqwest::Client::new()
-        .get(format!("{}/products/{id}/offers", env.sim.offers_url()))
+        .get(format!("{}/products/{}/offers", env.sim.offers_url(), row_of(id)))
         .header("Bearer", token)
         .send()
         .await
@@ -417,16 +417,22 @@ async fn bad_input_gets_its_code_and_stores_nothing() {
     }
 
     let update = "mutation($id: ID!, $input: UpdateProductInput!) { updateProduct(id: $id, input: $input) { id } }";
+    // Well-formed ids of products that do not exist.
+    let ghost = emporium::global_id::encode("Product", 999_999).0;
     for (id, input, code) in [
         (other_id.as_str(), json!({ "sku": "SKU-1" }), "CONFLICT"),
         (other_id.as_str(), json!({ "name": "" }), "BAD_USER_INPUT"),
         (other_id.as_str(), json!({}), "BAD_USER_INPUT"),
-        ("999999", json!({ "name": "ghost" }), "NOT_FOUND"),
+        (ghost.as_str(), json!({ "name": "ghost" }), "NOT_FOUND"),
+        // A row number is not an id.
+        ("999999", json!({ "name": "ghost" }), "BAD_USER_INPUT"),
         ("not-an-id", json!({ "name": "ghost" }), "BAD_USER_INPUT"),
     ] {
         let response = app.gql(update, json!({ "id": id, "input": input })).await;
         assert_eq!(error_code(&response).as_deref(), Some(code), "{response:#}");
     }
+    let delete_ghost = format!("mutation {{ deleteProduct(id: \"{ghost}\") }}");
+    let register_ghost = format!("mutation {{ registerProduct(id: \"{ghost}\") {{ id }} }}");
     for (query, code) in [
         ("{ product(id: \"abc\") { id } }", "BAD_USER_INPUT"),
         ("{ product(id: \"-5\") { id } }", "BAD_USER_INPUT"),
@@ -434,9 +440,11 @@ async fn bad_input_gets_its_code_and_stores_nothing() {
         ("{ products(first: 100000) { nodes { id } } }", "COMPLEXITY_LIMIT_EXCEEDED"),
         ("{ products(first: -1) { nodes { id } } }", "BAD_USER_INPUT"),
         ("{ products(after: \"garbage\") { nodes { id } } }", "BAD_USER_INPUT"),
-        ("mutation { deleteProduct(id: \"999999\") }", "NOT_FOUND"),
+        (delete_ghost.as_str(), "NOT_FOUND"),
+        ("mutation { deleteProduct(id: \"999999\") }", "BAD_USER_INPUT"),
         ("mutation { deleteProduct(id: \"x\") }", "BAD_USER_INPUT"),
-        ("mutation { registerProduct(id: \"999999\") { id } }", "NOT_FOUND"),
+        (register_ghost.as_str(), "NOT_FOUND"),
+        ("mutation { registerProduct(id: \"999999\") { id } }", "BAD_USER_INPUT"),
         ("subscription { offerPriceChanged(productId: \"0\") { price } }", "BAD_REQUEST"),
     ] {
         let response = app.gql(query, json!({})).await;
@@ -584,7 +592,7 @@ async fn vanished_offers_are_deleted_and_their_history_stays_with_the_product() 
     })
     .await;
     let id = create_product(&app, "lamp").await;
-    let product_id: i64 = id.parse().unwrap();
+    let product_id = row_of(&id);
     let offer = |source: &str, price: i64| RemoteOffer { source_id: source.into(), price, items_in_stock: 3 };
     let t0 = emporium::db::now_ms() - 10_000;
 
@@ -659,7 +667,7 @@ async fn product_with_history(app: &TestApp, name: &str, snapshots: &[&[(&str, i
             .iter()
             .map(|(source, price)| RemoteOffer { source_id: (*source).into(), price: *price, items_in_stock: 1 })
             .collect();
-        apply(&app.node.catalog, id.parse().unwrap(), &offers, *at).await.unwrap();
+        apply(&app.node.catalog, row_of(&id), &offers, *at).await.unwrap();
     }
     id
 }

@@ -24,7 +24,10 @@ async fn health_lists_every_dependency_and_is_200() {
 async fn mutations_need_a_token_when_api_tokens_is_set() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn_with(&env, |config| config.api_tokens = vec!["s3cret".into()]).await;
-    let mutation = "mutation { retryJob(id: \"1\") { id } }";
+    // A well-formed id of a job that does not exist.
+    let mutation =
+        format!("mutation {{ retryJob(id: \"{}\") {{ id }} }}", emporium::global_id::encode("Job", 999_999).0);
+    let mutation = mutation.as_str();
 
     let response = app.http.post(app.url("/graphql")).json(&json!({ "query": mutation })).send().await.unwrap();
     assert_eq!(response.status(), 401);
@@ -96,7 +99,10 @@ fn websocket_codes(message: &Value) -> Vec<String> {
 async fn websocket_operations_get_the_same_write_check_and_error_codes() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn_with(&env, |config| config.api_tokens = vec!["s3cret".into()]).await;
-    let mutation = "mutation { retryJob(id: \"1\") { id } }";
+    // A well-formed id of a job that does not exist.
+    let mutation =
+        format!("mutation {{ retryJob(id: \"{}\") {{ id }} }}", emporium::global_id::encode("Job", 999_999).0);
+    let mutation = mutation.as_str();
 
     let refused = over_websocket(&app, None, mutation).await;
     assert_eq!(websocket_codes(&refused), ["UNAUTHENTICATED"], "{refused:#}");

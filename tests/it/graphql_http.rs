@@ -222,23 +222,31 @@ async fn every_lookup_by_id_answers_null_for_an_unknown_id() {
             json!({}),
         )
         .await;
+    // (name, the type it answers)
     let mut lookups = Vec::new();
     for field in schema["__schema"]["queryType"]["fields"].as_array().unwrap() {
         let args = field["args"].as_array().unwrap();
         if args.len() == 1 && args[0]["name"] == "id" && args[0]["type"]["ofType"]["name"] == "ID" {
             let name = field["name"].as_str().unwrap().to_string();
-            assert_eq!(field["type"]["kind"], "OBJECT", "`{name}` must be nullable: {field}");
-            lookups.push(name);
+            // Nullable: the type itself, not NON_NULL around it. `node` answers the interface.
+            let kind = if name == "node" { "INTERFACE" } else { "OBJECT" };
+            assert_eq!(field["type"]["kind"], kind, "`{name}` must be nullable: {field}");
+            lookups.push((name, field["type"]["name"].as_str().unwrap().to_string()));
         }
     }
     lookups.sort();
-    let expected = ["customer", "intakeMessage", "job", "offer", "product", "purchase", "record", "upload"];
-    assert_eq!(lookups, expected, "the lookups by id");
-    for name in &lookups {
-        let unknown = app.gql(&format!("{{ {name}(id: \"987654321\") {{ __typename }} }}"), json!({})).await;
+    let names: Vec<&str> = lookups.iter().map(|(name, _)| name.as_str()).collect();
+    let expected = ["customer", "intakeMessage", "job", "node", "offer", "product", "purchase", "record", "upload"];
+    assert_eq!(names, expected, "the lookups by id");
+    for (name, type_name) in &lookups {
+        // A well-formed id of the type asked for (any node type for `node`) that names nothing.
+        let of_type = if type_name == "Node" { "Product" } else { type_name.as_str() };
+        let nothing = emporium::global_id::encode(of_type, 987_654_321).0;
+        let unknown = app.gql(&format!("{{ {name}(id: \"{nothing}\") {{ __typename }} }}"), json!({})).await;
         assert!(unknown.get("errors").is_none(), "{name}: {unknown:#}");
         assert_eq!(unknown["data"], json!({ name.as_str(): null }), "{name}: {unknown:#}");
-        for malformed in ["abc", "0", "-5", "99999999999999999999999"] {
+        // Row numbers (the ids before global ids) are malformed too.
+        for malformed in ["abc", "0", "-5", "99999999999999999999999", "987654321"] {
             let body = app.gql(&format!("{{ {name}(id: \"{malformed}\") {{ __typename }} }}"), json!({})).await;
             assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "{name}({malformed}): {body:#}");
         }

@@ -18,7 +18,7 @@ use sea_orm::{ConnectionTrait as _, DatabaseConnection, FromQueryResult};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _, http::HeaderValue};
 
-use crate::support::{NodeProcess, TestApp, TestEnv, error_code, eventually};
+use crate::support::{NodeProcess, TestApp, TestEnv, error_code, eventually, row_of};
 
 /// The documented example message, as a client would send it (its multi-line summary
 /// is not valid JSON, so it is on one line here).
@@ -33,7 +33,17 @@ const EXAMPLE_ROMANCE: &str = r#"{
 
 const EXAMPLE_SCIFI: &str = r#"{"id": "67890", "title": "Foundation", "author": "Isaac Asimov", "year": 1951, "genre": "scifi", "summary": "Psychohistory and the fall of an empire."}"#;
 
-const NOTICE_FIELDS: &str = "id messageId title genre bucket key storedAt";
+const NOTICE_FIELDS: &str = "id intakeMessageId messageId title genre bucket key storedAt";
+
+/// The GraphQL id of intake message `row` (REST answers row numbers).
+fn message_id(row: i64) -> String {
+    emporium::global_id::encode("IntakeMessage", row).0
+}
+
+/// Whether a notice is one of [`Subscriber::ready`]'s probes (message row 0), not a real one.
+fn is_probe(notice: &Value) -> bool {
+    notice["intakeMessageId"] == message_id(0)
+}
 
 fn message(title: &str, genre: &str, summary: &str) -> String {
     json!({ "id": format!("m-{summary}"), "title": title, "author": "Tester", "year": "2026", "genre": genre, "summary": summary })
@@ -201,7 +211,7 @@ impl Subscriber {
     async fn drain(&mut self, idle: Duration) -> Vec<Value> {
         let mut notices = Vec::new();
         while let Some(data) = self.next(idle).await {
-            if data["intakeProcessed"]["id"] != "0" {
+            if !is_probe(&data["intakeProcessed"]) {
                 notices.push(data["intakeProcessed"].clone());
             }
         }
@@ -237,7 +247,7 @@ async fn the_example_messages_land_in_their_genre_buckets_as_their_exact_json_wi
     let list = &data["intakeMessages"];
     assert_eq!(list["totalCount"], 2);
     let first = &list["nodes"][0];
-    assert_eq!(first["id"], romance_ids[0].to_string());
+    assert_eq!(first["id"], message_id(romance_ids[0]));
     assert_eq!(first["messageId"], "12345");
     assert_eq!(first["status"], "STORED");
     assert_eq!(first["bucket"], "romance");
@@ -251,11 +261,13 @@ async fn the_example_messages_land_in_their_genre_buckets_as_their_exact_json_wi
     let mut notices = Vec::new();
     while notices.len() < 2 {
         let data = subscriber.next(Duration::from_secs(10)).await.expect("a notice for each stored message");
-        if data["intakeProcessed"]["id"] != "0" {
+        if !is_probe(&data["intakeProcessed"]) {
             notices.push(data["intakeProcessed"].clone());
         }
     }
-    notices.sort_by_key(|notice| notice["id"].as_str().unwrap_or_default().parse::<i64>().unwrap_or_default());
+    notices.sort_by_key(|notice| row_of(notice["intakeMessageId"].as_str().expect("intakeMessageId")));
+    assert_eq!(notices[0]["intakeMessageId"], message_id(romance_ids[0]));
+    assert_eq!(notices[1]["intakeMessageId"], message_id(scifi_ids[0]));
     assert_eq!(notices[0]["messageId"], "12345");
     assert_eq!((notices[0]["bucket"].as_str(), notices[0]["key"].as_str()), (Some("romance"), Some("LoremIpsum.json")));
     assert_eq!((notices[1]["bucket"].as_str(), notices[1]["key"].as_str()), (Some("scifi"), Some("Foundation.json")));
@@ -385,7 +397,7 @@ async fn an_unknown_genre_is_queued_then_dead_lettered_with_its_reason() {
         .await;
     let failed = &data["intakeMessages"];
     assert_eq!(failed["totalCount"], 1);
-    assert_eq!(failed["nodes"][0]["id"], ids[1].to_string());
+    assert_eq!(failed["nodes"][0]["id"], message_id(ids[1]));
     assert_eq!(failed["nodes"][0]["reason"], "no bucket for genre fantasy");
     assert!(failed["nodes"][0]["bucket"].is_null());
     assert!(!objects_dir(&env).join("fantasy").exists());
@@ -545,7 +557,7 @@ async fn storage_errors_are_retried_and_end_failed_after_the_last_attempt() {
         let app = &app;
         async move {
             let data = app
-                .gql_ok("query($id: ID!) { intakeMessage(id: $id) { jobId } }", json!({ "id": id.to_string() }))
+                .gql_ok("query($id: ID!) { intakeMessage(id: $id) { jobId } }", json!({ "id": message_id(id) }))
                 .await;
             data["intakeMessage"]["jobId"].as_str().unwrap().to_string()
         }
@@ -592,7 +604,7 @@ async fn a_message_written_by_the_job_ahead_of_its_own_is_failed_only_by_its_own
         let intake = &intake;
         async move {
             let data = intake
-                .gql_ok("query($id: ID!) { intakeMessage(id: $id) { status jobId } }", json!({ "id": id.to_string() }))
+                .gql_ok("query($id: ID!) { intakeMessage(id: $id) { status jobId } }", json!({ "id": message_id(id) }))
                 .await;
             data["intakeMessage"].clone()
         }
@@ -676,11 +688,11 @@ async fn lists_page_and_filter() {
         totalCount pageInfo { hasNextPage endCursor } nodes { id status } } }";
     let first = app.gql_ok(page, json!({})).await;
     assert_eq!(first["intakeMessages"]["totalCount"], 5);
-    assert_eq!(first["intakeMessages"]["nodes"][0]["id"], ids[0].to_string());
+    assert_eq!(first["intakeMessages"]["nodes"][0]["id"], message_id(ids[0]));
     assert_eq!(first["intakeMessages"]["pageInfo"]["hasNextPage"], true);
     let cursor = first["intakeMessages"]["pageInfo"]["endCursor"].clone();
     let second = app.gql_ok(page, json!({ "after": cursor })).await;
-    assert_eq!(second["intakeMessages"]["nodes"][0]["id"], ids[2].to_string());
+    assert_eq!(second["intakeMessages"]["nodes"][0]["id"], message_id(ids[2]));
     let by_client_id =
         app.gql_ok(r#"{ intakeMessages(messageId: "m-3") { totalCount nodes { title } } }"#, json!({})).await;
     assert_eq!(by_client_id["intakeMessages"]["nodes"][0]["title"], "P3");
@@ -806,7 +818,7 @@ async fn notices_reach_subscribers_on_other_nodes() {
     let mut keys = Vec::new();
     while keys.len() < 2 {
         let data = subscriber.next(Duration::from_secs(15)).await.expect("notices from the other node");
-        if data["intakeProcessed"]["id"] != "0" {
+        if !is_probe(&data["intakeProcessed"]) {
             keys.push(data["intakeProcessed"]["key"].as_str().unwrap().to_string());
         }
     }

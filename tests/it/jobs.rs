@@ -127,15 +127,12 @@ async fn a_job_that_always_fails_ends_failed_with_its_last_error() {
     assert!(job.finished_at.is_some());
 
     // Visible over GraphQL, and an operator can put it back in the queue.
-    let data = app
-        .gql_ok("query($id: ID!) { job(id: $id) { status attempts lastError } }", json!({ "id": id.to_string() }))
-        .await;
+    let gid = emporium::global_id::encode("Job", id).0;
+    let data = app.gql_ok("query($id: ID!) { job(id: $id) { status attempts lastError } }", json!({ "id": gid })).await;
     assert_eq!(data["job"]["status"], "FAILED");
     assert_eq!(data["job"]["lastError"], "dependency down (attempt 3)");
     workers.shutdown().await;
-    let data = app
-        .gql_ok("mutation($id: ID!) { retryJob(id: $id) { status attempts } }", json!({ "id": id.to_string() }))
-        .await;
+    let data = app.gql_ok("mutation($id: ID!) { retryJob(id: $id) { status attempts } }", json!({ "id": gid })).await;
     assert_eq!(data["retryJob"]["status"], "QUEUED");
     assert_eq!(data["retryJob"]["attempts"], 0);
     app.stop().await;

@@ -82,6 +82,11 @@ async fn purchases(app: &TestApp, filter: Value) -> (i64, Vec<String>) {
     (data["purchases"]["totalCount"].as_i64().expect("totalCount"), ids.collect())
 }
 
+/// A well-formed id of a `type_name` that names nothing (no such row).
+fn id_of_nothing(type_name: &str, row: i64) -> String {
+    emporium::global_id::encode(type_name, row).0
+}
+
 fn ids(nodes: &Value) -> Vec<String> {
     nodes.as_array().expect("nodes").iter().map(|node| node["id"].as_str().expect("id").to_string()).collect()
 }
@@ -114,7 +119,7 @@ async fn customers_have_unique_emails_and_deactivate_once() {
     assert_eq!(updated["updateCustomer"], json!({ "name": "Bruno L.", "email": "bruno@example.com" }));
     let taken = app.gql(update, json!({ "id": bruno, "input": { "email": "ANA@EXAMPLE.COM" } })).await;
     assert_eq!(error_code(&taken).as_deref(), Some("CONFLICT"));
-    let unknown = app.gql(update, json!({ "id": "999999", "input": { "name": "X" } })).await;
+    let unknown = app.gql(update, json!({ "id": id_of_nothing("Customer", 999_999), "input": { "name": "X" } })).await;
     assert_eq!(error_code(&unknown).as_deref(), Some("NOT_FOUND"));
 
     let deactivate = "mutation($id: ID!) { deactivateCustomer(id: $id) { id active deactivatedAt } }";
@@ -122,7 +127,10 @@ async fn customers_have_unique_emails_and_deactivate_once() {
     assert_eq!(first["deactivateCustomer"]["active"], false);
     assert!(first["deactivateCustomer"]["deactivatedAt"].is_string());
     assert_eq!(error_code(&app.gql(deactivate, json!({ "id": ana_id })).await).as_deref(), Some("CONFLICT"));
-    assert_eq!(error_code(&app.gql(deactivate, json!({ "id": "424242" })).await).as_deref(), Some("NOT_FOUND"));
+    assert_eq!(
+        error_code(&app.gql(deactivate, json!({ "id": id_of_nothing("Customer", 424_242) })).await).as_deref(),
+        Some("NOT_FOUND")
+    );
     assert_eq!(error_code(&app.gql(deactivate, json!({ "id": "abc" })).await).as_deref(), Some("BAD_USER_INPUT"));
     // Deactivated customers keep their address.
     assert_eq!(error_code(&create_customer(&app, "Ana 2", "ana@example.com").await).as_deref(), Some("CONFLICT"));
@@ -141,7 +149,8 @@ async fn customers_have_unique_emails_and_deactivate_once() {
 
     let one = app.gql_ok("query($id: ID!) { customer(id: $id) { email active } }", json!({ "id": ana_id })).await;
     assert_eq!(one["customer"], json!({ "email": "Ana@Example.com", "active": false }));
-    let none = app.gql_ok("{ customer(id: \"31337\") { id } }", json!({})).await;
+    let none =
+        app.gql_ok(&format!("{{ customer(id: \"{}\") {{ id }} }}", id_of_nothing("Customer", 31_337)), json!({})).await;
     assert!(none["customer"].is_null());
     app.stop().await;
 }
@@ -226,7 +235,7 @@ async fn records_validate_and_filter() {
     assert_eq!(error_code(&bad).as_deref(), Some("BAD_USER_INPUT"));
     let bad = app.gql(update, json!({ "id": abbey, "input": { "price": -5 } })).await;
     assert_eq!(error_code(&bad).as_deref(), Some("BAD_USER_INPUT"));
-    let missing = app.gql(update, json!({ "id": "987654", "input": { "price": 5 } })).await;
+    let missing = app.gql(update, json!({ "id": id_of_nothing("Record", 987_654), "input": { "price": 5 } })).await;
     assert_eq!(error_code(&missing).as_deref(), Some("NOT_FOUND"));
     let data = app.gql_ok(list, json!({ "filter": { "genre": "pop rock" } })).await;
     assert_eq!(titles(&data), vec!["Abbey Road"]);
@@ -236,7 +245,7 @@ async fn records_validate_and_filter() {
         assert_eq!(error_code(&restock(&app, &abbey, quantity).await).as_deref(), Some("BAD_USER_INPUT"));
     }
     assert_eq!(error_code(&restock(&app, &abbey, i64::from(i32::MAX)).await).as_deref(), Some("BAD_USER_INPUT"));
-    assert_eq!(error_code(&restock(&app, "555555", 1).await).as_deref(), Some("NOT_FOUND"));
+    assert_eq!(error_code(&restock(&app, &id_of_nothing("Record", 555_555), 1).await).as_deref(), Some("NOT_FOUND"));
     assert_eq!(stock(&app, &abbey).await, 9);
     app.stop().await;
 }
@@ -301,9 +310,17 @@ async fn bad_purchases_are_refused_with_codes_and_store_nothing() {
     let pricey = record_id(&app, 2_000_000_000, 10).await;
 
     let cases: Vec<(Value, &str, &str)> = vec![
-        (json!({ "customerId": "999999", "recordId": record, "quantity": 1 }), "NOT_FOUND", "unknown customer"),
+        (
+            json!({ "customerId": id_of_nothing("Customer", 999_999), "recordId": record, "quantity": 1 }),
+            "NOT_FOUND",
+            "unknown customer",
+        ),
         (json!({ "customerId": gone, "recordId": record, "quantity": 1 }), "CONFLICT", "inactive customer"),
-        (json!({ "customerId": customer, "recordId": "999999", "quantity": 1 }), "NOT_FOUND", "unknown record"),
+        (
+            json!({ "customerId": customer, "recordId": id_of_nothing("Record", 999_999), "quantity": 1 }),
+            "NOT_FOUND",
+            "unknown record",
+        ),
         (json!({ "customerId": customer, "recordId": record, "quantity": 0 }), "BAD_USER_INPUT", "quantity 0"),
         (json!({ "customerId": customer, "recordId": record, "quantity": -1 }), "BAD_USER_INPUT", "negative quantity"),
         (
@@ -357,7 +374,7 @@ async fn cancellation_returns_units_exactly_once() {
 
     assert_eq!(error_code(&cancel(&app, &bought_id).await).as_deref(), Some("CONFLICT"), "cancel twice");
     assert_eq!(error_code(&cancel(&app, &short_id).await).as_deref(), Some("CONFLICT"), "cancel out-of-stock");
-    assert_eq!(error_code(&cancel(&app, "777777").await).as_deref(), Some("NOT_FOUND"));
+    assert_eq!(error_code(&cancel(&app, &id_of_nothing("Purchase", 777_777)).await).as_deref(), Some("NOT_FOUND"));
     assert_eq!(error_code(&cancel(&app, "seven").await).as_deref(), Some("BAD_USER_INPUT"));
     assert_eq!(stock(&app, &record).await, 5);
 

@@ -197,6 +197,14 @@ impl TestApp {
     }
 }
 
+/// The row number behind a GraphQL global id (for the simulator's paths and SQL); panics
+/// on a malformed id.
+pub fn row_of(id: &str) -> i64 {
+    emporium::global_id::decode(&async_graphql::ID(id.to_string()))
+        .unwrap_or_else(|error| panic!("`{id}` is not a global id: {error:?}"))
+        .row
+}
+
 /// The first GraphQL error's `extensions.code`.
 pub fn error_code(response: &Value) -> Option<String> {
     response["errors"][0]["extensions"]["code"].as_str().map(str::to_string)

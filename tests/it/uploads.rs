@@ -353,7 +353,10 @@ async fn progress_over_rest_graphql_and_subscription() {
     let base = base(&app);
     let answer = post_products(&app.http, &base, products("prog", 2400)).await;
     assert_eq!(answer.status, 200);
+    // REST takes the row number; GraphQL the global id that REST answers beside it.
     let id = answer.body["upload_id"].as_str().expect("id").to_string();
+    let node_id = answer.body["node_id"].as_str().expect("node_id").to_string();
+    assert_eq!(crate::support::row_of(&node_id).to_string(), id);
 
     let queued = upload_state(&app.http, &base, &id).await;
     assert_eq!(queued["status"], "queued");
@@ -363,11 +366,12 @@ async fn progress_over_rest_graphql_and_subscription() {
     let mut events = subscribe(
         app.addr,
         "subscription($id: ID!) { uploadProgress(id: $id) { id status itemsDone itemsTotal productsCreated } }",
-        json!({ "id": id }),
+        json!({ "id": node_id }),
     )
     .await;
     let first = events.next().await.expect("current state first");
     assert_eq!(first["status"], "QUEUED");
+    assert_eq!(first["id"], node_id.as_str());
 
     // Only the uploads' own jobs: the registration jobs this upload creates would
     // otherwise queue ahead of the re-run below on this single worker.
@@ -391,7 +395,7 @@ async fn progress_over_rest_graphql_and_subscription() {
         .gql_ok(
             "query($id: ID!) { upload(id: $id) { status bytes digest itemsTotal itemsDone itemsRejected error createdAt finishedAt }
                uploads(first: 10) { totalCount nodes { id status } } }",
-            json!({ "id": id }),
+            json!({ "id": node_id }),
         )
         .await;
     let upload = &data["upload"];
@@ -401,11 +405,15 @@ async fn progress_over_rest_graphql_and_subscription() {
     assert_eq!(upload["digest"], queued["digest"]);
     assert!(upload["finishedAt"].is_string() && upload["error"].is_null());
     assert_eq!(data["uploads"]["totalCount"], 1);
-    assert_eq!(data["uploads"]["nodes"][0]["id"], id);
-    let missing = app.gql("{ upload(id: \"999999\") { id } }", json!({})).await;
+    assert_eq!(data["uploads"]["nodes"][0]["id"], node_id.as_str());
+    let nothing = emporium::global_id::encode("Upload", 999_999).0;
+    let missing = app.gql(&format!("{{ upload(id: \"{nothing}\") {{ id }} }}"), json!({})).await;
+    assert!(missing.get("errors").is_none(), "{missing}");
     assert!(missing["data"]["upload"].is_null(), "{missing}");
-    let bad = app.gql("{ upload(id: \"x\") { id } }", json!({})).await;
-    assert_eq!(crate::support::error_code(&bad).as_deref(), Some("BAD_USER_INPUT"));
+    for malformed in ["x", "999999", id.as_str()] {
+        let bad = app.gql(&format!("{{ upload(id: \"{malformed}\") {{ id }} }}"), json!({})).await;
+        assert_eq!(crate::support::error_code(&bad).as_deref(), Some("BAD_USER_INPUT"), "{malformed}: {bad}");
+    }
     assert_eq!(app.http.get(format!("{base}/v1/uploads/999999")).send().await.expect("get").status(), 404);
 
     // The spool is gone after success.
