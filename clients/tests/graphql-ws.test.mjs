@@ -39,7 +39,7 @@ test('graphql-ws: intakeProcessed delivers the notice of a message posted to /v1
   let unsubscribe = () => {};
   try {
     unsubscribe = client.subscribe(
-      { query: 'subscription($genre: String) { intakeProcessed(genre: $genre) { id title genre bucket key storedAt } }', variables: { genre: 'scifi' } },
+      { query: 'subscription($genre: String) { intakeProcessed(genre: $genre) { id intakeMessageId title genre bucket key storedAt } }', variables: { genre: 'scifi' } },
       {
         next: (message) => {
           events.push(message);
@@ -69,7 +69,7 @@ test('graphql-ws: intakeProcessed delivers the notice of a message posted to /v1
     assert.equal(notice.genre, 'scifi');
     assert.equal(notice.key, `${title}.json`);
     assert.ok(notice.bucket, 'the notice names the bucket');
-    assert.ok(JSON.parse(body).ids.map(String).includes(notice.id), 'the notice carries the id POST answered');
+    assert.ok(JSON.parse(body).node_ids.includes(notice.intakeMessageId), 'the notice names the message POST answered');
   } finally {
     unsubscribe();
     await withTimeout(client.dispose(), 5_000, 'closing the graphql-ws client').catch(() => {});

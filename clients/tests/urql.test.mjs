@@ -1,5 +1,6 @@
-// urql + Graphcache against a real node: relayPagination merges pages; a mutation's
-// `updates.Mutation.createProduct` appends to the cached connection without refetch.
+// urql + Graphcache against a real node, with no `keys` configuration: relayPagination
+// merges pages; a mutation's `updates.Mutation.createProduct` appends to the cached
+// connection without refetch; a `node(id:)` refetch updates the same cached entity.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
@@ -19,6 +20,7 @@ const PRODUCTS = gql`
           id
           name
           registration {
+            id
             status
           }
         }
@@ -37,16 +39,16 @@ const CREATE_PRODUCT = gql`
       id
       name
       registration {
+        id
         status
       }
     }
   }
 `;
 
-// Types without an `id` are values, embedded in their parent. Graphcache exempts
-// `*Connection`, `*Edge` and `PageInfo` by name; any other such type must be declared
-// here (a key of null), or Graphcache warns (warning 15) and this test fails.
-const VALUE_TYPES = process.env.URQL_VALUE_TYPES?.split(',').filter(Boolean) ?? ['ProductRegistration'];
+// Every object these queries read has a global `id` (or is a `*Connection`, `*Edge` or
+// `PageInfo`, which Graphcache exempts by name), so Graphcache needs no `keys` setting: a
+// type it could not key would make it warn (warning 15), and this test fails on warnings.
 
 let server;
 before(async () => {
@@ -64,7 +66,6 @@ test('urql Graphcache: relayPagination merges pages; updates.Mutation.createProd
   const warnings = [];
   const fetch = recordingFetch();
   const cache = cacheExchange({
-    keys: Object.fromEntries(VALUE_TYPES.map((type) => [type, () => null])),
     resolvers: { Query: { products: relayPagination() } },
     updates: {
       Mutation: {
@@ -123,6 +124,68 @@ test('urql Graphcache: relayPagination merges pages; updates.Mutation.createProd
   const firstPageView = await query({ first: 2 }, 'cache-only');
   assert.deepEqual(names(firstPageView.data.products), [...created.map((p) => p.name), newName]);
   assert.equal(fetch.calls.length, requestsBefore + 1, 'only the mutation went to the server (no refetch)');
+
+  if (warnings.length) console.log(`graphcache warnings:\n${warnings.map((w) => `  ${w}`).join('\n')}`);
+  assert.deepEqual(warnings, [], 'Graphcache logged no warnings');
+});
+
+const NODE = gql`
+  query Node($id: ID!) {
+    node(id: $id) {
+      __typename
+      id
+      ... on Product {
+        name
+        registration {
+          id
+          status
+        }
+      }
+    }
+  }
+`;
+
+const RENAME = gql`
+  mutation Rename($id: ID!, $name: String!) {
+    updateProduct(id: $id, input: { name: $name }) {
+      id
+      name
+    }
+  }
+`;
+
+test('urql Graphcache: global ids key every object; node(id:) refetches into the same cache entity', { timeout: 60_000 }, async () => {
+  const tag = unique();
+  const [created] = await createProducts(server.url, [`urql-node-${tag}`]);
+  const warnings = [];
+  const fetch = recordingFetch();
+  const cache = cacheExchange({
+    logger: (level, message) => {
+      if (level === 'warn' || level === 'error') warnings.push(message);
+    },
+  });
+  const client = new Client({ url: server.url, fetch, exchanges: [cache, fetchExchange], preferGetMethod: false });
+
+  const viaNode = await withTimeout(client.query(NODE, { id: created.id }).toPromise(), 15_000, 'node(id:)');
+  assert.equal(viaNode.error, undefined, `node: ${viaNode.error}`);
+  assert.equal(viaNode.data.node.__typename, 'Product');
+  assert.equal(viaNode.data.node.id, created.id);
+  assert.equal(viaNode.data.node.name, created.name);
+  assert.equal(typeof viaNode.data.node.registration.id, 'string');
+
+  // A mutation answering the same object updates the entity `node(id:)` cached (both
+  // keyed `Product:<id>`): the cached query shows the new name without a refetch.
+  const renamed = `urql-node-${tag}-renamed`;
+  const mutation = await withTimeout(client.mutation(RENAME, { id: created.id, name: renamed }).toPromise(), 15_000, 'rename');
+  assert.equal(mutation.error, undefined, `rename: ${mutation.error}`);
+  const requests = fetch.calls.length;
+  const cached = await withTimeout(
+    client.query(NODE, { id: created.id }, { requestPolicy: 'cache-only' }).toPromise(),
+    15_000,
+    'node from cache',
+  );
+  assert.equal(cached.data?.node?.name, renamed, 'the cached node shows the mutation\'s answer');
+  assert.equal(fetch.calls.length, requests, 'no refetch');
 
   if (warnings.length) console.log(`graphcache warnings:\n${warnings.map((w) => `  ${w}`).join('\n')}`);
   assert.deepEqual(warnings, [], 'Graphcache logged no warnings');
