@@ -46,14 +46,22 @@ SQL
 start_node "$WORK/data" DATABASE_URL="$DB_URL" JOB_WORKERS=0
 POOL="$(target/release/emporium --help | grep -A1 -e '--database-max-connections' | grep -o 'default: [0-9]*' | grep -o '[0-9]*' || echo '?')"
 
+# GraphQL ids (base64url of `Type:row`) as Lua tables indexed by row: wrk's Lua has no base64.
+lua_ids() { # type count -> a Lua table constructor
+  python3 -c 'import base64, sys; t, n = sys.argv[1], int(sys.argv[2])
+print("{" + ",".join("\"%s\"" % base64.urlsafe_b64encode(f"{t}:{i}".encode()).decode().rstrip("=") for i in range(1, n + 1)) + "}")' "$1" "$2"
+}
+
 # wrk: one createPurchase per request, for a record drawn from [lo, hi].
 wrk_script() { # lo hi -> lua file
   cat >"$WORK/purchase-$1-$2.lua" <<LUA
 local counter = 0
+local customers = $(lua_ids Customer "${CLIENTS}")
+local records = $(lua_ids Record 1002)
 request = function()
   counter = counter + 1
-  local record = math.random($1, $2)
-  local customer = math.random(1, ${CLIENTS})
+  local record = records[math.random($1, $2)]
+  local customer = customers[math.random(1, ${CLIENTS})]
   local body = '{"query":"mutation(\$i: CreatePurchaseInput!) { createPurchase(input: \$i) { id status } }",'
     .. '"variables":{"i":{"customerId":"' .. customer .. '","recordId":"' .. record .. '","quantity":1}}}'
   return wrk.format("POST", "/graphql", { ["Content-Type"] = "application/json" }, body)
