@@ -63,14 +63,16 @@ pub struct BatchProgress {
 }
 
 /// Inserts a queued upload and returns its id.
+/// Inserts an accepted upload; `accepted_at` is the dedup window's clock, from which its
+/// window runs.
 pub async fn insert(
     conn: &impl ConnectionTrait,
     digest: &str,
     bytes: u64,
     items_total: u64,
     spool_key: &str,
+    accepted_at: i64,
 ) -> AppResult<i64> {
-    let now = now_ms();
     let row = upload::ActiveModel {
         status: Set(QUEUED.to_string()),
         digest: Set(digest.to_string()),
@@ -78,11 +80,47 @@ pub async fn insert(
         items_total: Set(i64::try_from(items_total).unwrap_or(i64::MAX)),
         items_done: Set(0),
         spool_key: Set(spool_key.to_string()),
-        created_at: Set(now),
-        updated_at: Set(now),
+        created_at: Set(accepted_at),
+        updated_at: Set(accepted_at),
         ..Default::default()
     };
     Ok(upload::Entity::insert(row).exec(conn).await?.last_insert_id)
+}
+
+/// The latest upload of `digest` accepted at or after `since` (ms), other than `except`:
+/// the window's record in the database. One probe of `uploads_digest_created_at`.
+pub async fn accepted_since(
+    conn: &impl ConnectionTrait,
+    digest: &str,
+    since: i64,
+    except: i64,
+) -> AppResult<Option<(i64, i64)>> {
+    let latest = upload::Entity::find()
+        .select_only()
+        .column(Column::Id)
+        .column(Column::CreatedAt)
+        .filter(Column::Digest.eq(digest))
+        .filter(Column::CreatedAt.gte(since))
+        .filter(Column::Id.ne(except))
+        .order_by_desc(Column::CreatedAt)
+        .limit(1)
+        .into_tuple::<(i64, i64)>()
+        .one(conn)
+        .await?;
+    Ok(latest)
+}
+
+/// On Postgres, serializes the acceptance of one digest until the transaction ends, so
+/// the check of [`accepted_since`] and the insert are atomic across nodes. SQLite needs
+/// none: its one writer already serializes transactions that write first.
+pub async fn lock_digest(conn: &impl ConnectionTrait, digest: &str) -> AppResult<()> {
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // Raw SQL: advisory locks have no sea-query form. The first key namespaces the
+        // lock ("up" for uploads) away from the migration lock.
+        let sql = "SELECT pg_advisory_xact_lock(30064, hashtext($1))";
+        conn.execute_raw(stmt(conn, sql, [digest.into()])).await?;
+    }
+    Ok(())
 }
 
 pub async fn set_job(conn: &impl ConnectionTrait, id: i64, job_id: i64) -> AppResult<()> {

@@ -20,7 +20,7 @@ use super::{
     scan::{BodyScanner, Summary, SyntaxError},
     window::{Duplicate, Verdict},
 };
-use crate::{error::AppError, global_id, jobs::NewJob, storage::ObjectWriter};
+use crate::{db::duration_ms, error::AppError, global_id, jobs::NewJob, storage::ObjectWriter};
 
 /// After a 413, how much more of the body is read (and dropped) so the client can read
 /// the answer before the connection closes.
@@ -304,24 +304,16 @@ pub async fn accept(state: &Uploads, received: Received) -> Result<Accepted, Rej
     // is committed must also get its window.
     let state = state.clone();
     let task = tokio::spawn(async move {
-        let committed: Result<i64, AppError> = async {
-            let txn = state.db.begin().await?;
-            let id = model::insert(
-                &txn,
-                &received.digest,
-                received.summary.bytes,
-                received.summary.items,
-                &received.spool_key,
-            )
-            .await?;
-            let job_id = state.jobs.enqueue(&txn, NewJob::new(INGEST_JOB, &IngestJob { upload_id: id })).await?;
-            model::set_job(&txn, id, job_id).await?;
-            txn.commit().await?;
-            Ok(id)
-        }
-        .await;
-        let id = match committed {
-            Ok(id) => id,
+        let id = match commit(&state, &received).await {
+            Ok(Committed::Accepted(id)) => id,
+            Ok(Committed::Duplicate { of, left }) => {
+                // The fast path had lost this window: put it back for the time left.
+                let _ = state.dedup.restore(&claim, of, left).await;
+                delete_spool_later(&state, &received.spool_key);
+                metrics::counter!("emporium_upload_dedup_restored_total").increment(1);
+                metrics::counter!("emporium_uploads_total", "outcome" => "duplicate").increment(1);
+                return Err(forbidden(&state.dedup.duplicate_for(of, left)));
+            }
             Err(error) => {
                 state.dedup.release(&claim).await;
                 delete_spool_later(&state, &received.spool_key);
@@ -353,6 +345,39 @@ pub async fn accept(state: &Uploads, received: Received) -> Result<Accepted, Rej
         Ok(result) => result.map_err(Rejection::App),
         Err(join) => Err(AppError::Internal(anyhow::anyhow!("accepting the upload failed: {join}")).into()),
     }
+}
+
+enum Committed {
+    Accepted(i64),
+    /// The database holds an acceptance of the same body within the window (upload
+    /// `of`, `left` before its window ends) that the fast path no longer knew.
+    Duplicate {
+        of: i64,
+        left: Duration,
+    },
+}
+
+/// Commits the upload and its ingestion job, unless the database, the window's source
+/// of truth, holds an acceptance of the same digest within the window: checked after
+/// the insert, under a per-digest lock on Postgres (SQLite serializes writers anyway),
+/// so two nodes accepting the same body at once commit exactly one.
+async fn commit(state: &Uploads, received: &Received) -> Result<Committed, AppError> {
+    let accepted_at = state.dedup.now_ms();
+    let window = duration_ms(state.dedup.window());
+    let txn = state.db.begin().await?;
+    model::lock_digest(&txn, &received.digest).await?;
+    let (bytes, items) = (received.summary.bytes, received.summary.items);
+    let id = model::insert(&txn, &received.digest, bytes, items, &received.spool_key, accepted_at).await?;
+    let since = accepted_at - window + 1;
+    if let Some((of, of_at)) = model::accepted_since(&txn, &received.digest, since, id).await? {
+        txn.rollback().await?;
+        let left = Duration::from_millis(u64::try_from(of_at + window - accepted_at).unwrap_or(1).max(1));
+        return Ok(Committed::Duplicate { of, left });
+    }
+    let job_id = state.jobs.enqueue(&txn, NewJob::new(INGEST_JOB, &IngestJob { upload_id: id })).await?;
+    model::set_job(&txn, id, job_id).await?;
+    txn.commit().await?;
+    Ok(Committed::Accepted(id))
 }
 
 /// Opens the window of a committed upload once Redis answers again (a blip between

@@ -7,7 +7,12 @@
 //!    short expiry (`DEDUP_CLAIM_TTL`). Otherwise the body is a duplicate: of an accepted
 //!    body (403 with the seconds left), or of an identical body being accepted right
 //!    now by another request (also 403: exactly one of two racing bodies wins).
-//! 2. the upload row and its ingestion job are committed;
+//! 2. the upload row and its ingestion job are committed — unless the database, the
+//!    window's source of truth, holds an acceptance of the same digest within the
+//!    window (the fast path lost it: Redis was flushed or failed over, or an embedded node
+//!    restarted). That check runs after the insert, under a per-digest lock on Postgres,
+//!    so nodes racing without a shared entry still commit once; the lost entry is then
+//!    restored for the time left and the request refused (403);
 //! 3. **accept** — if the entry is still our claim, replace it with `accepted:<upload id>`
 //!    expiring after the full window (the window opens at acceptance).
 //!
@@ -243,10 +248,34 @@ impl DedupWindow {
         }
     }
 
+    /// Now on the window's clock (the pinned one in tests of the in-process window).
+    pub fn now_ms(&self) -> i64 {
+        match &*self.backend {
+            Backend::Local { clock, .. } => clock.now_ms(),
+            Backend::Redis { .. } => crate::db::now_ms(),
+        }
+    }
+
     /// Opens the window for `upload_id`, whose row and job are committed. Returns false
     /// when another request took the key after our claim expired (logged: the claim TTL
     /// was too short for this commit).
     pub async fn accept(&self, claim: &Claim, upload_id: i64) -> AppResult<bool> {
+        self.open(claim, upload_id, self.window).await
+    }
+
+    /// Puts back, in place of our claim, the window of an upload the database knows but
+    /// the fast path had lost (Redis lost its keys, or the node restarted): it holds for
+    /// what is `left` of it, and later duplicates are refused without the database.
+    pub async fn restore(&self, claim: &Claim, upload_id: i64, left: Duration) -> AppResult<bool> {
+        self.open(claim, upload_id, left).await
+    }
+
+    /// The duplicate answer for a body the database says was accepted `left` ago.
+    pub fn duplicate_for(&self, upload_id: i64, left: Duration) -> Duplicate {
+        Duplicate { retry_after: ceil_seconds(duration_ms(left)), upload_id: Some(upload_id) }
+    }
+
+    async fn open(&self, claim: &Claim, upload_id: i64, ttl: Duration) -> AppResult<bool> {
         let accepted = format!("accepted:{upload_id}");
         let opened = match &*self.backend {
             Backend::Local { entries, clock } => {
@@ -258,7 +287,7 @@ impl DedupWindow {
                     None => true,
                 };
                 if ours {
-                    let expires_at = now + duration_ms(self.window);
+                    let expires_at = now + duration_ms(ttl);
                     entries.map.insert(claim.digest.clone(), LocalEntry { value: accepted, expires_at });
                 }
                 ours
@@ -268,7 +297,7 @@ impl DedupWindow {
                 let mut manager = manager.clone();
                 let script = redis::Script::new(ACCEPT_SCRIPT);
                 let mut invocation = script.key(&key);
-                invocation.arg(&claim.token).arg(&accepted).arg(duration_ms(self.window));
+                invocation.arg(&claim.token).arg(&accepted).arg(duration_ms(ttl).max(1));
                 let reply: i64 = tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut manager))
                     .await
                     .map_err(|_| unavailable("timed out"))?

@@ -279,29 +279,18 @@ async fn sigterm_stops_the_node_gracefully() {
 
 #[tokio::test]
 async fn health_turns_503_when_a_critical_dependency_dies() {
-    let Ok(redis_server) = which_redis_server() else {
+    let Some(mut redis) = crate::support::PrivateRedis::start().await else {
         eprintln!("skipped: no redis-server binary on this machine");
         return;
     };
-    let port = crate::support::free_port();
-    let mut redis = std::process::Command::new(redis_server)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let redis_url = format!("redis://127.0.0.1:{port}");
-    crate::support::eventually(Duration::from_secs(10), "private redis to accept connections", || async {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-    })
-    .await;
+    let redis_url = redis.url.clone();
 
     let env = TestEnv::new().await;
     let app = TestApp::spawn_with(&env, |config| config.redis_url = Some(redis_url.clone())).await;
     let response = app.http.get(app.url("/health")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 
-    redis.kill().unwrap();
-    redis.wait().unwrap();
+    redis.kill();
     let response = app.http.get(app.url("/health")).send().await.unwrap();
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
@@ -309,12 +298,4 @@ async fn health_turns_503_when_a_critical_dependency_dies() {
     assert_eq!(body["checks"]["redis"]["status"], "down", "{body:#}");
     assert_eq!(body["checks"]["database"]["status"], "up");
     app.stop().await;
-}
-
-fn which_redis_server() -> Result<String, ()> {
-    ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"]
-        .into_iter()
-        .find(|path| std::path::Path::new(path).exists())
-        .map(str::to_string)
-        .ok_or(())
 }

@@ -263,6 +263,52 @@ impl NodeProcess {
     }
 }
 
+/// A Redis server of the test's own, on its own port, for tests that flush or stop it
+/// (never the shared one). Stopped when dropped.
+pub struct PrivateRedis {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl PrivateRedis {
+    /// Starts one; `None` when this machine has no `redis-server` binary.
+    pub async fn start() -> Option<Self> {
+        let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server", "/usr/sbin/redis-server"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())?;
+        let port = free_port();
+        let child = std::process::Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        eventually(Duration::from_secs(10), "the private redis to accept connections", || async {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        })
+        .await;
+        Some(Self { child, url: format!("redis://127.0.0.1:{port}") })
+    }
+
+    /// Loses every key, as a restart without persistence, a failover or eviction does.
+    pub async fn flush(&self) {
+        let client = redis::Client::open(self.url.as_str()).expect("redis url");
+        let mut connection = client.get_multiplexed_async_connection().await.expect("private redis");
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut connection).await.expect("FLUSHALL");
+    }
+
+    /// Stops it now (as a crash would).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())

@@ -206,6 +206,100 @@ async fn racing_identical_bodies_on_one_node_give_exactly_one_200() {
     app.stop().await;
 }
 
+/// The database is the window's source of truth: an embedded node that restarts (its
+/// in-process window empty) still refuses a body accepted less than the window ago, with
+/// the time left, and puts the entry back so the next refusal needs no database.
+#[tokio::test]
+async fn a_restarted_node_still_refuses_a_body_accepted_within_the_window() {
+    let env = TestEnv::new().await;
+    let in_process = |config: &mut emporium::config::Config| config.redis_url = None;
+    let app = TestApp::spawn_with(&env, in_process).await;
+    assert_eq!(post_products(&app.http, &base(&app), EXAMPLE_BODY).await.status, 200);
+    app.stop().await;
+
+    let app = TestApp::spawn_with(&env, in_process).await;
+    assert_eq!(app.node.uploads.dedup.local_entries(), 0, "a restarted node's window starts empty");
+    let refused = post_products(&app.http, &base(&app), EXAMPLE_BODY).await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(refused.retry_after.is_some_and(|left| (540..=600).contains(&left)), "{refused:?}");
+    assert_eq!(app.node.uploads.dedup.local_entries(), 1, "the window is back on the fast path");
+    assert_eq!(scalar(&env.db().await, "SELECT COUNT(*) FROM uploads").await, 1);
+    app.stop().await;
+}
+
+/// Redis loses its keys (a restart without persistence, a failover, eviction): a body
+/// accepted before is still refused on every node, 30 copies racing over three nodes
+/// included; and a new body racing over them is accepted exactly once.
+#[tokio::test]
+async fn after_redis_loses_its_keys_the_window_still_holds_on_every_node() {
+    let Some(redis) = crate::support::PrivateRedis::start().await else {
+        eprintln!("skipped: no redis-server binary on this machine");
+        return;
+    };
+    let env = TestEnv::new().await;
+    let url = redis.url.clone();
+    // One after the other: an embedded node takes the data folder's lock while it migrates.
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(TestApp::spawn_with(&env, |config| config.redis_url = Some(url.clone())).await);
+    }
+    assert!(nodes.iter().all(|node| node.node.uploads.dedup.mode() == "redis"));
+    let bases: Vec<String> = nodes.iter().map(base).collect();
+    let http = reqwest::Client::new();
+    let body = products("flushed", 20);
+    assert_eq!(post_products(&http, &bases[0], body.clone()).await.status, 200);
+
+    redis.flush().await;
+    let answers = futures::future::join_all((0..30).map(|i| {
+        let (http, base, body) = (http.clone(), bases[i % 3].clone(), body.clone());
+        async move { post_products(&http, &base, body).await }
+    }))
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert!(statuses.iter().all(|status| *status == 403), "{statuses:?}");
+    assert!(answers.iter().all(|a| a.retry_after.is_some_and(|left| (540..=600).contains(&left))), "{answers:?}");
+
+    redis.flush().await;
+    let fresh = products("after-flush", 20);
+    let answers = futures::future::join_all((0..30).map(|i| {
+        let (http, base, body) = (http.clone(), bases[i % 3].clone(), fresh.clone());
+        async move { post_products(&http, &base, body).await }
+    }))
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(scalar(&env.db().await, "SELECT COUNT(*) FROM uploads").await, 2);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// Nodes that share a database but no window (in-process windows): identical bodies
+/// racing over them are committed exactly once, by the database's check alone.
+#[tokio::test]
+async fn identical_bodies_racing_over_nodes_without_a_shared_window_commit_once() {
+    let env = TestEnv::new().await;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(TestApp::spawn_with(&env, |config| config.redis_url = None).await);
+    }
+    let bases: Vec<String> = nodes.iter().map(base).collect();
+    let http = reqwest::Client::new();
+    let body = products("no-shared-window", 20);
+    let answers = futures::future::join_all((0..30).map(|i| {
+        let (http, base, body) = (http.clone(), bases[i % 3].clone(), body.clone());
+        async move { post_products(&http, &base, body).await }
+    }))
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 403).count(), 29, "{statuses:?}");
+    assert_eq!(scalar(&env.db().await, "SELECT COUNT(*) FROM uploads").await, 1);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 /// Each bad input gets its status and a precise reason; nothing is stored, no window
 /// opens (the same bad body twice is 400 twice), existing products stay as they were.
 #[tokio::test]
