@@ -11,6 +11,7 @@ mod graphql_http;
 mod hostile;
 mod intake;
 mod jobs;
+mod paging;
 mod records;
 mod schema_docs;
 mod uploads;
