@@ -23,6 +23,7 @@ use futures::future::BoxFuture;
 use sea_orm::{
     ColumnTrait, Condition, DbErr, EntityTrait, Order, QueryFilter as _, QueryOrder as _, QuerySelect as _, Select,
     Value,
+    sea_query::{Expr, ExprTrait as _},
 };
 
 use crate::error::{AppError, AppResult};
@@ -371,18 +372,18 @@ fn id_beyond<C: ColumnTrait>(column: C, id: i64, direction: OrderDirection) -> C
     }
 }
 
-/// Rows past `(key, id)` in `direction`, as `column >= key AND (column > key OR id > id)`
-/// (mirrored for DESC): the first term bounds the index scan on both backends, where an
-/// OR alone or a row comparison would not everywhere.
+/// Rows past `(key, id)` in `direction`, as the row comparison `(column, id) > (key, id)`
+/// (`<` for DESC): both backends take it as the start of a range scan of the index
+/// `(column, id)`, right at the cursor, however many rows share its key (a spelled-out
+/// `column > key OR (column = key AND id > id)` would not bound the scan).
 fn beyond<C: ColumnTrait>(column: C, key: Value, id: C, after_id: i64, direction: OrderDirection) -> Condition {
-    match direction {
-        OrderDirection::Asc => {
-            Condition::all().add(column.gte(key.clone())).add(Condition::any().add(column.gt(key)).add(id.gt(after_id)))
-        }
-        OrderDirection::Desc => {
-            Condition::all().add(column.lte(key.clone())).add(Condition::any().add(column.lt(key)).add(id.lt(after_id)))
-        }
-    }
+    let row = Expr::tuple([column.into_expr(), id.into_expr()]);
+    let cursor = Expr::tuple([Expr::val(key), Expr::val(after_id)]);
+    let beyond = match direction {
+        OrderDirection::Asc => row.gt(cursor),
+        OrderDirection::Desc => row.lt(cursor),
+    };
+    Condition::all().add(beyond)
 }
 
 type CountFn = Box<dyn FnOnce() -> BoxFuture<'static, AppResult<i64>> + Send + Sync>;
