@@ -462,6 +462,8 @@ impl CatalogQuery {
     /// Products, in creation order unless `orderBy` says otherwise (a Relay connection:
     /// `first`/`after` pages forward, `last`/`before` backward; both sizes are capped by
     /// PAGE_MAX).
+    // Each parameter is an argument of the GraphQL field: the schema fixes how many.
+    #[allow(clippy::too_many_arguments)]
     async fn products(
         &self,
         ctx: &Context<'_>,

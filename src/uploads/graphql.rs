@@ -159,6 +159,8 @@ impl UploadQuery {
 
     /// Uploads, oldest first unless `orderBy` says otherwise, optionally only those in one
     /// status.
+    // Each parameter is an argument of the GraphQL field: the schema fixes how many.
+    #[allow(clippy::too_many_arguments)]
     async fn uploads(
         &self,
         ctx: &Context<'_>,

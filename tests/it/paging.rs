@@ -41,6 +41,13 @@ fn int_or_null(value: &Value) -> Key {
     value.as_i64().map_or(Key::Null, Key::Int)
 }
 
+/// An ordering as the walks ask for it (`orderBy.field`) and how a node's key is read.
+type OrderingOf = (&'static str, fn(&Value) -> Key);
+
+/// A connection's field, the node fields of each ordering's walks, how a node is told
+/// apart, and the orderings.
+type Shape = (&'static str, Vec<&'static str>, fn(&Value) -> String, Vec<OrderingOf>);
+
 /// What the connection is; how to create its items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -64,7 +71,7 @@ struct Listing {
     nodes: Vec<&'static str>,
     /// What says which item a node is (its id, or a field the test set).
     identity: fn(&Value) -> String,
-    orderings: Vec<(&'static str, fn(&Value) -> Key)>,
+    orderings: Vec<OrderingOf>,
     /// Creation index of every item, by identity.
     created: HashMap<String, usize>,
 }
@@ -73,12 +80,7 @@ impl Listing {
     fn new(kind: Kind, customer: &str) -> Self {
         let by_id: fn(&Value) -> String = |node| node["id"].as_str().expect("an id").to_string();
         let creation: fn(&Value) -> Key = |_| Key::Creation;
-        let (field, nodes, identity, orderings): (
-            _,
-            Vec<&'static str>,
-            fn(&Value) -> String,
-            Vec<(&'static str, fn(&Value) -> Key)>,
-        ) = match kind {
+        let (field, nodes, identity, orderings): Shape = match kind {
             Kind::Products => (
                 "products",
                 vec!["id", "id name", "id lowestPrice"],
@@ -198,7 +200,8 @@ impl Walk {
         let field = listing.orderings[self.ordering].0;
         write!(args, ", orderBy: {{ field: {field}, direction: {} }}", self.direction).expect("write");
         // `nodes` rather than `edges`: half the fields to resolve (edge cursors are
-        // checked against `pageInfo` in `refusals_name_what_is_wrong`).
+        // checked against `pageInfo` in
+        // `refusals_name_what_is_wrong_and_pages_between_two_cursors`).
         format!(
             "{alias}: {}{}({args}) {{ nodes {{ {} }} \
              pageInfo {{ hasNextPage hasPreviousPage startCursor endCursor }} }}{}",
@@ -573,7 +576,7 @@ async fn every_connection_walks_both_ways_in_every_ordering() {
 }
 
 #[tokio::test]
-async fn refusals_name_what_is_wrong() {
+async fn refusals_name_what_is_wrong_and_pages_between_two_cursors() {
     let env = TestEnv::new().await;
     let app = spawn(&env).await;
     create(&app, Kind::Products, 0..3, None).await;
@@ -615,6 +618,24 @@ async fn refusals_name_what_is_wrong() {
     }
     // The default direction is ASC: the same ordering.
     app.gql_ok(page, json!({ "after": cursor, "order": { "field": "NAME" } })).await;
+
+    // `after` with `before`: the items between them, read either way.
+    let all = app.gql_ok("{ products(first: 3) { edges { cursor node { id } } } }", json!({})).await;
+    let edges = all["products"]["edges"].as_array().expect("edges").clone();
+    let between = |size: &str| {
+        format!(
+            r#"{{ products({size}: 10, after: "{}", before: "{}") {{ nodes {{ id }} pageInfo {{ hasPreviousPage hasNextPage }} }} }}"#,
+            edges[0]["cursor"].as_str().expect("a cursor"),
+            edges[2]["cursor"].as_str().expect("a cursor")
+        )
+    };
+    // The Relay spec: in the reading direction, only what lies between the cursors counts.
+    for (size, previous, next) in [("first", true, false), ("last", false, true)] {
+        let page = app.gql_ok(&between(size), json!({})).await;
+        assert_eq!(page["products"]["nodes"], json!([edges[1]["node"]]), "{size}: only the middle product");
+        let expected = json!({ "hasPreviousPage": previous, "hasNextPage": next });
+        assert_eq!(page["products"]["pageInfo"], expected, "{size}");
+    }
 
     for garbage in ["garbage", "Tk9QRQ", ""] {
         let refused = app.gql(page, json!({ "after": garbage })).await;
