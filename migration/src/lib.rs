@@ -11,6 +11,7 @@ mod m20261121_000003_store;
 mod m20261121_000004_uploads;
 mod m20261121_000005_intake;
 mod m20261121_000006_unfinished_jobs_index;
+mod m20261205_000007_paging_orders;
 mod m20261205_000008_upload_digest_index;
 
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000004_uploads::Migration),
             Box::new(m20261121_000005_intake::Migration),
             Box::new(m20261121_000006_unfinished_jobs_index::Migration),
+            Box::new(m20261205_000007_paging_orders::Migration),
             Box::new(m20261205_000008_upload_digest_index::Migration),
         ]
     }

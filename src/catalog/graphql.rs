@@ -15,7 +15,7 @@ use super::{
     entity::offer,
     loaders::{Batch, history_of, loader_error, offers_of, omnibus_of},
     model::{OfferRow, ProductRow, Registration},
-    products::{self, NewProduct, ProductChanges, ProductFilter},
+    products::{self, NewProduct, ProductChanges, ProductFilter, ProductOrderField},
     sync::{PRICE_TOPIC, PriceChanges},
     trend,
 };
@@ -25,7 +25,7 @@ use crate::{
     error::{AppError, AppResult},
     events::EventBus,
     global_id,
-    paging::{Page, Paged, Totals, connection},
+    paging::{OrderDirection, Page, PageArgs, Paged, Totals, connection},
 };
 
 type Result<T> = async_graphql::Result<T>;
@@ -108,12 +108,9 @@ impl Product {
 
     /// The lowest price among the current offers, in integer minor units as the offers
     /// service quotes them; null without offers.
-    async fn lowest_price(&self, ctx: &Context<'_>) -> Result<Option<i64>> {
-        Ok(offers_of(&state(ctx).loaders, self.row.id, self.batch.as_ref())
-            .await?
-            .iter()
-            .map(|offer| offer.price)
-            .min())
+    async fn lowest_price(&self) -> Option<i64> {
+        // Kept with the offers, in the transaction that writes them (see sync.rs).
+        self.row.lowest_price
     }
 
     /// The lowest price the product had (its lowest offer price at each moment) in the 30
@@ -459,6 +456,17 @@ fn maybe<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
     }
 }
 
+/// How to order products: `{field: LOWEST_PRICE}` is cheapest first, `{field: NAME,
+/// direction: DESC}` Z to A. Ties are broken by creation order (in the same direction).
+#[derive(InputObject, Debug, Clone, Copy, Default)]
+pub struct ProductOrder {
+    /// The field to order by.
+    pub field: ProductOrderField,
+    /// ASC (smallest first) when omitted.
+    #[graphql(default)]
+    pub direction: OrderDirection,
+}
+
 // ---- roots ----------------------------------------------------------------------------
 
 #[derive(Default)]
@@ -466,29 +474,46 @@ pub struct CatalogQuery;
 
 #[Object]
 impl CatalogQuery {
-    /// Products in creation order (Relay connection; `first` is capped by PAGE_MAX).
+    /// Products, in creation order unless `orderBy` says otherwise (a Relay connection:
+    /// `first`/`after` pages forward, `last`/`before` backward; both sizes are capped by
+    /// PAGE_MAX).
+    // Each parameter is an argument of the GraphQL field: the schema fixes how many.
+    #[allow(clippy::too_many_arguments)]
     async fn products(
         &self,
         ctx: &Context<'_>,
-        #[graphql(
-            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
-        )]
+        #[graphql(desc = "Forward paging: the page size, 0 to PAGE_MAX (100 by default); 20 when neither \
+                          `first` nor `last` is given. Beyond that range, or together with `last`: BAD_USER_INPUT.")]
         first: Option<i32>,
-        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
-                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
+        #[graphql(desc = "Forward paging: the items after this cursor (the previous page's \
+                          `pageInfo.endCursor`); from the start when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
         after: Option<String>,
+        #[graphql(desc = "Backward paging: the page size counted back from `before` (or from the end), 0 to \
+                          PAGE_MAX; the page's items still come in the list's order. Beyond that range, or \
+                          together with `first`: BAD_USER_INPUT.")]
+        last: Option<i32>,
+        #[graphql(desc = "Backward paging: the items before this cursor (the next page's \
+                          `pageInfo.startCursor`); up to the end when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
+        before: Option<String>,
+        #[graphql(desc = "The list's order; creation order (`{field: CREATED_AT, direction: ASC}`) when omitted. \
+                          A cursor belongs to one ordering: after changing it, start again from the first page.")]
+        order_by: Option<ProductOrder>,
         #[graphql(desc = "Only products matching it; all when omitted.")] filter: Option<ProductsFilter>,
     ) -> Result<Paged<Product>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.page_max)?;
+        let order = order_by.unwrap_or_default();
+        let page =
+            Page::new(PageArgs { first, after, last, before }, state.page_max, order.field.ordering(order.direction))?;
         let filter = filter.unwrap_or_default();
         let filter = ProductFilter { search: filter.search, sku: filter.sku };
-        let rows = products::list(&state.db, page, &filter).await?;
+        let rows = products::list(&state.db, &page, order.field, &filter).await?;
         let db = state.db.clone();
         let totals = Totals::new(move || async move { products::count(&db, &filter).await });
         let batch = Arc::new(Batch::new(rows.iter().map(|row| row.id).collect()));
         let nodes = rows.into_iter().map(|row| Product { row: Arc::new(row), batch: Some(batch.clone()) }).collect();
-        Ok(connection(nodes, page, |product| product.row.id, totals))
+        Ok(connection(nodes, &page, |product| order.field.cursor(&product.row), totals))
     }
 
     /// A product by id; null when there is none (a malformed id is BAD_USER_INPUT).
@@ -520,8 +545,9 @@ impl CatalogQuery {
     /// type, so no doc comment reaches it.
     pub fn describe_connections<Q, M, S>(builder: SchemaBuilder<Q, M, S>) -> SchemaBuilder<Q, M, S> {
         builder.override_output_type_description::<Paged<Product>>(
-            "A page of products, oldest first: `nodes` (or `edges`, each with its cursor), \
-             `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+            "A page of products in the order asked (`orderBy`; oldest first by default): `nodes` (or \
+             `edges`, each with its cursor), `pageInfo` (`endCursor` to pass as `after` for the next page, \
+             `startCursor` as `before` for the previous one), and `totalCount`.",
         )
     }
 }

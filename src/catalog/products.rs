@@ -6,8 +6,7 @@ use std::collections::{HashMap, HashSet};
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait as _, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait as _,
-    FromQueryResult, QueryFilter as _, QueryOrder as _, QuerySelect as _, Select, SqlErr, Statement,
-    TransactionTrait as _, Value,
+    FromQueryResult, QueryFilter as _, QuerySelect as _, Select, SqlErr, Statement, TransactionTrait as _, Value,
     sea_query::{ArrayType, Asterisk, Expr, ExprTrait as _, Func, LikeExpr, OnConflict, Query},
 };
 
@@ -20,7 +19,7 @@ use super::{
 use crate::{
     db::{now_ms, placeholder},
     error::{AppError, AppResult, UniqueKey, conflict_on_unique},
-    paging::Page,
+    paging::{Cursor, KeyKind, OrderDirection, Ordering, Page, SortKey},
 };
 
 /// One product as a bulk upload describes it; `sku` is the client's id.
@@ -402,14 +401,57 @@ fn filtered(filter: &ProductFilter) -> AppResult<Select<product::Entity>> {
     Ok(select)
 }
 
-/// One page of products in id order (keyset: cursors survive inserts and deletes).
-pub async fn list(db: &impl ConnectionTrait, page: Page, filter: &ProductFilter) -> AppResult<Vec<ProductRow>> {
-    let select = filtered(filter)?;
-    let select = match page.after {
-        Some(after) => select.filter(Column::Id.gt(after)),
-        None => select,
-    };
-    Ok(select.order_by_asc(Column::Id).limit(page.fetch_limit()).all(db).await?)
+/// What products can be ordered by (`ProductOrder.field`).
+#[derive(async_graphql::Enum, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ProductOrderField {
+    /// By name, in the database's collation (SQLite: character code order, so capitals
+    /// before lower case; Postgres: the database's locale).
+    Name,
+    /// By creation, in the order the products were created (by id; products created by
+    /// one upload were created in the order of its items).
+    #[default]
+    CreatedAt,
+    /// By `lowestPrice`. Products without offers (null `lowestPrice`) come last in both
+    /// directions.
+    LowestPrice,
+}
+
+impl ProductOrderField {
+    pub fn ordering(self, direction: OrderDirection) -> Ordering {
+        match self {
+            Self::Name => Ordering::new("NAME", direction, KeyKind::Text),
+            Self::CreatedAt => Ordering::new("CREATED_AT", direction, KeyKind::Id),
+            Self::LowestPrice => Ordering::new("LOWEST_PRICE", direction, KeyKind::NullableInt),
+        }
+    }
+
+    fn column(self) -> Option<Column> {
+        match self {
+            Self::Name => Some(Column::Name),
+            Self::CreatedAt => None,
+            Self::LowestPrice => Some(Column::LowestPrice),
+        }
+    }
+
+    /// Where `row` stands in this ordering.
+    pub fn cursor(self, row: &ProductRow) -> Cursor {
+        let key = match self {
+            Self::Name => SortKey::Text(row.name.clone()),
+            Self::CreatedAt => SortKey::Id,
+            Self::LowestPrice => row.lowest_price.map_or(SortKey::Null, SortKey::Int),
+        };
+        Cursor::new(key, row.id)
+    }
+}
+
+/// One page of products (keyset: cursors survive inserts and deletes).
+pub async fn list(
+    db: &impl ConnectionTrait,
+    page: &Page,
+    order: ProductOrderField,
+    filter: &ProductFilter,
+) -> AppResult<Vec<ProductRow>> {
+    page.fetch(filtered(filter)?, order.column(), Column::Id, |select| select.all(db)).await
 }
 
 /// How many products match a filter.

@@ -284,6 +284,8 @@ pub async fn apply(
     let claimed = product::Entity::update_many()
         .col_expr(product::Column::OffersSyncedAt, Expr::value(fetched_at))
         .col_expr(product::Column::RegistrationError, Expr::value(Option::<String>::None))
+        // The snapshot becomes the product's offers below, in this transaction.
+        .col_expr(product::Column::LowestPrice, Expr::value(offers.iter().map(|offer| offer.price).min()))
         .filter(product::Column::Id.eq(product_id))
         .filter(
             Condition::any()

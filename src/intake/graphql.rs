@@ -10,7 +10,7 @@ use super::{
     Intake,
     config::genre_key,
     model::{IntakeStatus, MessageRow, Notice, PROCESSED_TOPIC},
-    read::{self, MessageFilter},
+    read::{self, IntakeMessageOrderField, MessageFilter},
     submit::{self, StandardMessage},
 };
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
     error::{AppError, AppResult},
     global_id,
     jobs::graphql::Job,
-    paging::{Page, Paged, Totals, connection},
+    paging::{Cursor, OrderDirection, Page, PageArgs, Paged, Totals, connection},
 };
 
 /// The intake's handle inside a resolver (every schema that serves is built with it).
@@ -195,34 +195,60 @@ impl From<IntakeMessageInput> for StandardMessage {
     }
 }
 
+/// How to order intake messages: `{field: CREATED_AT, direction: DESC}` is the newest
+/// first.
+#[derive(InputObject, Debug, Clone, Copy, Default)]
+pub struct IntakeMessageOrder {
+    /// The field to order by.
+    pub field: IntakeMessageOrderField,
+    /// ASC (oldest first) when omitted.
+    #[graphql(default)]
+    pub direction: OrderDirection,
+}
+
 #[derive(Default)]
 pub struct IntakeQuery;
 
 #[Object]
 impl IntakeQuery {
-    /// Intake messages, oldest first. `status: FAILED` is the dead-letter list; `messageId`
+    /// Intake messages, oldest first unless `orderBy` says otherwise. `status: FAILED` is the dead-letter list; `messageId`
     /// finds the submissions of one client message id.
+    // Each parameter is an argument of the GraphQL field: the schema fixes how many.
+    #[allow(clippy::too_many_arguments)]
     async fn intake_messages(
         &self,
         ctx: &Context<'_>,
-        #[graphql(
-            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
-        )]
+        #[graphql(desc = "Forward paging: the page size, 0 to PAGE_MAX (100 by default); 20 when neither \
+                          `first` nor `last` is given. Beyond that range, or together with `last`: BAD_USER_INPUT.")]
         first: Option<i32>,
-        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
-                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
+        #[graphql(desc = "Forward paging: the items after this cursor (the previous page's \
+                          `pageInfo.endCursor`); from the start when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
         after: Option<String>,
+        #[graphql(desc = "Backward paging: the page size counted back from `before` (or from the end), 0 to \
+                          PAGE_MAX; the page's items still come in the list's order. Beyond that range, or \
+                          together with `first`: BAD_USER_INPUT.")]
+        last: Option<i32>,
+        #[graphql(desc = "Backward paging: the items before this cursor (the next page's \
+                          `pageInfo.startCursor`); up to the end when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
+        before: Option<String>,
+        #[graphql(desc = "The list's order; creation order (`{field: CREATED_AT, direction: ASC}`) when omitted. \
+                          A cursor belongs to one ordering: after changing it, start again from the first page.")]
+        order_by: Option<IntakeMessageOrder>,
         #[graphql(desc = "Only messages in this status; all when omitted.")] status: Option<IntakeStatus>,
         #[graphql(desc = "Only submissions with exactly this client message id.")] message_id: Option<String>,
     ) -> async_graphql::Result<Paged<IntakeMessage>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.page_max)?;
+        let order = order_by.unwrap_or_default();
+        let page =
+            Page::new(PageArgs { first, after, last, before }, state.page_max, order.field.ordering(order.direction))?;
         let filter = MessageFilter { status, message_id };
-        let rows = read::list(&state.db, &filter, page).await?;
+        let rows = read::list(&state.db, &filter, &page).await?;
         let db = state.db.clone();
         let totals = Totals::new(move || async move { read::count(&db, &filter).await });
         let messages = rows.into_iter().map(IntakeMessage).collect();
-        Ok(connection(messages, page, |message: &IntakeMessage| message.0.id, totals))
+        Ok(connection(messages, &page, |message: &IntakeMessage| Cursor::by_id(message.0.id), totals))
     }
 
     /// One intake message by our id; null when there is none (a malformed id is
@@ -253,8 +279,9 @@ impl IntakeQuery {
     /// type, so no doc comment reaches it.
     pub fn describe_connections<Q, M, S>(builder: SchemaBuilder<Q, M, S>) -> SchemaBuilder<Q, M, S> {
         builder.override_output_type_description::<Paged<IntakeMessage>>(
-            "A page of intake messages, oldest first: `nodes` (or `edges`, each with its cursor), \
-             `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+            "A page of intake messages in the order asked (`orderBy`; oldest first by default): `nodes` \
+             (or `edges`, each with its cursor), `pageInfo` (`endCursor` to pass as `after` for the next \
+             page, `startCursor` as `before` for the previous one), and `totalCount`.",
         )
     }
 }

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use sea_orm::{
-    ColumnTrait as _, ConnectionTrait, EntityTrait as _, FromQueryResult, QueryFilter as _, QueryOrder as _,
-    QuerySelect as _, Select,
+    ColumnTrait as _, ConnectionTrait, EntityTrait as _, FromQueryResult, QueryFilter as _, QuerySelect as _, Select,
     sea_query::{Asterisk, Expr, Func},
 };
 use serde_json::json;
@@ -20,7 +19,7 @@ use crate::{
     db::{duration_ms, now_ms, stmt},
     error::AppResult,
     health::{Check, Status},
-    paging::Page,
+    paging::{KeyKind, OrderDirection, Ordering, Page},
 };
 
 /// Which messages a list shows.
@@ -44,13 +43,25 @@ impl MessageFilter {
     }
 }
 
-/// One page of messages, oldest first.
-pub async fn list(db: &impl ConnectionTrait, filter: &MessageFilter, page: Page) -> AppResult<Vec<MessageRow>> {
-    let select = match page.after {
-        Some(after) => filter.select().filter(Column::Id.gt(after)),
-        None => filter.select(),
-    };
-    Ok(select.order_by_asc(Column::Id).limit(page.fetch_limit()).all(db).await?)
+/// What intake messages can be ordered by (`IntakeMessageOrder.field`).
+#[derive(async_graphql::Enum, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum IntakeMessageOrderField {
+    /// By creation, in the order the messages were accepted (by id).
+    #[default]
+    CreatedAt,
+}
+
+impl IntakeMessageOrderField {
+    pub fn ordering(self, direction: OrderDirection) -> Ordering {
+        match self {
+            Self::CreatedAt => Ordering::new("CREATED_AT", direction, KeyKind::Id),
+        }
+    }
+}
+
+/// One page of messages in the page's ordering (every one is by id).
+pub async fn list(db: &impl ConnectionTrait, filter: &MessageFilter, page: &Page) -> AppResult<Vec<MessageRow>> {
+    page.fetch(filter.select(), None, Column::Id, |select| select.all(db)).await
 }
 
 pub async fn count(db: &impl ConnectionTrait, filter: &MessageFilter) -> AppResult<i64> {

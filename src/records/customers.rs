@@ -15,7 +15,7 @@ use super::{
 use crate::{
     db::now_ms,
     error::{AppError, AppResult, UniqueKey, conflict_on_unique},
-    paging::Page,
+    paging::{Cursor, KeyKind, OrderDirection, Ordering, Page, SortKey},
 };
 
 /// Which customers a list shows.
@@ -128,8 +128,48 @@ fn filtered(filter: &CustomerFilter) -> Select<customer::Entity> {
     select
 }
 
-pub async fn list(db: &impl ConnectionTrait, filter: &CustomerFilter, page: Page) -> AppResult<Vec<Customer>> {
-    model::page(db, filtered(filter), Column::Id, page).await
+/// What customers can be ordered by (`CustomerOrder.field`).
+#[derive(async_graphql::Enum, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum CustomerOrderField {
+    /// By creation, in the order the accounts were opened (by id).
+    #[default]
+    CreatedAt,
+    /// By name, ignoring case.
+    Name,
+}
+
+impl CustomerOrderField {
+    pub fn ordering(self, direction: OrderDirection) -> Ordering {
+        match self {
+            Self::CreatedAt => Ordering::new("CREATED_AT", direction, KeyKind::Id),
+            Self::Name => Ordering::new("NAME", direction, KeyKind::Text),
+        }
+    }
+
+    fn column(self) -> Option<Column> {
+        match self {
+            Self::CreatedAt => None,
+            // The folded copy: case-insensitive order, served by its index.
+            Self::Name => Some(Column::NameFolded),
+        }
+    }
+
+    /// Where `customer` stands in this ordering.
+    pub fn cursor(self, customer: &Customer) -> Cursor {
+        match self {
+            Self::CreatedAt => Cursor::by_id(customer.id),
+            Self::Name => Cursor::new(SortKey::Text(validate::fold(&customer.name)), customer.id),
+        }
+    }
+}
+
+pub async fn list(
+    db: &impl ConnectionTrait,
+    filter: &CustomerFilter,
+    page: &Page,
+    order: CustomerOrderField,
+) -> AppResult<Vec<Customer>> {
+    model::page(db, filtered(filter), order.column(), Column::Id, page).await
 }
 
 pub async fn count(db: &impl ConnectionTrait, filter: &CustomerFilter) -> AppResult<i64> {

@@ -8,18 +8,18 @@ use chrono::{DateTime, Utc};
 
 use super::{
     Records,
-    customers::{self, CustomerChanges},
+    customers::{self, CustomerChanges, CustomerOrderField},
     loaders::{BatchError, CustomerKey, PurchaseCountKey, RecordKey, StoreLoader},
     model::{Customer, Purchase, PurchaseStatus, Record},
-    purchases::{self, CustomerPage, NewPurchase},
-    record::{self, NewRecord, RecordChanges},
+    purchases::{self, CustomerPage, NewPurchase, PurchaseOrderField},
+    record::{self, NewRecord, RecordChanges, RecordOrderField},
 };
 use crate::{
     dates::DateTimeInput,
     db::to_datetime,
     error::{AppError, AppResult},
     global_id,
-    paging::{Page, Paged, Totals, connection},
+    paging::{OrderDirection, Page, PageArgs, Paged, Totals, connection},
 };
 
 type Result<T> = async_graphql::Result<T>;
@@ -81,28 +81,44 @@ impl Customer {
         self.deactivated_at.map(to_datetime)
     }
 
-    /// This customer's purchases of every status, oldest first.
+    /// This customer's purchases of every status, oldest first unless `orderBy` says otherwise.
     async fn purchases(
         &self,
         ctx: &Context<'_>,
-        #[graphql(
-            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
-        )]
+        #[graphql(desc = "Forward paging: the page size, 0 to PAGE_MAX (100 by default); 20 when neither \
+                          `first` nor `last` is given. Beyond that range, or together with `last`: BAD_USER_INPUT.")]
         first: Option<i32>,
-        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
-                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
+        #[graphql(desc = "Forward paging: the items after this cursor (the previous page's \
+                          `pageInfo.endCursor`); from the start when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
         after: Option<String>,
+        #[graphql(desc = "Backward paging: the page size counted back from `before` (or from the end), 0 to \
+                          PAGE_MAX; the page's items still come in the list's order. Beyond that range, or \
+                          together with `first`: BAD_USER_INPUT.")]
+        last: Option<i32>,
+        #[graphql(desc = "Backward paging: the items before this cursor (the next page's \
+                          `pageInfo.startCursor`); up to the end when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
+        before: Option<String>,
+        #[graphql(desc = "The list's order; creation order (`{field: CREATED_AT, direction: ASC}`) when omitted. \
+                          A cursor belongs to one ordering: after changing it, start again from the first page.")]
+        order_by: Option<PurchaseOrder>,
     ) -> Result<Paged<Purchase>> {
-        let page = Page::new(first, after, state(ctx).page_max)?;
+        let order = order_by.unwrap_or_default();
+        let page = Page::new(
+            PageArgs { first, after, last, before },
+            state(ctx).page_max,
+            order.field.ordering(order.direction),
+        )?;
         let loader = loader(ctx)?;
-        let key = CustomerPage { customer_id: self.id, after: page.after, limit: page.fetch_limit() };
+        let key = CustomerPage { customer_id: self.id, page: page.clone(), order: order.field };
         let rows = loader.load_one(key).await.map_err(BatchError::into_app_error)?.unwrap_or_default();
         let customer_id = self.id;
         let totals = Totals::new(move || async move {
             let count = loader.load_one(PurchaseCountKey(customer_id)).await.map_err(BatchError::into_app_error)?;
             Ok(count.unwrap_or(0))
         });
-        Ok(connection(rows, page, |purchase| purchase.id, totals))
+        Ok(connection(rows, &page, |purchase| order.field.cursor(purchase), totals))
     }
 }
 
@@ -332,32 +348,81 @@ pub struct CreatePurchaseInput {
     pub quantity: i32,
 }
 
+/// How to order customers: `{field: NAME}` is A to Z ignoring case. Ties are broken by
+/// creation order (in the same direction).
+#[derive(InputObject, Debug, Clone, Copy, Default)]
+pub struct CustomerOrder {
+    /// The field to order by.
+    pub field: CustomerOrderField,
+    /// ASC (smallest first) when omitted.
+    #[graphql(default)]
+    pub direction: OrderDirection,
+}
+
+/// How to order records: `{field: PRICE}` is cheapest first, `{field: RELEASE_YEAR,
+/// direction: DESC}` newest releases first. Ties are broken by creation order (in the
+/// same direction).
+#[derive(InputObject, Debug, Clone, Copy, Default)]
+pub struct RecordOrder {
+    /// The field to order by.
+    pub field: RecordOrderField,
+    /// ASC (smallest first) when omitted.
+    #[graphql(default)]
+    pub direction: OrderDirection,
+}
+
+/// How to order purchases: `{field: TOTAL, direction: DESC}` is the largest first. Ties
+/// are broken by creation order (in the same direction).
+#[derive(InputObject, Debug, Clone, Copy, Default)]
+pub struct PurchaseOrder {
+    /// The field to order by.
+    pub field: PurchaseOrderField,
+    /// ASC (smallest first) when omitted.
+    #[graphql(default)]
+    pub direction: OrderDirection,
+}
+
 #[derive(Default)]
 pub struct RecordsQuery;
 
 #[Object]
 impl RecordsQuery {
-    /// Customers, oldest first.
+    /// Customers, oldest first unless `orderBy` says otherwise.
+    // Each parameter is an argument of the GraphQL field: the schema fixes how many.
+    #[allow(clippy::too_many_arguments)]
     async fn customers(
         &self,
         ctx: &Context<'_>,
-        #[graphql(
-            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
-        )]
+        #[graphql(desc = "Forward paging: the page size, 0 to PAGE_MAX (100 by default); 20 when neither \
+                          `first` nor `last` is given. Beyond that range, or together with `last`: BAD_USER_INPUT.")]
         first: Option<i32>,
-        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
-                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
+        #[graphql(desc = "Forward paging: the items after this cursor (the previous page's \
+                          `pageInfo.endCursor`); from the start when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
         after: Option<String>,
+        #[graphql(desc = "Backward paging: the page size counted back from `before` (or from the end), 0 to \
+                          PAGE_MAX; the page's items still come in the list's order. Beyond that range, or \
+                          together with `first`: BAD_USER_INPUT.")]
+        last: Option<i32>,
+        #[graphql(desc = "Backward paging: the items before this cursor (the next page's \
+                          `pageInfo.startCursor`); up to the end when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
+        before: Option<String>,
+        #[graphql(desc = "The list's order; creation order (`{field: CREATED_AT, direction: ASC}`) when omitted. \
+                          A cursor belongs to one ordering: after changing it, start again from the first page.")]
+        order_by: Option<CustomerOrder>,
         #[graphql(desc = "Only customers matching it; all when omitted.")] filter: Option<CustomerFilterInput>,
     ) -> Result<Paged<Customer>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.page_max)?;
+        let order = order_by.unwrap_or_default();
+        let page =
+            Page::new(PageArgs { first, after, last, before }, state.page_max, order.field.ordering(order.direction))?;
         let filter = filter.unwrap_or_default();
         let filter = customers::CustomerFilter { active: filter.active, search: filter.search };
-        let rows = customers::list(&state.db, &filter, page).await?;
+        let rows = customers::list(&state.db, &filter, &page, order.field).await?;
         let db = state.db.clone();
         let totals = Totals::new(move || async move { customers::count(&db, &filter).await });
-        Ok(connection(rows, page, |customer| customer.id, totals))
+        Ok(connection(rows, &page, |customer| order.field.cursor(customer), totals))
     }
 
     /// A customer by id; null when there is none (a malformed id is BAD_USER_INPUT).
@@ -369,21 +434,36 @@ impl RecordsQuery {
         Ok(customers::find(&state(ctx).db, global_id::parse::<Customer>(&id)?).await?)
     }
 
-    /// Records (the store's discs), oldest first.
+    /// Records (the store's discs), oldest first unless `orderBy` says otherwise.
+    // Each parameter is an argument of the GraphQL field: the schema fixes how many.
+    #[allow(clippy::too_many_arguments)]
     async fn records(
         &self,
         ctx: &Context<'_>,
-        #[graphql(
-            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
-        )]
+        #[graphql(desc = "Forward paging: the page size, 0 to PAGE_MAX (100 by default); 20 when neither \
+                          `first` nor `last` is given. Beyond that range, or together with `last`: BAD_USER_INPUT.")]
         first: Option<i32>,
-        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
-                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
+        #[graphql(desc = "Forward paging: the items after this cursor (the previous page's \
+                          `pageInfo.endCursor`); from the start when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
         after: Option<String>,
+        #[graphql(desc = "Backward paging: the page size counted back from `before` (or from the end), 0 to \
+                          PAGE_MAX; the page's items still come in the list's order. Beyond that range, or \
+                          together with `first`: BAD_USER_INPUT.")]
+        last: Option<i32>,
+        #[graphql(desc = "Backward paging: the items before this cursor (the next page's \
+                          `pageInfo.startCursor`); up to the end when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
+        before: Option<String>,
+        #[graphql(desc = "The list's order; creation order (`{field: CREATED_AT, direction: ASC}`) when omitted. \
+                          A cursor belongs to one ordering: after changing it, start again from the first page.")]
+        order_by: Option<RecordOrder>,
         #[graphql(desc = "Only records matching it; all when omitted.")] filter: Option<RecordFilterInput>,
     ) -> Result<Paged<Record>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.page_max)?;
+        let order = order_by.unwrap_or_default();
+        let page =
+            Page::new(PageArgs { first, after, last, before }, state.page_max, order.field.ordering(order.direction))?;
         let filter = filter.unwrap_or_default();
         let filter = record::RecordFilter {
             artist: filter.artist,
@@ -392,10 +472,10 @@ impl RecordsQuery {
             release_year: filter.release_year,
             in_stock: filter.in_stock,
         };
-        let rows = record::list(&state.db, &filter, page).await?;
+        let rows = record::list(&state.db, &filter, &page, order.field).await?;
         let db = state.db.clone();
         let totals = Totals::new(move || async move { record::count(&db, &filter).await });
-        Ok(connection(rows, page, |record| record.id, totals))
+        Ok(connection(rows, &page, |record| order.field.cursor(record), totals))
     }
 
     /// A record by id; null when there is none (a malformed id is BAD_USER_INPUT).
@@ -403,21 +483,37 @@ impl RecordsQuery {
         Ok(record::find(&state(ctx).db, global_id::parse::<Record>(&id)?).await?)
     }
 
-    /// Purchases of every status, oldest first: by customer, by record, by period, by status.
+    /// Purchases of every status, oldest first unless `orderBy` says otherwise; filtered by
+    /// customer, by record, by period, by status.
+    // Each parameter is an argument of the GraphQL field: the schema fixes how many.
+    #[allow(clippy::too_many_arguments)]
     async fn purchases(
         &self,
         ctx: &Context<'_>,
-        #[graphql(
-            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
-        )]
+        #[graphql(desc = "Forward paging: the page size, 0 to PAGE_MAX (100 by default); 20 when neither \
+                          `first` nor `last` is given. Beyond that range, or together with `last`: BAD_USER_INPUT.")]
         first: Option<i32>,
-        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
-                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
+        #[graphql(desc = "Forward paging: the items after this cursor (the previous page's \
+                          `pageInfo.endCursor`); from the start when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
         after: Option<String>,
+        #[graphql(desc = "Backward paging: the page size counted back from `before` (or from the end), 0 to \
+                          PAGE_MAX; the page's items still come in the list's order. Beyond that range, or \
+                          together with `first`: BAD_USER_INPUT.")]
+        last: Option<i32>,
+        #[graphql(desc = "Backward paging: the items before this cursor (the next page's \
+                          `pageInfo.startCursor`); up to the end when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
+        before: Option<String>,
+        #[graphql(desc = "The list's order; creation order (`{field: CREATED_AT, direction: ASC}`) when omitted. \
+                          A cursor belongs to one ordering: after changing it, start again from the first page.")]
+        order_by: Option<PurchaseOrder>,
         #[graphql(desc = "Only purchases matching it; all when omitted.")] filter: Option<PurchaseFilterInput>,
     ) -> Result<Paged<Purchase>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.page_max)?;
+        let order = order_by.unwrap_or_default();
+        let page =
+            Page::new(PageArgs { first, after, last, before }, state.page_max, order.field.ordering(order.direction))?;
         let filter = filter.unwrap_or_default();
         let filter = purchases::PurchaseFilter {
             customer_id: optional_id::<Customer>(filter.customer_id.as_ref())?,
@@ -426,10 +522,10 @@ impl RecordsQuery {
             to: filter.to.map(DateTimeInput::utc),
             status: filter.status,
         };
-        let rows = purchases::list(&state.db, &filter, page).await?;
+        let rows = purchases::list(&state.db, &filter, &page, order.field).await?;
         let db = state.db.clone();
         let totals = Totals::new(move || async move { purchases::count(&db, &filter).await });
-        Ok(connection(rows, page, |purchase| purchase.id, totals))
+        Ok(connection(rows, &page, |purchase| order.field.cursor(purchase), totals))
     }
 
     /// A purchase by id; null when there is none (a malformed id is BAD_USER_INPUT).
@@ -448,16 +544,19 @@ impl RecordsQuery {
     pub fn describe_connections<Q, M, S>(builder: SchemaBuilder<Q, M, S>) -> SchemaBuilder<Q, M, S> {
         builder
             .override_output_type_description::<Paged<Customer>>(
-                "A page of customers, oldest first: `nodes` (or `edges`, each with its cursor), \
-                 `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+                "A page of customers in the order asked (`orderBy`; oldest first by default): `nodes` (or \
+                 `edges`, each with its cursor), `pageInfo` (`endCursor` to pass as `after` for the next \
+                 page, `startCursor` as `before` for the previous one), and `totalCount`.",
             )
             .override_output_type_description::<Paged<Record>>(
-                "A page of records, oldest first: `nodes` (or `edges`, each with its cursor), \
-                 `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+                "A page of records in the order asked (`orderBy`; oldest first by default): `nodes` (or \
+                 `edges`, each with its cursor), `pageInfo` (`endCursor` to pass as `after` for the next \
+                 page, `startCursor` as `before` for the previous one), and `totalCount`.",
             )
             .override_output_type_description::<Paged<Purchase>>(
-                "A page of purchases, oldest first: `nodes` (or `edges`, each with its cursor), \
-                 `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+                "A page of purchases in the order asked (`orderBy`; oldest first by default): `nodes` (or \
+                 `edges`, each with its cursor), `pageInfo` (`endCursor` to pass as `after` for the next \
+                 page, `startCursor` as `before` for the previous one), and `totalCount`.",
             )
     }
 }

@@ -87,7 +87,7 @@ impl Loader<CustomerPage> for StoreBatches {
 
     async fn load(&self, keys: &[CustomerPage]) -> Result<HashMap<CustomerPage, Vec<Purchase>>, BatchError> {
         let pages = purchases::pages_by_customer(&self.db, keys).await?;
-        Ok(keys.iter().copied().zip(pages).collect())
+        Ok(keys.iter().cloned().zip(pages).collect())
     }
 }
 

@@ -2,8 +2,7 @@
 //! `entity/`), the purchase status, and the keyset page and count every list runs.
 
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DerivePartialModel, EntityTrait, PartialModelTrait, QueryFilter as _,
-    QueryOrder as _, QuerySelect as _, Select,
+    ConnectionTrait, DerivePartialModel, EntityTrait, PartialModelTrait, QuerySelect as _, Select,
     sea_query::{Asterisk, Expr, Func},
 };
 
@@ -112,17 +111,20 @@ impl Purchase {
     }
 }
 
-/// One keyset page of `select`, ordered by id.
-pub async fn page<E, M>(db: &impl ConnectionTrait, select: Select<E>, id: E::Column, page: Page) -> AppResult<Vec<M>>
+/// One keyset page of `select` in the page's ordering, whose column is `sort` (`None`:
+/// by id).
+pub async fn page<E, M>(
+    db: &impl ConnectionTrait,
+    select: Select<E>,
+    sort: Option<E::Column>,
+    id: E::Column,
+    page: &Page,
+) -> AppResult<Vec<M>>
 where
     E: EntityTrait,
     M: PartialModelTrait + Send + Sync,
 {
-    let select = match page.after {
-        Some(after) => select.filter(id.gt(after)),
-        None => select,
-    };
-    Ok(select.order_by_asc(id).limit(page.fetch_limit()).into_partial_model::<M>().all(db).await?)
+    page.fetch(select, sort, id, |select| select.into_partial_model::<M>().all(db)).await
 }
 
 /// How many rows `select` matches (for `totalCount`).

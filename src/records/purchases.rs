@@ -22,7 +22,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait as _, ConnectionTrait, DatabaseConnection, EntityTrait as _, FromQueryResult as _, Iterable as _,
-    QueryFilter as _, QueryOrder as _, QuerySelect as _, Select, TransactionTrait as _,
+    QueryFilter as _, QuerySelect as _, QueryTrait as _, Select, TransactionTrait as _,
     sea_query::{Alias, Asterisk, Expr, ExprTrait as _, Func, Query, SelectStatement, UnionType},
 };
 
@@ -39,7 +39,7 @@ use super::{
 use crate::{
     db::{now_ms, stmt},
     error::{AppError, AppResult},
-    paging::Page,
+    paging::{Cursor, KeyKind, OrderDirection, Ordering, Page, SortKey},
 };
 
 /// The columns of [`Purchase`], for the raw insert's `RETURNING`.
@@ -203,13 +203,47 @@ fn filtered(filter: &PurchaseFilter) -> AppResult<Select<purchase::Entity>> {
     Ok(select)
 }
 
-pub async fn list(db: &impl ConnectionTrait, filter: &PurchaseFilter, page: Page) -> AppResult<Vec<Purchase>> {
-    let select = filtered(filter)?;
-    let select = match page.after {
-        Some(after) => select.filter(Column::Id.gt(after)),
-        None => select,
-    };
-    Ok(select.order_by_asc(Column::Id).limit(page.fetch_limit()).all(db).await?)
+/// What purchases can be ordered by (`PurchaseOrder.field`).
+#[derive(async_graphql::Enum, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum PurchaseOrderField {
+    /// By creation, in the order the purchases were made (by id).
+    #[default]
+    CreatedAt,
+    /// By total (unit price × quantity).
+    Total,
+}
+
+impl PurchaseOrderField {
+    pub fn ordering(self, direction: OrderDirection) -> Ordering {
+        match self {
+            Self::CreatedAt => Ordering::new("CREATED_AT", direction, KeyKind::Id),
+            Self::Total => Ordering::new("TOTAL", direction, KeyKind::Int),
+        }
+    }
+
+    fn column(self) -> Option<Column> {
+        match self {
+            Self::CreatedAt => None,
+            Self::Total => Some(Column::Total),
+        }
+    }
+
+    /// Where `purchase` stands in this ordering.
+    pub fn cursor(self, purchase: &Purchase) -> Cursor {
+        match self {
+            Self::CreatedAt => Cursor::by_id(purchase.id),
+            Self::Total => Cursor::new(SortKey::Int(purchase.total), purchase.id),
+        }
+    }
+}
+
+pub async fn list(
+    db: &impl ConnectionTrait,
+    filter: &PurchaseFilter,
+    page: &Page,
+    order: PurchaseOrderField,
+) -> AppResult<Vec<Purchase>> {
+    page.fetch(filtered(filter)?, order.column(), Column::Id, |select| select.all(db)).await
 }
 
 pub async fn count(db: &impl ConnectionTrait, filter: &PurchaseFilter) -> AppResult<i64> {
@@ -217,38 +251,36 @@ pub async fn count(db: &impl ConnectionTrait, filter: &PurchaseFilter) -> AppRes
 }
 
 /// One page of one customer's purchases, as asked by `Customer.purchases`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CustomerPage {
     pub customer_id: i64,
-    pub after: Option<i64>,
-    /// Rows to fetch (the page size plus one).
-    pub limit: u64,
+    pub page: Page,
+    pub order: PurchaseOrderField,
 }
 
 /// Many customers' pages in one round trip: a `UNION ALL` of one index-bounded
 /// `LIMIT` query per page (portable, unlike `LATERAL`). Returns each page's rows in
-/// id order, in the order of `pages`.
+/// reading order (see [`Page::fetch`]), in the order of `pages`.
 pub async fn pages_by_customer(db: &impl ConnectionTrait, pages: &[CustomerPage]) -> AppResult<Vec<Vec<Purchase>>> {
     if pages.is_empty() {
         return Ok(Vec::new());
     }
     // Each page is a subquery, so its ORDER BY and LIMIT apply before the UNION.
-    let branch = |(branch, page): (usize, &CustomerPage)| -> SelectStatement {
-        let rows = Query::select()
-            .columns(Column::iter())
-            .from(purchase::Entity)
-            .and_where(Expr::col(Column::CustomerId).eq(page.customer_id))
-            .and_where(Expr::col(Column::Id).gt(page.after.unwrap_or(0)))
-            .order_by(Column::Id, sea_orm::Order::Asc)
-            .limit(page.limit)
-            .to_owned();
-        Query::select()
+    let branch = |(branch, page): (usize, &CustomerPage)| -> AppResult<SelectStatement> {
+        let of_customer = purchase::Entity::find().filter(Column::CustomerId.eq(page.customer_id));
+        // Purchases have no nullable ordering: a page is one statement.
+        let mut statements = page.page.statements(of_customer, page.order.column(), Column::Id).into_iter();
+        let (Some(rows), None) = (statements.next(), statements.next()) else {
+            return Err(AppError::Internal(anyhow::anyhow!("a purchase ordering needs one statement per page")));
+        };
+        let rows = rows.limit(page.page.fetch_limit()).into_query();
+        Ok(Query::select()
             .expr_as(Expr::val(i32::try_from(branch).unwrap_or(i32::MAX)), "branch")
             .columns(Column::iter())
             .from_subquery(rows, Alias::new(format!("page{branch}")))
-            .to_owned()
+            .to_owned())
     };
-    let mut branches = pages.iter().enumerate().map(branch);
+    let mut branches = pages.iter().enumerate().map(branch).collect::<AppResult<Vec<_>>>()?.into_iter();
     let Some(mut union) = branches.next() else { return Ok(Vec::new()) };
     union.unions(branches.map(|branch| (UnionType::All, branch)));
     let rows = db.query_all(&union).await?;
@@ -260,8 +292,9 @@ pub async fn pages_by_customer(db: &impl ConnectionTrait, pages: &[CustomerPage]
             slot.push(Purchase::from_query_result(&row, "")?);
         }
     }
-    for page in &mut grouped {
-        page.sort_by_key(|purchase: &Purchase| purchase.id);
+    // A UNION ALL keeps no order: put each page's rows back in reading order.
+    for (rows, page) in grouped.iter_mut().zip(pages) {
+        page.page.sort_in_reading_order(rows, |purchase| page.order.cursor(purchase));
     }
     Ok(grouped)
 }

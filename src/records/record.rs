@@ -20,7 +20,7 @@ use super::{
 use crate::{
     db::now_ms,
     error::{AppError, AppResult},
-    paging::Page,
+    paging::{Cursor, KeyKind, OrderDirection, Ordering, Page, SortKey},
 };
 
 /// The most units a record can hold: the API's `Int` is 32-bit.
@@ -164,8 +164,64 @@ fn filtered(filter: &RecordFilter) -> AppResult<Select<record::Entity>> {
     Ok(select)
 }
 
-pub async fn list(db: &impl ConnectionTrait, filter: &RecordFilter, page: Page) -> AppResult<Vec<Record>> {
-    model::page(db, filtered(filter)?, Column::Id, page).await
+/// What records can be ordered by (`RecordOrder.field`).
+#[derive(async_graphql::Enum, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RecordOrderField {
+    /// By creation, in the order the records were added (by id).
+    #[default]
+    CreatedAt,
+    /// By title, ignoring case.
+    Title,
+    /// By artist, ignoring case.
+    Artist,
+    /// By release year.
+    ReleaseYear,
+    /// By current price.
+    Price,
+}
+
+impl RecordOrderField {
+    pub fn ordering(self, direction: OrderDirection) -> Ordering {
+        match self {
+            Self::CreatedAt => Ordering::new("CREATED_AT", direction, KeyKind::Id),
+            Self::Title => Ordering::new("TITLE", direction, KeyKind::Text),
+            Self::Artist => Ordering::new("ARTIST", direction, KeyKind::Text),
+            Self::ReleaseYear => Ordering::new("RELEASE_YEAR", direction, KeyKind::Int),
+            Self::Price => Ordering::new("PRICE", direction, KeyKind::Int),
+        }
+    }
+
+    fn column(self) -> Option<Column> {
+        match self {
+            Self::CreatedAt => None,
+            // The folded copies: case-insensitive order, served by their indexes.
+            Self::Title => Some(Column::TitleFolded),
+            Self::Artist => Some(Column::ArtistFolded),
+            Self::ReleaseYear => Some(Column::ReleaseYear),
+            Self::Price => Some(Column::Price),
+        }
+    }
+
+    /// Where `record` stands in this ordering.
+    pub fn cursor(self, record: &Record) -> Cursor {
+        let key = match self {
+            Self::CreatedAt => SortKey::Id,
+            Self::Title => SortKey::Text(validate::fold(&record.title)),
+            Self::Artist => SortKey::Text(validate::fold(&record.artist)),
+            Self::ReleaseYear => SortKey::Int(i64::from(record.release_year)),
+            Self::Price => SortKey::Int(record.price),
+        };
+        Cursor::new(key, record.id)
+    }
+}
+
+pub async fn list(
+    db: &impl ConnectionTrait,
+    filter: &RecordFilter,
+    page: &Page,
+    order: RecordOrderField,
+) -> AppResult<Vec<Record>> {
+    model::page(db, filtered(filter)?, order.column(), Column::Id, page).await
 }
 
 pub async fn count(db: &impl ConnectionTrait, filter: &RecordFilter) -> AppResult<i64> {

@@ -4,20 +4,20 @@
 
 use std::collections::HashMap;
 
-use async_graphql::{Context, Enum, ID, Object, SchemaBuilder, SimpleObject, Subscription};
+use async_graphql::{Context, Enum, ID, InputObject, Object, SchemaBuilder, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
 
 use super::{
     Uploads,
-    model::{self, ItemRejection, UploadRecord},
+    model::{self, ItemRejection, UploadOrderField, UploadRecord},
     progress_topic,
 };
 use crate::{
     db::to_datetime,
     error::{AppError, AppResult},
     global_id,
-    paging::{Page, Paged, Totals, connection},
+    paging::{Cursor, OrderDirection, Page, PageArgs, Paged, Totals, connection},
 };
 
 /// The uploads' handle inside a resolver (every schema that serves is built with it).
@@ -82,6 +82,9 @@ pub struct Upload {
     /// answers it as `node_id`, beside its own numeric `upload_id`.
     #[graphql(owned)]
     pub id: ID,
+    /// The row's id, for cursors.
+    #[graphql(skip)]
+    pub row_id: i64,
     /// Where the ingestion stands.
     pub status: UploadStatus,
     /// Size of the body in bytes.
@@ -115,6 +118,7 @@ impl From<UploadRecord> for Upload {
         let rejections = record.rejection_list().into_iter().map(UploadItemRejection::from).collect();
         Self {
             id: global_id::of::<Upload>(record.id),
+            row_id: record.id,
             status: UploadStatus::from_stored(&record.status),
             bytes: record.bytes,
             digest: record.digest,
@@ -130,6 +134,16 @@ impl From<UploadRecord> for Upload {
             finished_at: record.finished_at.map(to_datetime),
         }
     }
+}
+
+/// How to order uploads: `{field: CREATED_AT, direction: DESC}` is the newest first.
+#[derive(InputObject, Debug, Clone, Copy, Default)]
+pub struct UploadOrder {
+    /// The field to order by.
+    pub field: UploadOrderField,
+    /// ASC (oldest first) when omitted.
+    #[graphql(default)]
+    pub direction: OrderDirection,
 }
 
 #[derive(Default)]
@@ -148,27 +162,43 @@ impl UploadQuery {
         Ok(model::get(&state(ctx).db, id).await?.map(Upload::from))
     }
 
-    /// Uploads, oldest first, optionally only those in one status.
+    /// Uploads, oldest first unless `orderBy` says otherwise, optionally only those in one
+    /// status.
+    // Each parameter is an argument of the GraphQL field: the schema fixes how many.
+    #[allow(clippy::too_many_arguments)]
     async fn uploads(
         &self,
         ctx: &Context<'_>,
-        #[graphql(
-            desc = "Page size: 0 to PAGE_MAX (100 by default); 20 when omitted. Beyond that range: BAD_USER_INPUT."
-        )]
+        #[graphql(desc = "Forward paging: the page size, 0 to PAGE_MAX (100 by default); 20 when neither \
+                          `first` nor `last` is given. Beyond that range, or together with `last`: BAD_USER_INPUT.")]
         first: Option<i32>,
-        #[graphql(desc = "Continue after this cursor (the previous page's `pageInfo.endCursor`); from the start \
-                          when omitted. A malformed cursor is BAD_USER_INPUT.")]
+        #[graphql(desc = "Forward paging: the items after this cursor (the previous page's \
+                          `pageInfo.endCursor`); from the start when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
         after: Option<String>,
+        #[graphql(desc = "Backward paging: the page size counted back from `before` (or from the end), 0 to \
+                          PAGE_MAX; the page's items still come in the list's order. Beyond that range, or \
+                          together with `first`: BAD_USER_INPUT.")]
+        last: Option<i32>,
+        #[graphql(desc = "Backward paging: the items before this cursor (the next page's \
+                          `pageInfo.startCursor`); up to the end when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
+        before: Option<String>,
+        #[graphql(desc = "The list's order; creation order (`{field: CREATED_AT, direction: ASC}`) when omitted. \
+                          A cursor belongs to one ordering: after changing it, start again from the first page.")]
+        order_by: Option<UploadOrder>,
         #[graphql(desc = "Only uploads in this status; all when omitted.")] status: Option<UploadStatus>,
     ) -> async_graphql::Result<Paged<Upload>> {
         let state = state(ctx);
-        let page = Page::new(first, after, state.page_max)?;
+        let order = order_by.unwrap_or_default();
+        let page =
+            Page::new(PageArgs { first, after, last, before }, state.page_max, order.field.ordering(order.direction))?;
         let status = status.map(UploadStatus::as_stored);
-        let rows = model::list(&state.db, page, status).await?;
+        let rows = model::list(&state.db, &page, status).await?;
         let db = state.db.clone();
         let totals = Totals::new(move || async move { model::count(&db, status).await });
         let uploads = rows.into_iter().map(Upload::from).collect();
-        Ok(connection(uploads, page, |upload: &Upload| upload.id.parse().unwrap_or(0), totals))
+        Ok(connection(uploads, &page, |upload: &Upload| Cursor::by_id(upload.row_id), totals))
     }
 }
 
@@ -177,8 +207,9 @@ impl UploadQuery {
     /// type, so no doc comment reaches it.
     pub fn describe_connections<Q, M, S>(builder: SchemaBuilder<Q, M, S>) -> SchemaBuilder<Q, M, S> {
         builder.override_output_type_description::<Paged<Upload>>(
-            "A page of uploads, oldest first: `nodes` (or `edges`, each with its cursor), \
-             `pageInfo.endCursor` to pass as `after` for the next page, and `totalCount`.",
+            "A page of uploads in the order asked (`orderBy`; oldest first by default): `nodes` (or \
+             `edges`, each with its cursor), `pageInfo` (`endCursor` to pass as `after` for the next page, \
+             `startCursor` as `before` for the previous one), and `totalCount`.",
         )
     }
 }

@@ -12,7 +12,7 @@ use super::entity::upload::{self, Column};
 use crate::{
     db::{now_ms, stmt},
     error::AppResult,
-    paging::Page,
+    paging::{KeyKind, OrderDirection, Ordering, Page},
 };
 
 pub const QUEUED: &str = "queued";
@@ -148,14 +148,25 @@ fn of_status(status: Option<&str>) -> Select<upload::Entity> {
     }
 }
 
-/// One page by id, optionally of one status.
-pub async fn list(conn: &impl ConnectionTrait, page: Page, status: Option<&str>) -> AppResult<Vec<UploadRecord>> {
-    Ok(of_status(status)
-        .filter(Column::Id.gt(page.after.unwrap_or(0)))
-        .order_by_asc(Column::Id)
-        .limit(page.fetch_limit())
-        .all(conn)
-        .await?)
+/// What uploads can be ordered by (`UploadOrder.field`).
+#[derive(async_graphql::Enum, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum UploadOrderField {
+    /// By creation, in the order the uploads were accepted (by id).
+    #[default]
+    CreatedAt,
+}
+
+impl UploadOrderField {
+    pub fn ordering(self, direction: OrderDirection) -> Ordering {
+        match self {
+            Self::CreatedAt => Ordering::new("CREATED_AT", direction, KeyKind::Id),
+        }
+    }
+}
+
+/// One page in the page's ordering (every one is by id), optionally of one status.
+pub async fn list(conn: &impl ConnectionTrait, page: &Page, status: Option<&str>) -> AppResult<Vec<UploadRecord>> {
+    page.fetch(of_status(status), None, Column::Id, |select| select.all(conn)).await
 }
 
 pub async fn count(conn: &impl ConnectionTrait, status: Option<&str>) -> AppResult<i64> {

@@ -12,6 +12,7 @@ mod hostile;
 mod intake;
 mod jobs;
 mod nodes;
+mod paging;
 mod records;
 mod schema_docs;
 mod uploads;

@@ -22,6 +22,9 @@ pub struct Model {
     pub registration_error: Option<String>,
     pub registered_at: Option<i64>,
     pub offers_synced_at: Option<i64>,
+    /// The lowest price of the current offers (minor units), null without offers: kept
+    /// by the offer sync with the offers, so `orderBy: LOWEST_PRICE` can use an index.
+    pub lowest_price: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
