@@ -68,7 +68,8 @@ async fn offers_reauth(args: ReauthArgs) -> anyhow::Result<()> {
     // A node name of its own, so its claim row is never mistaken for a node's.
     let node = format!("cli-{}", std::process::id());
     let offers = OffersClient::new(&url, &node, &args.catalog)?;
-    let (old, new) = offers.reauthenticate(&db).await.map_err(|error| anyhow::anyhow!("re-authenticating failed: {error}"))?;
+    let (old, new) =
+        offers.reauthenticate(&db).await.map_err(|error| anyhow::anyhow!("re-authenticating failed: {error}"))?;
     match old {
         Some(old) if old != new => println!(
             "replaced the offers access token {} with {} for every node (nodes pick it up within a minute, \
