@@ -45,9 +45,10 @@ const TOKEN_KEY: &str = "offers.access_token";
 /// Held (as a row) by the node that is requesting the token, so nodes starting together
 /// do not both call `/auth`.
 const CLAIM_KEY: &str = "offers.auth_claim";
-/// When the deployment last replaced a rejected token (the row's `updated_at`; the value
-/// names the node): a token rejected again sooner than `OFFERS_UNAUTHORIZED_PROBE` after
-/// that is not replaced again.
+/// When the deployment last requested a token to replace a rejected one (the row's
+/// `updated_at`; the value names the node): none is requested again sooner than
+/// `OFFERS_UNAUTHORIZED_PROBE` after that, whether the request failed or its token was
+/// rejected too.
 const REAUTH_KEY: &str = "offers.reauth";
 /// The service's state as last seen by any node (JSON), for `/health` on every node.
 pub(super) const STATUS_KEY: &str = "offers.status";
@@ -271,9 +272,9 @@ impl OffersClient {
 
     /// After a 401 with `rejected`: the token to retry with, taken from another node that
     /// replaced it already or requested now by exactly one node of the deployment
-    /// (the claim row, then a compare-and-swap on the stored token). A token that was
-    /// replaced less than `OFFERS_UNAUTHORIZED_PROBE` ago is not replaced again: the new
-    /// one is rejected too, and the deployment waits rather than churning tokens.
+    /// (the claim row, then a compare-and-swap on the stored token). No token is requested
+    /// less than `OFFERS_UNAUTHORIZED_PROBE` after the last such request: it failed or its
+    /// token is rejected too, and the deployment waits rather than churning tokens.
     async fn recover(&self, db: &DatabaseConnection, rejected: &str) -> Result<Recovery, OffersError> {
         let _one_at_a_time = self.acquiring.lock().await;
         // Another task of this node may have recovered it while this one waited.
@@ -306,7 +307,7 @@ impl OffersClient {
                 Ok(Recovery::Retry(token))
             }
             Ok(Acquired::TooSoon) => Ok(Recovery::Stands(format!(
-                "the token was replaced less than {}s ago, so it is not replaced again yet",
+                "a new token was requested less than {}s ago, so none is requested again yet",
                 self.unauthorized_probe.as_secs().max(1)
             ))),
             Err(OffersError::Database(error)) => Err(OffersError::Database(error)),
