@@ -33,6 +33,29 @@ pub enum Command {
     Schema,
     /// Run the upstream simulator (offers service and partner feeds) on its own.
     Sim(SimArgs),
+    /// The partner offers service.
+    #[command(subcommand)]
+    Offers(OffersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OffersCommand {
+    /// Replace the deployment's offers access token. With OFFERS_URL: request a new one now
+    /// (one `POST /auth`) and store it for every node. Without: drop the stored one, so the
+    /// next node that needs it requests a new one.
+    Reauth(ReauthArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReauthArgs {
+    #[command(flatten)]
+    pub database: crate::db::DatabaseArgs,
+    /// Base URL of the partner offers service. Unset (the nodes run the bundled simulator
+    /// in-process): the stored token is dropped instead.
+    #[arg(long, env = "OFFERS_URL")]
+    pub offers_url: Option<String>,
+    #[command(flatten)]
+    pub catalog: crate::catalog::CatalogConfig,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use emporium::{
     app::App,
-    config::{Cli, Command, Config, SimArgs},
+    catalog::client::{self, OffersClient},
+    config::{Cli, Command, Config, OffersCommand, ReauthArgs, SimArgs},
     db, graphql, telemetry,
 };
 
@@ -46,7 +47,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Sim(args)) => simulate(args).await,
+        Some(Command::Offers(OffersCommand::Reauth(args))) => offers_reauth(args).await,
     }
+}
+
+/// `emporium offers reauth`: replaces the deployment's offers token by hand.
+async fn offers_reauth(args: ReauthArgs) -> anyhow::Result<()> {
+    telemetry::init_logging("text", "warn");
+    let db = db::connect(&args.database).await?;
+    let Some(url) = args.offers_url else {
+        match client::discard_token(&db).await? {
+            Some(old) => println!(
+                "dropped the offers access token {}; the next node that calls the service requests a new one",
+                client::fingerprint(&old)
+            ),
+            None => println!("no offers access token was stored; the next node that calls the service requests one"),
+        }
+        return Ok(());
+    };
+    // A node name of its own, so its claim row is never mistaken for a node's.
+    let node = format!("cli-{}", std::process::id());
+    let offers = OffersClient::new(&url, &node, &args.catalog)?;
+    let (old, new) =
+        offers.reauthenticate(&db).await.map_err(|error| anyhow::anyhow!("re-authenticating failed: {error}"))?;
+    match old {
+        Some(old) if old != new => println!(
+            "replaced the offers access token {} with {} for every node (nodes pick it up within a minute, \
+             or at once if the old one is rejected)",
+            client::fingerprint(&old),
+            client::fingerprint(&new)
+        ),
+        Some(_) => println!("another node replaced the offers access token meanwhile; nothing to do"),
+        None => println!("stored a new offers access token {} for every node", client::fingerprint(&new)),
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -56,9 +56,10 @@ impl App {
 /// Offers service: `POST /auth`, `POST /products/register`, `GET /products/{id}/offers`.
 /// Feeds: `GET /feeds/{n}`.
 /// Control (JSON bodies, 204 on success, 404 for an unknown feed, 400 for a bad body):
-/// - `POST /_control/offers/fault` `{"mode":"ok"|"down"|"unauthorized"|"malformed"}` or
+/// - `POST /_control/offers/fault` `{"mode":"ok"|"down"|"unauthorized"|"reject_tokens"|"malformed"}` or
 ///   `{"mode":"slow","ms":5000}`
 /// - `POST /_control/offers/tick`
+/// - `POST /_control/offers/forget_tokens` (old tokens get 401 until a new `POST /auth`)
 /// - `POST /_control/feeds/{n}/fault` `{"mode":"ok"|"error500"|"object"|"numbers"|
 ///   "invalid_utf8"|"hang"}` or `{"mode":"huge","bytes":104857600}`
 /// - `POST /_control/feeds/{n}/tick` (also unpins)
@@ -78,6 +79,7 @@ pub(crate) fn router_with_stop(sim: Simulator, stop: Option<watch::Receiver<bool
         .route("/feeds/{n}", get(feed))
         .route("/_control/offers/fault", post(ctl_offers_fault))
         .route("/_control/offers/tick", post(ctl_offers_tick))
+        .route("/_control/offers/forget_tokens", post(ctl_offers_forget_tokens))
         .route("/_control/feeds/{n}/fault", post(ctl_feed_fault))
         .route("/_control/feeds/{n}/tick", post(ctl_feed_tick))
         .route("/_control/feeds/{n}/items", put(ctl_feed_items))
@@ -118,10 +120,13 @@ fn unauthorized(msg: &str) -> Response {
 
 // ---- offers service ---------------------------------------------------------------------
 
-/// Apply the offers fault mode: `Some(response)` short-circuits the route.
-async fn offers_fault_gate(app: &App) -> Option<Response> {
+/// Apply the offers fault mode: `Some(response)` short-circuits the route (`auth`: the
+/// route is `/auth`).
+async fn offers_fault_gate(app: &App, auth: bool) -> Option<Response> {
     match app.sim.offers_fault() {
         OffersFault::Ok => None,
+        OffersFault::RejectTokens if auth => None,
+        OffersFault::RejectTokens => Some(unauthorized("token rejected (simulated)")),
         OffersFault::Down => {
             Some(error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "offers service is down (simulated)"))
         }
@@ -144,7 +149,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 
 async fn auth(State(app): State<App>) -> Response {
     app.sim.lock().stats.auth_calls += 1;
-    if let Some(res) = offers_fault_gate(&app).await {
+    if let Some(res) = offers_fault_gate(&app, true).await {
         return res;
     }
     let token = app.sim.lock().issue_token();
@@ -153,7 +158,7 @@ async fn auth(State(app): State<App>) -> Response {
 
 async fn register(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     app.sim.lock().stats.register_calls += 1;
-    if let Some(res) = offers_fault_gate(&app).await {
+    if let Some(res) = offers_fault_gate(&app, false).await {
         return res;
     }
     let Some(token) = bearer(&headers) else {
@@ -196,7 +201,7 @@ async fn register(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Re
 
 async fn offers(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     app.sim.lock().stats.offers_calls += 1;
-    if let Some(res) = offers_fault_gate(&app).await {
+    if let Some(res) = offers_fault_gate(&app, false).await {
         return res;
     }
     let Some(token) = bearer(&headers) else {
@@ -285,6 +290,7 @@ enum OffersFaultBody {
     Ok,
     Down,
     Unauthorized,
+    RejectTokens,
     Slow { ms: u64 },
     Malformed,
 }
@@ -318,6 +324,7 @@ async fn ctl_offers_fault(State(app): State<App>, body: Bytes) -> Response {
         Ok(OffersFaultBody::Ok) => OffersFault::Ok,
         Ok(OffersFaultBody::Down) => OffersFault::Down,
         Ok(OffersFaultBody::Unauthorized) => OffersFault::Unauthorized,
+        Ok(OffersFaultBody::RejectTokens) => OffersFault::RejectTokens,
         Ok(OffersFaultBody::Slow { ms }) => OffersFault::Slow(Duration::from_millis(ms)),
         Ok(OffersFaultBody::Malformed) => OffersFault::Malformed,
         Err(e) => return bad_control_body(&e),
@@ -328,6 +335,11 @@ async fn ctl_offers_fault(State(app): State<App>, body: Bytes) -> Response {
 
 async fn ctl_offers_tick(State(app): State<App>) -> Response {
     app.sim.tick_offers();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn ctl_offers_forget_tokens(State(app): State<App>) -> Response {
+    app.sim.forget_tokens();
     StatusCode::NO_CONTENT.into_response()
 }
 

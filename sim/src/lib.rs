@@ -66,6 +66,9 @@ pub enum OffersFault {
     Down,
     /// Every offers route answers 401, whatever the token.
     Unauthorized,
+    /// `/auth` issues tokens as usual, but the other routes answer 401 to every token,
+    /// the new ones too.
+    RejectTokens,
     /// Sleep that long, then answer normally.
     Slow(Duration),
     /// 200 with an invalid JSON body: `{"not": "what you expected"`.
@@ -96,7 +99,10 @@ pub enum FeedFault {
 /// is applied, so retries against a faulty upstream are visible.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SimStats {
+    /// `POST /auth` calls, answered or not.
     pub auth_calls: u64,
+    /// Times [`Simulator::forget_tokens`] ran.
+    pub tokens_forgotten: u64,
     pub register_calls: u64,
     /// `GET /products/{id}/offers` calls, all products and tokens.
     pub offers_calls: u64,
@@ -214,6 +220,12 @@ impl Simulator {
     /// If `n` is not a feed number.
     pub fn feed_fault(&self, n: usize) -> FeedFault {
         self.feed_mut(n, |feed| feed.fault)
+    }
+
+    /// Forget every access token issued so far (a restarted service): calls with an old
+    /// token get 401 until the consumer requests a new one with `POST /auth`.
+    pub fn forget_tokens(&self) {
+        self.lock().forget_tokens();
     }
 
     /// Force a price tick now.

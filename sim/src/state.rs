@@ -143,6 +143,14 @@ impl State {
         self.tokens.contains(token)
     }
 
+    /// Forgets every issued token, as a restarted service would: old tokens get 401 until
+    /// a consumer calls `/auth` again. Products stay filed under their old tokens, so a
+    /// new token does not see them (404) and they must be registered again.
+    pub fn forget_tokens(&mut self) {
+        self.tokens.clear();
+        self.stats.tokens_forgotten += 1;
+    }
+
     pub fn register(&mut self, token: &str, key: String) -> Result<(), RegisterError> {
         if !self.token_known(token) {
             return Err(RegisterError::UnknownToken);
@@ -436,5 +444,20 @@ mod tests {
         assert_eq!(s.register("nope", "5".into()), Err(RegisterError::UnknownToken));
         s.register(&b, "5".into()).expect("same id, other token");
         assert_eq!(s.registered_count(), 2);
+    }
+
+    #[test]
+    fn forgotten_tokens_are_refused_until_a_new_one_is_issued() {
+        let mut s = State::new(&config(7));
+        let old = s.issue_token();
+        s.register(&old, "5".into()).expect("register");
+        s.forget_tokens();
+        assert!(!s.token_known(&old));
+        assert_eq!(s.register(&old, "6".into()), Err(RegisterError::UnknownToken));
+        assert_eq!(s.offers(&old, "5"), Err(OffersError::UnknownToken));
+        let new = s.issue_token();
+        assert_eq!(s.offers(&new, "5"), Err(OffersError::NotFound), "products stay with the old token");
+        s.register(&new, "5".into()).expect("registered again under the new token");
+        assert_eq!(s.stats.tokens_forgotten, 1);
     }
 }

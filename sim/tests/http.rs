@@ -300,6 +300,7 @@ async fn offers_faults() {
     for (mode, want) in [
         (json!({"mode": "down"}), OffersFault::Down),
         (json!({"mode": "unauthorized"}), OffersFault::Unauthorized),
+        (json!({"mode": "reject_tokens"}), OffersFault::RejectTokens),
         (json!({"mode": "slow", "ms": 5000}), OffersFault::Slow(Duration::from_secs(5))),
         (json!({"mode": "malformed"}), OffersFault::Malformed),
         (json!({"mode": "ok"}), OffersFault::Ok),
@@ -313,6 +314,36 @@ async fn offers_faults() {
     // Requests are counted even when faulted.
     let stats = sim.stats();
     assert_eq!((stats.auth_calls, stats.register_calls, stats.offers_calls), (3, 2, 5));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn forgotten_tokens_get_401_until_a_new_auth_and_reject_tokens_spares_auth() {
+    let sim = start(quiet_config()).await;
+    let c = client();
+    let base = sim.offers_url();
+    let old = auth(&c, &sim).await;
+    assert_eq!(register(&c, &sim, &old, json!({"id": "p", "name": "n"})).await.0, StatusCode::CREATED);
+
+    let res = c.post(format!("{base}/_control/offers/forget_tokens")).send().await.expect("ctl");
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(offers(&c, &sim, Some(&old), "p").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(register(&c, &sim, &old, json!({"id": "q", "name": "n"})).await.0, StatusCode::UNAUTHORIZED);
+    let new = auth(&c, &sim).await;
+    // The product stayed with the forgotten token: the new one must register it again.
+    assert_eq!(offers(&c, &sim, Some(&new), "p").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(register(&c, &sim, &new, json!({"id": "p", "name": "n"})).await.0, StatusCode::CREATED);
+    assert_eq!(offers(&c, &sim, Some(&new), "p").await.0, StatusCode::OK);
+
+    // RejectTokens: tokens are issued, and rejected like the old ones.
+    sim.set_offers_fault(OffersFault::RejectTokens);
+    let fresh = auth(&c, &sim).await;
+    assert_eq!(offers(&c, &sim, Some(&fresh), "p").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(offers(&c, &sim, Some(&new), "p").await.0, StatusCode::UNAUTHORIZED);
+    sim.set_offers_fault(OffersFault::Ok);
+    assert_eq!(offers(&c, &sim, Some(&new), "p").await.0, StatusCode::OK);
+    let stats = sim.stats();
+    assert_eq!((stats.auth_calls, stats.tokens_forgotten), (3, 1));
     sim.shutdown().await;
 }
 

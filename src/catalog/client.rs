@@ -1,16 +1,26 @@
-//! The partner offers service client: one access token per deployment (requested once,
-//! stored in `settings`, shared by every node), the `Bearer: <token>` header on every
-//! call, a time limit on every call, and the service's state for `/health`.
+//! The partner offers service client: one access token per deployment (stored in
+//! `settings`, shared by every node), the `Bearer: <token>` header on every call, a time
+//! limit on every call, and the service's state for `/health`.
 //!
 //! Status codes: any 2xx is success; 409 on register means already registered; 404 on
 //! offers means the service does not know the product (register it again); 401 means the
-//! token is rejected. On 401 the token is kept (a rejected token is usually a partner-side
-//! incident, and requesting a new one would orphan every product registered under it):
-//! the node stays up, `/health` shows `unauthorized`, the affected products show the
-//! error, and each node calls the service at most once per `OFFERS_UNAUTHORIZED_PROBE`
-//! until the token is accepted again. If the partner really revoked it, deleting the
-//! `offers.access_token` row from `settings` makes the next call request a new token, and
-//! the sync re-registers every product the service then answers 404 for.
+//! token is rejected.
+//!
+//! The token is requested once, and never again while the service accepts it. A 401 with
+//! the stored token (the service restarted and forgot it, or revoked it) triggers one
+//! re-authentication for the whole deployment: the node holding the `offers.auth_claim`
+//! row calls `/auth` and swaps the new token in only if the stored one is still the
+//! rejected one; the other nodes wait for it and pick it up. Each call then retries once
+//! with the new token, so registrations and syncs resume by themselves (products the
+//! service no longer knows answer 404, and the sync registers them again). Logged as a
+//! warning and counted in `emporium_offers_reauth_total{outcome}`.
+//!
+//! If the new token is rejected too (or `/auth` fails), the rejection stands: the node
+//! stays up, `/health` shows `unauthorized`, the affected products show the error, each
+//! node calls the service at most once per `OFFERS_UNAUTHORIZED_PROBE`, and the
+//! deployment replaces a token at most once per that interval (`offers.reauth` row).
+//! `emporium offers reauth` replaces the token by hand ([`OffersClient::reauthenticate`],
+//! or [`discard_token`] when the command has no `OFFERS_URL`).
 
 use std::{
     sync::Mutex,
@@ -20,7 +30,7 @@ use std::{
 use reqwest::StatusCode;
 use sea_orm::{
     ColumnTrait as _, ConnectionTrait, DatabaseConnection, EntityTrait as _, QueryFilter as _,
-    sea_query::{OnConflict, Query},
+    sea_query::{Expr, OnConflict, Query},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -35,6 +45,11 @@ const TOKEN_KEY: &str = "offers.access_token";
 /// Held (as a row) by the node that is requesting the token, so nodes starting together
 /// do not both call `/auth`.
 const CLAIM_KEY: &str = "offers.auth_claim";
+/// When the deployment last requested a token to replace a rejected one (the row's
+/// `updated_at`; the value names the node): none is requested again sooner than
+/// `OFFERS_UNAUTHORIZED_PROBE` after that, whether the request failed or its token was
+/// rejected too.
+const REAUTH_KEY: &str = "offers.reauth";
 /// The service's state as last seen by any node (JSON), for `/health` on every node.
 pub(super) const STATUS_KEY: &str = "offers.status";
 /// How often a node refreshes the shared status while nothing changes.
@@ -44,6 +59,24 @@ const STATUS_REFRESH: Duration = Duration::from_secs(10);
 const TOKEN_CACHE: Duration = Duration::from_secs(60);
 /// Largest response body read from the service.
 const MAX_BODY: usize = 1024 * 1024;
+
+/// Where [`OffersClient::acquire`] got the token.
+enum Acquired {
+    /// Already stored (by this node earlier, or another node).
+    Stored(String),
+    /// Requested from `/auth` now by this node.
+    Requested(String),
+    /// The stored token is the rejected one, and it was replaced too recently to try again.
+    TooSoon,
+}
+
+/// What a 401 leads to.
+enum Recovery {
+    /// Send the request again with this token.
+    Retry(String),
+    /// The rejection stands (for this reason) until the next probe.
+    Stands(String),
+}
 
 /// Why a call to the offers service failed.
 #[derive(Debug, thiserror::Error)]
@@ -195,8 +228,9 @@ impl OffersClient {
     }
 
     /// Sends one authenticated request; returns any answer that is not an outage or a
-    /// rejected token (those are errors). On 401 the token is read again from the
-    /// database once, in case another node replaced it. The caller records the outcome.
+    /// rejected token (those are errors). On 401 the token is recovered once (see
+    /// [`OffersClient::recover`]) and the request sent again with the new token. The
+    /// caller records the outcome.
     async fn call(
         &self,
         db: &DatabaseConnection,
@@ -211,11 +245,19 @@ impl OffersClient {
             metrics::histogram!("emporium_offers_call_seconds", "call" => name).record(started.elapsed().as_secs_f64());
             let outcome = match answer {
                 Ok((StatusCode::UNAUTHORIZED, body)) => {
-                    if !second_try && let Some(fresh) = self.reload_token(db, &token).await? {
-                        token = fresh;
-                        continue;
+                    let message = message_of(&body);
+                    if second_try {
+                        tracing::error!(call = name, reason = %message, "the offers service rejected the new access token too (401); retrying at most once per OFFERS_UNAUTHORIZED_PROBE");
+                        return Err(OffersError::Unauthorized(message));
                     }
-                    Err(OffersError::Unauthorized(message_of(&body)))
+                    tracing::warn!(call = name, reason = %message, "the offers service rejected our access token (401); recovering it for the whole deployment");
+                    match self.recover(db, &token).await? {
+                        Recovery::Retry(fresh) => {
+                            token = fresh;
+                            continue;
+                        }
+                        Recovery::Stands(why) => Err(OffersError::Unauthorized(format!("{message}; {why}"))),
+                    }
                 }
                 Ok((status, _)) if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
                     Err(OffersError::Unavailable(format!("{name}: HTTP {status}")))
@@ -226,6 +268,73 @@ impl OffersClient {
             return outcome;
         }
         Err(OffersError::Unauthorized("token rejected".into()))
+    }
+
+    /// After a 401 with `rejected`: the token to retry with, taken from another node that
+    /// replaced it already or requested now by exactly one node of the deployment
+    /// (the claim row, then a compare-and-swap on the stored token). No token is requested
+    /// less than `OFFERS_UNAUTHORIZED_PROBE` after the last such request: it failed or its
+    /// token is rejected too, and the deployment waits rather than churning tokens.
+    async fn recover(&self, db: &DatabaseConnection, rejected: &str) -> Result<Recovery, OffersError> {
+        let _one_at_a_time = self.acquiring.lock().await;
+        // Another task of this node may have recovered it while this one waited.
+        if let Some(cached) = self.cached_token()
+            && cached != rejected
+        {
+            return Ok(Recovery::Retry(cached));
+        }
+        self.forget_cached_token();
+        let outcome = self.acquire(db, Some(rejected), false).await;
+        let label = match &outcome {
+            Ok(Acquired::Stored(_)) => "adopted",
+            Ok(Acquired::Requested(_)) => "replaced",
+            Ok(Acquired::TooSoon) => "backoff",
+            Err(_) => "failed",
+        };
+        metrics::counter!("emporium_offers_reauth_total", "outcome" => label).increment(1);
+        match outcome {
+            Ok(Acquired::Stored(token)) => {
+                tracing::info!("using the offers access token another node obtained after the rejection");
+                self.cache_token(&token);
+                Ok(Recovery::Retry(token))
+            }
+            Ok(Acquired::Requested(token)) => {
+                tracing::warn!(
+                    "replaced the rejected offers access token with a new one for the whole deployment; \
+                     products the service no longer knows are registered again by the sync"
+                );
+                self.cache_token(&token);
+                Ok(Recovery::Retry(token))
+            }
+            Ok(Acquired::TooSoon) => Ok(Recovery::Stands(format!(
+                "a new token was requested less than {}s ago, so none is requested again yet",
+                self.unauthorized_probe.as_secs().max(1)
+            ))),
+            Err(OffersError::Database(error)) => Err(OffersError::Database(error)),
+            Err(error) => {
+                tracing::error!(error = %error, "re-authenticating with the offers service failed; the rejected token stays until the next try");
+                Ok(Recovery::Stands(format!("re-authenticating failed: {error}")))
+            }
+        }
+    }
+
+    /// The operator's `emporium offers reauth`: replaces the stored token with a new one
+    /// now, whether or not it was rejected (still one request for the deployment: the
+    /// claim row and the compare-and-swap apply). Returns the old token, if any, and the new.
+    pub async fn reauthenticate(&self, db: &DatabaseConnection) -> Result<(Option<String>, String), OffersError> {
+        let _one_at_a_time = self.acquiring.lock().await;
+        self.forget_cached_token();
+        let old = read_setting(db, TOKEN_KEY).await?.map(|(token, _)| token);
+        let outcome = self.acquire(db, old.as_deref(), true).await;
+        let label = if outcome.is_ok() { "manual" } else { "failed" };
+        metrics::counter!("emporium_offers_reauth_total", "outcome" => label).increment(1);
+        match outcome? {
+            Acquired::Stored(token) | Acquired::Requested(token) => {
+                tracing::warn!("replaced the offers access token by hand (emporium offers reauth)");
+                Ok((old, token))
+            }
+            Acquired::TooSoon => Err(OffersError::Deferred("re-authenticated moments ago".into())),
+        }
     }
 
     /// Sends a request and reads a bounded body.
@@ -270,7 +379,11 @@ impl OffersClient {
         if let Some(token) = self.cached_token() {
             return Ok(token);
         }
-        let token = self.stored_or_requested_token(db).await?;
+        let token = match self.acquire(db, None, false).await? {
+            Acquired::Stored(token) | Acquired::Requested(token) => token,
+            // Only a rejected token is held back; there is none here.
+            Acquired::TooSoon => return Err(OffersError::Deferred("no access token yet".into())),
+        };
         self.cache_token(&token);
         Ok(token)
     }
@@ -286,33 +399,29 @@ impl OffersClient {
         }
     }
 
-    /// After a 401: the stored token, if it differs from the one just rejected.
-    async fn reload_token(&self, db: &DatabaseConnection, rejected: &str) -> Result<Option<String>, OffersError> {
+    fn forget_cached_token(&self) {
         if let Ok(mut cached) = self.token.lock() {
             *cached = None;
         }
-        let stored = read_setting(db, TOKEN_KEY).await?.map(|(token, _)| token);
-        match stored {
-            Some(token) if token != rejected => {
-                self.cache_token(&token);
-                Ok(Some(token))
-            }
-            Some(token) => {
-                self.cache_token(&token);
-                Ok(None)
-            }
-            None => Ok(Some(self.token(db).await?)),
-        }
     }
 
-    async fn stored_or_requested_token(&self, db: &DatabaseConnection) -> Result<String, OffersError> {
+    /// The stored token unless it is `rejected`; else, by the one node of the deployment
+    /// holding the claim row, a new one from `/auth` (the others wait for it).
+    async fn acquire(
+        &self,
+        db: &DatabaseConnection,
+        rejected: Option<&str>,
+        force: bool,
+    ) -> Result<Acquired, OffersError> {
         // Another node may hold the claim while its `/auth` call runs (at most one timeout).
         let deadline = Instant::now() + self.timeout * 2 + Duration::from_secs(2);
         // A claim older than this belongs to a node that died mid-request.
         let stale_ms = crate::db::duration_ms(self.timeout + Duration::from_secs(10));
         loop {
-            if let Some((token, _)) = read_setting(db, TOKEN_KEY).await? {
-                return Ok(token);
+            if let Some((token, _)) = read_setting(db, TOKEN_KEY).await?
+                && Some(token.as_str()) != rejected
+            {
+                return Ok(Acquired::Stored(token));
             }
             let now = now_ms();
             // Taken when absent, or over a stale claim.
@@ -323,7 +432,7 @@ impl OffersClient {
             let claimed =
                 db.execute(&setting_insert(CLAIM_KEY, &self.node, now, take_over)?).await?.rows_affected() == 1;
             if claimed {
-                let result = self.request_token(db).await;
+                let result = self.request_token(db, rejected, force).await;
                 let _ = setting::Entity::delete_many()
                     .filter(Column::Key.eq(CLAIM_KEY))
                     .filter(Column::Value.eq(self.node.as_str()))
@@ -338,10 +447,27 @@ impl OffersClient {
         }
     }
 
-    /// Holding the claim: request a token unless one appeared meanwhile, and store it.
-    async fn request_token(&self, db: &DatabaseConnection) -> Result<String, OffersError> {
-        if let Some((token, _)) = read_setting(db, TOKEN_KEY).await? {
-            return Ok(token);
+    /// Holding the claim: request a token unless a usable one appeared meanwhile, and
+    /// store it. A rejected token is replaced only if it is still the stored one
+    /// (compare-and-swap), and at most once per `OFFERS_UNAUTHORIZED_PROBE` unless `force`.
+    async fn request_token(
+        &self,
+        db: &DatabaseConnection,
+        rejected: Option<&str>,
+        force: bool,
+    ) -> Result<Acquired, OffersError> {
+        let stored = read_setting(db, TOKEN_KEY).await?.map(|(token, _)| token);
+        if let Some(token) = &stored
+            && Some(token.as_str()) != rejected
+        {
+            return Ok(Acquired::Stored(token.clone()));
+        }
+        if stored.is_some() {
+            let probe_ms = crate::db::duration_ms(self.unauthorized_probe);
+            if !force && read_setting(db, REAUTH_KEY).await?.is_some_and(|(_, at)| at > now_ms() - probe_ms) {
+                return Ok(Acquired::TooSoon);
+            }
+            write_setting(db, REAUTH_KEY, &self.node).await?;
         }
         let started = Instant::now();
         let answer = self.send(self.http.post(format!("{}/auth", self.base))).await;
@@ -367,16 +493,31 @@ impl OffersClient {
         };
         self.record(db, "auth", outcome.as_ref().map(|_| ())).await;
         let token = outcome?;
-        db.execute(&setting_insert(
-            TOKEN_KEY,
-            &token,
-            now_ms(),
-            OnConflict::column(Column::Key).do_nothing().to_owned(),
-        )?)
-        .await?;
-        tracing::info!("obtained the offers service access token (stored for the whole deployment)");
-        // Whatever is stored wins (a node that took over a stale claim may have raced us).
-        Ok(read_setting(db, TOKEN_KEY).await?.map_or(token, |(stored, _)| stored))
+        match &stored {
+            // Replace only the token we saw rejected: a node that took over a stale claim,
+            // or an operator, may have changed it meanwhile, and theirs then wins.
+            Some(old) => {
+                setting::Entity::update_many()
+                    .col_expr(Column::Value, Expr::value(token.as_str()))
+                    .col_expr(Column::UpdatedAt, Expr::value(now_ms()))
+                    .filter(Column::Key.eq(TOKEN_KEY))
+                    .filter(Column::Value.eq(old.as_str()))
+                    .exec(db)
+                    .await?;
+            }
+            None => {
+                db.execute(&setting_insert(
+                    TOKEN_KEY,
+                    &token,
+                    now_ms(),
+                    OnConflict::column(Column::Key).do_nothing().to_owned(),
+                )?)
+                .await?;
+                tracing::info!("obtained the offers service access token (stored for the whole deployment)");
+            }
+        }
+        // Whatever is stored wins (see above).
+        Ok(Acquired::Requested(read_setting(db, TOKEN_KEY).await?.map_or(token, |(stored, _)| stored)))
     }
 
     /// Notes a call's outcome in this node's status and, on a change or every
@@ -566,6 +707,28 @@ pub(super) async fn write_setting(db: &impl ConnectionTrait, key: &str, value: &
 
 pub(super) async fn read_shared_status(db: &impl ConnectionTrait) -> Result<Option<SharedStatus>, sea_orm::DbErr> {
     Ok(read_setting(db, STATUS_KEY).await?.and_then(|(value, _)| serde_json::from_str(&value).ok()))
+}
+
+/// Drops the stored token, so the next node that needs one (its cached copy expired or
+/// rejected) requests a new one, once for the deployment, through the claim row.
+/// Returns the token dropped.
+pub async fn discard_token(db: &impl ConnectionTrait) -> Result<Option<String>, sea_orm::DbErr> {
+    let old = read_setting(db, TOKEN_KEY).await?.map(|(token, _)| token);
+    if let Some(old) = &old {
+        // Only the token read: a node that replaced it meanwhile keeps its new one.
+        setting::Entity::delete_many()
+            .filter(Column::Key.eq(TOKEN_KEY))
+            .filter(Column::Value.eq(old.as_str()))
+            .exec(db)
+            .await?;
+    }
+    Ok(old)
+}
+
+/// The end of a token, enough to tell two apart in a log or a terminal.
+pub fn fingerprint(token: &str) -> String {
+    let tail: String = token.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("…{tail}")
 }
 
 pub(super) async fn token_present(db: &impl ConnectionTrait) -> Result<bool, sea_orm::DbErr> {

@@ -895,6 +895,8 @@ async fn offers_service_down_mid_sync_then_back_on_the_same_port() {
     app.stop().await;
 }
 
+const STORED_TOKEN: &str = "SELECT value FROM settings WHERE key = 'offers.access_token'";
+
 #[tokio::test]
 async fn rejected_token_keeps_the_node_up_without_hammering_and_recovers() {
     let env = TestEnv::new().await;
@@ -904,12 +906,15 @@ async fn rejected_token_keeps_the_node_up_without_hammering_and_recovers() {
     })
     .await;
     let ids = registered_products(&app, 1).await;
+    let token = text(&app.state.db, STORED_TOKEN).await;
+
+    // The service rejects everything, `/auth` too: re-authenticating fails, the token stays.
     env.sim.set_offers_fault(sim::OffersFault::Unauthorized);
     let mut ids = ids;
     for name in ["x", "y", "z"] {
         ids.push(create_product(&app, name).await);
     }
-    let registers_before = env.sim.stats().register_calls;
+    let before = env.sim.stats();
     for id in &ids[1..] {
         let product = wait_last_error(&app, id, "access token").await;
         assert_eq!(product["registration"]["status"], "PENDING");
@@ -917,25 +922,145 @@ async fn rejected_token_keeps_the_node_up_without_hammering_and_recovers() {
     let check = wait_offers_health(&app, "degraded").await;
     assert_eq!(check["state"], "unauthorized", "{check:#}");
     // Three jobs retrying every 0.1–1 s for 3 s would call about 18 times; the probe
-    // gate lets one call through per second.
+    // gate lets one call (and at most one `/auth`) through per second.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let registers = env.sim.stats().register_calls - registers_before;
+    let after = env.sim.stats();
+    let registers = after.register_calls - before.register_calls;
     assert!(registers <= 8, "{registers} register calls while the token was rejected");
+    let auths = after.auth_calls - before.auth_calls;
+    assert!((1..=5).contains(&auths), "{auths} auth calls while the token was rejected");
     let offers_before = env.sim.stats().offers_calls;
     let report = sync_offers(&app.node.catalog).await.unwrap();
     assert!(report.aborted, "{report:?}");
     assert!(env.sim.stats().offers_calls - offers_before <= 1, "the sync probes once, then stops");
+    assert_eq!(text(&app.state.db, STORED_TOKEN).await, token, "no new token was obtained: the old one stays");
 
+    // `/auth` works but every token is rejected, the new ones too: a new token at most
+    // once per probe interval, and still one call per interval.
+    env.sim.set_offers_fault(sim::OffersFault::RejectTokens);
+    let before = env.sim.stats();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = env.sim.stats();
+    let registers = after.register_calls - before.register_calls;
+    assert!(registers <= 10, "{registers} register calls while every token was rejected");
+    let auths = after.auth_calls - before.auth_calls;
+    assert!((1..=4).contains(&auths), "{auths} new tokens in 3 s with a 1 s probe interval");
+    assert_ne!(text(&app.state.db, STORED_TOKEN).await, token, "the rejected token was replaced");
+    assert_eq!(offers_health(&app).await["state"], "unauthorized");
+
+    // Accepted again: everything resumes by itself with the token stored last; the
+    // product registered under the first token is registered again.
     env.sim.set_offers_fault(sim::OffersFault::Ok);
-    for id in &ids {
+    for id in &ids[1..] {
         registered_with_offers(&app, id).await;
     }
+    let auths = env.sim.stats().auth_calls;
+    let report = sync_offers(&app.node.catalog).await.unwrap();
+    assert_eq!((report.synced, report.reregistered, report.failed), (3, 1, 0), "{report:?}");
+    registered_with_offers(&app, &ids[0]).await;
     env.sim.tick_offers();
     let report = sync_offers(&app.node.catalog).await.unwrap();
     assert_eq!((report.synced, report.failed, report.aborted), (4, 0, false), "{report:?}");
     assert_caught_up(&env, &app, &ids).await;
     wait_offers_health(&app, "up").await;
-    assert_eq!(env.sim.stats().auth_calls, 1, "the token is kept, never requested again");
+    assert_eq!(env.sim.stats().auth_calls, auths, "an accepted token is never replaced");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_forgotten_token_is_replaced_once_for_three_nodes_and_the_catalog_recovers() {
+    let env = TestEnv::new().await;
+    let nodes = [spawn(&env).await, spawn(&env).await, spawn(&env).await];
+    let mut ids = Vec::new();
+    for node in &nodes {
+        ids.extend(registered_products(node, 1).await);
+    }
+    assert_eq!(env.sim.stats().auth_calls, 1);
+    let token = text(&nodes[0].state.db, STORED_TOKEN).await;
+
+    // The service restarts and forgets our token. Slow answers keep the three nodes'
+    // first calls (all with the old token) in flight together.
+    env.sim.forget_tokens();
+    env.sim.set_offers_fault(sim::OffersFault::Slow(Duration::from_millis(200)));
+    let forgotten_at = std::time::Instant::now();
+    let (reports, created) = tokio::join!(
+        futures::future::join_all(nodes.iter().map(|node| sync_offers(&node.node.catalog))),
+        futures::future::join_all(nodes.iter().map(|node| create_product(node, "after the restart"))),
+    );
+    // The first sync after the restart already succeeds on every node: the products the
+    // service forgot are queued for registration again.
+    for report in reports {
+        let report = report.unwrap();
+        assert_eq!((report.failed, report.aborted), (0, false), "{report:?}");
+    }
+    ids.extend(created);
+    for id in &ids {
+        registered_with_offers(&nodes[0], id).await;
+    }
+    env.sim.set_offers_fault(sim::OffersFault::Ok);
+    env.sim.tick_offers();
+    let report = sync_offers(&nodes[1].node.catalog).await.unwrap();
+    assert_eq!((report.synced, report.failed, report.aborted), (6, 0, false), "{report:?}");
+    assert_caught_up(&env, &nodes[0], &ids).await;
+    let recovered = forgotten_at.elapsed();
+    assert!(recovered < Duration::from_secs(60), "recovered in {recovered:?}: more than one sync period (1 min)");
+
+    assert_eq!(env.sim.stats().auth_calls, 2, "one new token for the three nodes");
+    let db = &nodes[0].state.db;
+    assert_ne!(text(db, STORED_TOKEN).await, token);
+    assert_eq!(scalar(db, "SELECT COUNT(*) FROM settings WHERE key = 'offers.auth_claim'").await, 0);
+    for node in &nodes {
+        wait_offers_health(node, "up").await;
+    }
+    let metrics = nodes[0].http.get(nodes[0].url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("emporium_offers_reauth_total{outcome=\"replaced\"}"), "{metrics}");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// Runs `emporium offers reauth` against the environment's database; returns its output.
+async fn offers_reauth(env: &TestEnv, with_offers_url: bool) -> String {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_emporium"));
+    command.args(["offers", "reauth"]).env_clear().envs(env.env_vars());
+    if !with_offers_url {
+        command.env_remove("OFFERS_URL");
+    }
+    let output = command.output().await.expect("run emporium offers reauth");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+#[tokio::test]
+async fn offers_reauth_command_replaces_the_token_for_every_node() {
+    let env = TestEnv::new().await;
+    let app = spawn(&env).await;
+    registered_products(&app, 1).await;
+    let token = text(&app.state.db, STORED_TOKEN).await;
+
+    // With OFFERS_URL the command requests the new token itself; the node, whose old
+    // token the service forgot, picks it up without a request of its own.
+    env.sim.forget_tokens();
+    let said = offers_reauth(&env, true).await;
+    assert!(said.contains("replaced the offers access token"), "{said}");
+    assert_eq!(env.sim.stats().auth_calls, 2);
+    let replaced = text(&app.state.db, STORED_TOKEN).await;
+    assert_ne!(replaced, token);
+    let id = create_product(&app, "after the command").await;
+    registered_with_offers(&app, &id).await;
+    assert_eq!(env.sim.stats().auth_calls, 2);
+
+    // Without it the command drops the token, and the next node that needs one requests it.
+    let said = offers_reauth(&env, false).await;
+    assert!(said.contains("dropped the offers access token"), "{said}");
+    assert_eq!(scalar(&app.state.db, "SELECT COUNT(*) FROM settings WHERE key = 'offers.access_token'").await, 0);
+    env.sim.forget_tokens();
+    let id = create_product(&app, "after the drop").await;
+    registered_with_offers(&app, &id).await;
+    assert_eq!(env.sim.stats().auth_calls, 3);
+    let stored = text(&app.state.db, STORED_TOKEN).await;
+    assert!(stored != token && stored != replaced);
     app.stop().await;
 }
 
