@@ -61,7 +61,7 @@ impl App {
 /// - `POST /_control/offers/tick`
 /// - `POST /_control/offers/forget_tokens` (old tokens get 401 until a new `POST /auth`)
 /// - `POST /_control/feeds/{n}/fault` `{"mode":"ok"|"error500"|"object"|"numbers"|
-///   "invalid_utf8"|"hang"}` or `{"mode":"huge","bytes":104857600}`
+///   "non_strings"|"invalid_utf8"|"hang"}` or `{"mode":"huge","bytes":104857600}`
 /// - `POST /_control/feeds/{n}/tick` (also unpins)
 /// - `PUT /_control/feeds/{n}/items` `["abcdefgh", ...]` (pins)
 /// - `GET /_control/stats` (200, [`crate::SimStats`] as JSON)
@@ -235,7 +235,7 @@ async fn feed(State(app): State<App>, Path(n): Path<String>) -> Response {
         let mut state = app.sim.lock();
         state.stats.feed_requests[i] += 1;
         let feed = &state.feeds[i];
-        let items = (feed.fault == FeedFault::Ok).then(|| feed.items.clone());
+        let items = matches!(feed.fault, FeedFault::Ok | FeedFault::NonStrings).then(|| feed.items.clone());
         (feed.fault, items)
     };
     match fault {
@@ -243,6 +243,11 @@ async fn feed(State(app): State<App>, Path(n): Path<String>) -> Response {
         FeedFault::Error500 => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "feed failed (simulated)"),
         FeedFault::Object => json_bytes(StatusCode::OK, r#"{"a":1}"#),
         FeedFault::Numbers => json_bytes(StatusCode::OK, "[1,2,3]"),
+        FeedFault::NonStrings => {
+            let mut items: Vec<Value> = items.unwrap_or_default().into_iter().map(Value::String).collect();
+            items.extend([json!(1), Value::Null, json!(true), json!({"a": 1}), json!(["x"])]);
+            (StatusCode::OK, axum::Json(items)).into_response()
+        }
         FeedFault::Huge(bytes) => json_bytes(StatusCode::OK, huge_body(bytes, app.stop.clone())),
         FeedFault::InvalidUtf8 => json_bytes(StatusCode::OK, &b"[\"\xff\xfe\"]"[..]),
         FeedFault::Hang => {
@@ -303,6 +308,7 @@ enum FeedFaultBody {
     Error500,
     Object,
     Numbers,
+    NonStrings,
     Huge {
         bytes: usize,
     },
@@ -352,6 +358,7 @@ async fn ctl_feed_fault(State(app): State<App>, Path(n): Path<String>, body: Byt
         Ok(FeedFaultBody::Error500) => FeedFault::Error500,
         Ok(FeedFaultBody::Object) => FeedFault::Object,
         Ok(FeedFaultBody::Numbers) => FeedFault::Numbers,
+        Ok(FeedFaultBody::NonStrings) => FeedFault::NonStrings,
         Ok(FeedFaultBody::Huge { bytes }) => FeedFault::Huge(bytes),
         Ok(FeedFaultBody::InvalidUtf8) => FeedFault::InvalidUtf8,
         Ok(FeedFaultBody::Hang) => FeedFault::Hang,

@@ -86,6 +86,9 @@ pub enum FeedFault {
     Object,
     /// 200 `[1,2,3]`.
     Numbers,
+    /// 200 with the feed's items followed by items that are not strings:
+    /// `1`, `null`, `true`, `{"a":1}`, `["x"]`.
+    NonStrings,
     /// 200 with a valid JSON array of unique 8-char strings, roughly this many bytes,
     /// streamed in chunks (chunked transfer encoding, no Content-Length).
     Huge(usize),

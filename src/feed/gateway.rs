@@ -68,6 +68,8 @@ pub struct SourceView {
     /// The most recent failure, kept after the source recovers (see `status`).
     pub last_error: Option<PollFailure>,
     pub consecutive_failures: u32,
+    /// Items dropped from the last answer that was a JSON array (not strings of `FEED_ITEM_BYTES`).
+    pub items_dropped: usize,
 }
 
 /// What `GET /v1/feed` sends: built once per change, shared by every request.
@@ -105,6 +107,7 @@ struct SourceState {
     last_success_at: Option<i64>,
     last_error: Option<PollFailure>,
     consecutive_failures: u32,
+    items_dropped: usize,
 }
 
 /// Cheap clone handle to this node's gateway state.
@@ -196,6 +199,13 @@ impl Gateway {
         self.inner.served.store(Arc::new(served));
     }
 
+    /// Items of source `index`'s latest array answer that were dropped.
+    pub fn record_dropped(&self, index: usize, dropped: usize) {
+        if let Some(state) = self.lock().get_mut(index) {
+            state.items_dropped = dropped;
+        }
+    }
+
     /// A failed poll of source `index`: the snapshot stays as it is.
     pub fn record_failure(&self, index: usize, failure: PollFailure) {
         let mut states = self.lock();
@@ -231,6 +241,7 @@ impl Gateway {
                     staleness,
                     last_error: state.last_error.clone(),
                     consecutive_failures: state.consecutive_failures,
+                    items_dropped: state.items_dropped,
                 }
             })
             .collect()
@@ -263,6 +274,7 @@ mod tests {
             feed_max_body_bytes: 1024,
             feed_timeout: Duration::from_secs(1),
             feed_fast_path: true,
+            feed_item_bytes: 8,
         };
         Gateway::new(&sources, &config)
     }

@@ -52,6 +52,11 @@ pub struct FeedSource {
     pub consecutive_failures: i32,
     /// Distinct items in the last good snapshot.
     pub item_count: i32,
+    /// Items dropped from the source's last answer that was a JSON array: items that are not
+    /// strings of exactly `FEED_ITEM_BYTES` UTF-8 bytes (8 by default) are not served. 0
+    /// when every item was good, or before the first answer; counted over time in
+    /// `emporium_feed_items_dropped_total`.
+    pub items_dropped: i32,
     /// Seconds since the last good snapshot; null before the first one.
     pub staleness_seconds: Option<f64>,
 }
@@ -67,6 +72,7 @@ impl From<SourceView> for FeedSource {
             last_error: view.last_error.map(|error| error.message),
             consecutive_failures: i32::try_from(view.consecutive_failures).unwrap_or(i32::MAX),
             item_count: i32::try_from(view.item_count).unwrap_or(i32::MAX),
+            items_dropped: i32::try_from(view.items_dropped).unwrap_or(i32::MAX),
             staleness_seconds: view.staleness.map(|staleness| staleness.as_secs_f64()),
         }
     }

@@ -2,13 +2,16 @@
 //!
 //! **Client side.** Every source in `FEED_SOURCES` (`URL@PERIOD`) is polled with GET on
 //! its own period by a tokio interval task of this node, starting at once so the feed is
-//! populated on startup. A good answer is a JSON array of strings; anything else (an
-//! error status, a timeout, malformed JSON, another shape, invalid UTF-8, a body larger
-//! than `FEED_MAX_BODY_BYTES`, cut off while streaming) is logged with the source and the
+//! populated on startup. A good answer is a JSON array; anything else (an error status,
+//! a timeout, malformed JSON, another shape, invalid UTF-8, a body larger than
+//! `FEED_MAX_BODY_BYTES`, cut off while streaming) is logged with the source and the
 //! reason, counted in `emporium_feed_polls_total`, and the source keeps its last good
-//! snapshot. Items are not checked against the partners' "8 characters" convention: the
-//! gateway forwards the strings the partners publish, it does not judge them (one partner
-//! changing its format must not freeze its data everywhere).
+//! snapshot. Items are checked one by one: those that are not strings of exactly
+//! `FEED_ITEM_BYTES` UTF-8 bytes (8, the partners' format; 0: any string) are dropped, not
+//! served, with one warning per poll (with a sample), counted per source in
+//! `emporium_feed_items_dropped_total` and shown as `itemsDropped` in `feedSources`. A bad
+//! item costs only itself; an answer whose every item is dropped is a failed poll
+//! (`no_valid_items`), so a partner's broken release does not empty its part of the feed.
 //!
 //! **Server side.** `GET /v1/feed` answers with the union of every source's last good
 //! snapshot, without duplicates, sorted by byte order (stable: the same data gives the
@@ -38,7 +41,7 @@ use serde_json::json;
 pub use gateway::{Gateway, PollFailure, Source, SourceStatus, SourceView};
 pub use graphql::FeedQuery;
 pub use http::FeedRoute;
-pub use poller::{PollError, Pollers, parse_items, spawn_pollers};
+pub use poller::{Dropped, ParsedItems, PollError, Pollers, parse_items, spawn_pollers};
 pub use wire::FastPath;
 
 use crate::{
@@ -64,6 +67,9 @@ pub struct FeedConfig {
     /// Answer plain `GET`/`HEAD /v1/feed` requests on the socket, before hyper (`false`: through the router, as every other route); off when CORS is on.
     #[arg(long, env = "FEED_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
     pub feed_fast_path: bool,
+    /// Exact length of a feed item in UTF-8 bytes; other items (and non-strings) are dropped, not served. 0: any string.
+    #[arg(long, env = "FEED_ITEM_BYTES", default_value_t = 8)]
+    pub feed_item_bytes: usize,
 }
 
 fn parse_positive(text: &str) -> Result<usize, InvalidSetting> {
@@ -90,6 +96,7 @@ pub fn health(gateway: &Gateway, simulated: bool) -> Check {
                 "last_success_at": source.last_success_at.map(to_datetime),
                 "staleness_seconds": source.staleness.map(|staleness| staleness.as_secs_f64()),
                 "consecutive_failures": source.consecutive_failures,
+                "items_dropped": source.items_dropped,
                 "last_error": source.last_error.as_ref().map(|error| json!({
                     "at": to_datetime(error.at),
                     "reason": error.reason,

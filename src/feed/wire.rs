@@ -281,6 +281,7 @@ mod tests {
             feed_max_body_bytes: 1024,
             feed_timeout: Duration::from_secs(1),
             feed_fast_path: true,
+            feed_item_bytes: 8,
         };
         let gateway = Gateway::new(&[("http://feed/0".to_string(), Duration::from_secs(15))], &config);
         gateway.record_success(0, vec!["aaaaaaaa".to_string()]);

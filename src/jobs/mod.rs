@@ -6,7 +6,9 @@
 //! (`locked_until`, extended by a heartbeat while the handler runs) so a job held by a
 //! dead node is claimed again by another; jobs sharing an `ordering_key` run one at a
 //! time in id order (FIFO groups). Claims use `FOR UPDATE SKIP LOCKED` on Postgres;
-//! SQLite serializes writers, which gives the same exclusivity.
+//! SQLite serializes writers, which gives the same exclusivity. Kinds share a node's
+//! workers fairly: a free worker goes to the due kind with the fewest jobs running there,
+//! so a backlog of one kind delays another by at most one running job per worker.
 //!
 //! Handlers must be idempotent: a job whose node died mid-run runs again.
 
@@ -31,7 +33,7 @@ use tokio::sync::Notify;
 pub use worker::{JobContext, JobError, JobRegistry, Workers};
 
 use crate::{
-    db::{duration_ms, execute, in_list, now_ms, stmt},
+    db::{duration_ms, execute, now_ms, stmt},
     settings::parse_duration,
 };
 
@@ -244,44 +246,81 @@ impl JobQueue {
         Ok(row.map_or((0, None), |(n, oldest)| (n, oldest.map(|oldest| now_ms() - oldest))))
     }
 
-    /// Claims up to `limit` due jobs of the given kinds for `node`.
-    async fn claim(&self, node: &str, kinds: &[&'static str], limit: usize) -> Result<Vec<JobRecord>, sea_orm::DbErr> {
+    /// Claims up to `limit` due jobs for `node`, sharing them fairly among `kinds`, each
+    /// given with the number of its jobs this node runs now.
+    ///
+    /// Fair share: slot by slot, a free worker goes to the kind with the fewest jobs
+    /// running here (counting those picked in this claim), ties to the older job. So a
+    /// backlog of one kind cannot hold back another: the other kind's next job takes the
+    /// first worker that frees, and with K kinds due each gets at least ⌊W/K⌋ of the
+    /// node's W workers while older jobs of a kind alone still use every worker.
+    async fn claim(
+        &self,
+        node: &str,
+        kinds: &[(&'static str, usize)],
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, sea_orm::DbErr> {
         if kinds.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let bound: Vec<Value> = vec![
+        let mut values: Vec<Value> = vec![
             node.into(),
             (now + duration_ms(self.config.job_lease)).into(),
             now.into(),
             i64::try_from(limit).unwrap_or(i64::MAX).into(),
         ];
-        let (kinds, values) = in_list(bound, kinds);
         let lock = if self.db.get_database_backend() == DbBackend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
         // A job is due when queued and its time has come, or when its holder's lease ran
         // out (the holder died) and it has attempts left. A job in a FIFO group waits
         // until every older job of its group has finished (succeeded or failed); that test
         // is one probe of the partial index `jobs_unfinished_by_group`, whose conditions it
         // must keep implying (the same status list; the key equality implies NOT NULL).
+        // Each kind's branch takes its own oldest `limit` due jobs (and locks them on
+        // Postgres); the outer query ranks them by turn = jobs of the kind running here +
+        // rank within the kind, which is the slot-by-slot fair share above.
+        let branches: Vec<String> = kinds
+            .iter()
+            .map(|(kind, running)| {
+                values.push((*kind).into());
+                let kind = values.len();
+                values.push(i64::try_from(*running).unwrap_or(i64::MAX).into());
+                let running = values.len();
+                format!(
+                    "SELECT id, kind, CAST(${running} AS BIGINT) AS running FROM (
+                        SELECT j.id, j.kind FROM jobs j
+                        WHERE ((j.status = '{QUEUED}' AND j.run_at <= $3)
+                               OR (j.status = '{RUNNING}' AND j.locked_until < $3 AND j.attempts < j.max_attempts))
+                          AND j.kind = ${kind}
+                          AND (j.ordering_key IS NULL OR NOT EXISTS (
+                                SELECT 1 FROM jobs p
+                                WHERE p.ordering_key = j.ordering_key AND p.id < j.id
+                                  AND p.status IN ('{QUEUED}', '{RUNNING}')))
+                        ORDER BY j.id
+                        LIMIT $4
+                        {lock}
+                    ) due_{kind}"
+                )
+            })
+            .collect();
         // Raw SQL: the claim needs `FOR UPDATE SKIP LOCKED` (Postgres) in a CTE feeding an
-        // `UPDATE … RETURNING`, and the FIFO test shaped for the partial index.
+        // `UPDATE … RETURNING`, the FIFO test shaped for the partial index, and a window
+        // over per-kind limited branches (one statement, so it is atomic on both backends).
         let sql = format!(
-            "WITH picked AS (
-                SELECT j.id FROM jobs j
-                WHERE ((j.status = '{QUEUED}' AND j.run_at <= $3)
-                       OR (j.status = '{RUNNING}' AND j.locked_until < $3 AND j.attempts < j.max_attempts))
-                  AND j.kind IN ({kinds})
-                  AND (j.ordering_key IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM jobs p
-                        WHERE p.ordering_key = j.ordering_key AND p.id < j.id
-                          AND p.status IN ('{QUEUED}', '{RUNNING}')))
-                ORDER BY j.id
+            "WITH due AS (
+                {}
+            ),
+            picked AS (
+                SELECT id FROM (
+                    SELECT id, running + ROW_NUMBER() OVER (PARTITION BY kind ORDER BY id) AS turn FROM due
+                ) ranked
+                ORDER BY turn, id
                 LIMIT $4
-                {lock}
             )
             UPDATE jobs SET status = '{RUNNING}', attempts = attempts + 1, locked_by = $1, locked_until = $2, updated_at = $3
             WHERE id IN (SELECT id FROM picked)
-            RETURNING *"
+            RETURNING *",
+            branches.join("\n                UNION ALL\n                ")
         );
         let mut jobs = JobRecord::find_by_statement(stmt(&self.db, &sql, values)).all(&self.db).await?;
         jobs.sort_by_key(|job| job.id);

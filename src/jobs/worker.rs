@@ -1,7 +1,16 @@
 //! Runs claimed jobs: a registry of handlers by kind, a pool of workers per node, the
 //! heartbeat that keeps a running job's lease, and graceful release on shutdown.
 
-use std::{collections::HashMap, future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::{FutureExt as _, future::BoxFuture};
 use serde::de::DeserializeOwned;
@@ -112,6 +121,8 @@ async fn run_pool(
     cancel: CancellationToken,
 ) {
     let kinds = registry.kinds();
+    // Jobs of each kind (same index as `kinds`) running on this node: the claim's fair share.
+    let running_by_kind: Arc<[AtomicUsize]> = kinds.iter().map(|_| AtomicUsize::new(0)).collect();
     let slots = Arc::new(Semaphore::new(count));
     let mut running: JoinSet<()> = JoinSet::new();
     let poll = queue.config().job_poll_interval;
@@ -123,7 +134,12 @@ async fn run_pool(
         let claimed = if free == 0 {
             Vec::new()
         } else {
-            match queue.claim(&node, &kinds, free).await {
+            let shares: Vec<(&'static str, usize)> = kinds
+                .iter()
+                .zip(running_by_kind.iter())
+                .map(|(kind, running)| (*kind, running.load(Ordering::Relaxed)))
+                .collect();
+            match queue.claim(&node, &shares, free).await {
                 Ok(jobs) => jobs,
                 Err(error) => {
                     tracing::warn!(error = %error, "claiming jobs failed; retrying");
@@ -134,6 +150,11 @@ async fn run_pool(
         let full_batch = free > 0 && claimed.len() == free;
         for job in claimed {
             let Ok(permit) = slots.clone().acquire_owned().await else { break };
+            let kind_index = kinds.iter().position(|kind| *kind == job.kind);
+            if let Some(index) = kind_index {
+                running_by_kind[index].fetch_add(1, Ordering::Relaxed);
+            }
+            let running_by_kind = running_by_kind.clone();
             let queue = queue.clone();
             let registry = registry.clone();
             let node = node.clone();
@@ -141,6 +162,9 @@ async fn run_pool(
             running.spawn(
                 async move {
                     run_one(queue.clone(), &registry, &node, job).await;
+                    if let Some(index) = kind_index {
+                        running_by_kind[index].fetch_sub(1, Ordering::Relaxed);
+                    }
                     drop(permit);
                     // A finished job may have unblocked the next one of its FIFO group:
                     // look again now rather than after the poll interval.

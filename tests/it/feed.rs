@@ -52,8 +52,10 @@ async fn serving(content: &[String]) -> (TestEnv, TestApp) {
     (env, app)
 }
 
+/// Items of the partners' shape: 8 bytes, `prefix` then zero-padded numbers.
 fn items(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
-    range.map(|n| format!("{prefix}{n:07}")).collect()
+    let digits = 8 - prefix.len();
+    range.map(|n| format!("{prefix}{n:0digits$}")).collect()
 }
 
 fn sorted_union(lists: &[&[String]]) -> Vec<String> {
@@ -78,7 +80,16 @@ async fn health_feeds(app: &TestApp) -> Value {
     body["checks"]["feeds"].clone()
 }
 
-const SOURCES_QUERY: &str = "{ feed feedSources { url period status lastSuccessAt lastError lastErrorAt consecutiveFailures itemCount stalenessSeconds } }";
+const SOURCES_QUERY: &str = "{ feed feedSources { url period status lastSuccessAt lastError lastErrorAt consecutiveFailures itemCount itemsDropped stalenessSeconds } }";
+
+/// The value of `emporium_feed_items_dropped_total` for `source` and `reason` (0 if absent).
+async fn dropped_metric(app: &TestApp, source: &str, reason: &str) -> u64 {
+    let text = app.http.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let labels = format!("emporium_feed_items_dropped_total{{source=\"{source}\",reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&labels))
+        .map_or(0, |value| value.trim().parse().expect("a counter value"))
+}
 
 #[tokio::test]
 async fn the_feed_is_the_sorted_deduplicated_union_and_a_dead_source_shows_its_error() {
@@ -172,7 +183,7 @@ async fn bad_upstream_data_never_replaces_the_last_good_snapshot_nor_stops_the_p
 
     let faults = [
         (FeedFault::Object, "wrong_shape"),
-        (FeedFault::Numbers, "wrong_shape"),
+        (FeedFault::Numbers, "no_valid_items"),
         (FeedFault::Huge(100 * 1024 * 1024), "too_large"),
         (FeedFault::InvalidUtf8, "invalid_utf8"),
         (FeedFault::Error500, "status"),
@@ -213,6 +224,80 @@ async fn bad_upstream_data_never_replaces_the_last_good_snapshot_nor_stops_the_p
     let fresh = items("f", 0..3);
     env.sim.set_feed_items(0, fresh.clone());
     eventually(Duration::from_secs(5), "new data after all the faults", || feed_is(app, &fresh)).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn items_that_are_not_8_byte_strings_are_dropped_counted_and_shown() {
+    let env = env(1).await;
+    let good = items("k", 0..5);
+    // Too long, too short, 8 characters of 16 bytes, and 4 characters of 8 bytes (good).
+    let bad = ["abcdefghi", "abcdefg", "éééééééé", ""].map(String::from);
+    env.sim.set_feed_items(0, [good.clone(), bad.to_vec(), vec!["éééé".into()]].concat());
+    let node = app(&env, &[1], &[], |_| {}).await;
+    let app = &node;
+    let url = env.sim.feed_urls()[0].0.clone();
+    let expected = sorted_union(&[&good, &["éééé".to_string()]]);
+    eventually(Duration::from_secs(5), "the good items only", || feed_is(app, &expected)).await;
+
+    let data = app.gql_ok(SOURCES_QUERY, json!({})).await;
+    assert_eq!(data["feed"], json!(expected), "GraphQL serves the same items");
+    let source = &data["feedSources"][0];
+    assert_eq!(
+        (&source["status"], &source["itemCount"], &source["itemsDropped"]),
+        (&json!("OK"), &json!(6), &json!(4))
+    );
+    assert_eq!(health_feeds(app).await["sources"][0]["items_dropped"], 4);
+    // Counted at every poll (just after the snapshot is handed over: wait for it).
+    let counted = eventually(Duration::from_secs(5), "the drops counted", || async {
+        Some(dropped_metric(app, &url, "wrong_length").await).filter(|counted| *counted > 0)
+    })
+    .await;
+    assert_eq!(counted % 4, 0, "4 per poll: {counted}");
+    assert_eq!(dropped_metric(app, &url, "not_string").await, 0);
+
+    // Numbers, null, true, an object and an array among the items: dropped too.
+    env.sim.set_feed_fault(0, FeedFault::NonStrings);
+    eventually(Duration::from_secs(5), "non-strings dropped", || async {
+        let data = app.gql_ok(SOURCES_QUERY, json!({})).await;
+        (data["feedSources"][0]["itemsDropped"] == 9).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the non-strings counted", || async {
+        (dropped_metric(app, &url, "not_string").await >= 5).then_some(())
+    })
+    .await;
+    let (status, _, body) = get_feed(app).await;
+    assert_eq!((status, body), (StatusCode::OK, expected.clone()), "the good items are still served");
+
+    // A later clean answer: nothing dropped.
+    env.sim.set_feed_fault(0, FeedFault::Ok);
+    env.sim.set_feed_items(0, good.clone());
+    eventually(Duration::from_secs(5), "the clean answer", || feed_is(app, &good)).await;
+    let data = app.gql_ok(SOURCES_QUERY, json!({})).await;
+    assert_eq!(data["feedSources"][0]["itemsDropped"], 0);
+
+    // Nothing but bad items: a failed poll; the last good snapshot stays.
+    env.sim.set_feed_items(0, bad.to_vec());
+    let source = eventually(Duration::from_secs(5), "an answer with no valid item", || async {
+        let source = health_feeds(app).await["sources"][0].clone();
+        (source["last_error"]["reason"] == "no_valid_items").then_some(source)
+    })
+    .await;
+    assert_eq!(source["items_dropped"], 4, "{source:#}");
+    assert_eq!(get_feed(app).await.2, good, "the last good snapshot is kept");
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn feed_item_bytes_0_serves_any_string() {
+    let env = env(1).await;
+    let content = ["a", "abcdefghi", "éééééééé"].map(String::from).to_vec();
+    env.sim.set_feed_items(0, content.clone());
+    let node = app(&env, &[1], &[], |config| config.feed.feed_item_bytes = 0).await;
+    let expected = sorted_union(&[&content]);
+    eventually(Duration::from_secs(5), "every string", || feed_is(&node, &expected)).await;
+    assert_eq!(node.gql_ok(SOURCES_QUERY, json!({})).await["feedSources"][0]["itemsDropped"], 0);
     node.stop().await;
 }
 

@@ -330,3 +330,146 @@ async fn a_periodic_job_runs_on_one_node_per_period_and_moves_when_that_node_die
     let status = survivor.terminate().await;
     assert!(status.is_some_and(|status| status.success()), "graceful exit on SIGTERM: {status:?}");
 }
+
+/// What the fairness tests watch: bulk jobs started and finished, and for the other kind,
+/// how many bulk jobs had finished when its first job started and when its last finished.
+#[derive(Default)]
+struct Progress {
+    bulk_started: AtomicUsize,
+    bulk_finished: AtomicUsize,
+    small_finished: AtomicUsize,
+    bulk_finished_at_first_small: Mutex<Option<usize>>,
+    bulk_finished_at_last_small: Mutex<Option<usize>>,
+}
+
+/// Registers `test.bulk`, whose jobs each take `duration`, on `registry`.
+fn register_bulk(registry: &mut JobRegistry, progress: &Arc<Progress>, duration: Duration) {
+    let progress = progress.clone();
+    registry.register("test.bulk", move |_ctx, _payload: serde_json::Value| {
+        let progress = progress.clone();
+        async move {
+            progress.bulk_started.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(duration).await;
+            progress.bulk_finished.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+}
+
+fn bulk_jobs(count: usize) -> Vec<NewJob> {
+    (0..count).map(|n| NewJob::new("test.bulk", &json!({ "n": n }))).collect()
+}
+
+async fn wait_for_bulk_running(progress: &Arc<Progress>, workers: usize) {
+    eventually(Duration::from_secs(10), "every worker busy with bulk jobs", || async {
+        (progress.bulk_started.load(Ordering::SeqCst) >= workers).then_some(())
+    })
+    .await;
+}
+
+/// Fair share across two nodes (two worker pools on one queue, 2 workers each): 200 slow
+/// bulk jobs are queued first, then 100 small jobs of another kind. The small kind's first
+/// job starts once one worker frees (at most one bulk job per worker finishes first), and
+/// all 100 finish before a quarter of the bulk jobs have (in id order, all 200 would run
+/// first).
+#[tokio::test]
+async fn a_bulk_backlog_of_one_kind_does_not_hold_back_another_kind() {
+    const BULK: usize = 200;
+    const SMALL: usize = 100;
+    const WORKERS: usize = 4;
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let progress = Arc::new(Progress::default());
+    let mut registry = JobRegistry::default();
+    register_bulk(&mut registry, &progress, Duration::from_millis(300));
+    {
+        let progress = progress.clone();
+        registry.register("test.small", move |_ctx, _payload: serde_json::Value| {
+            let progress = progress.clone();
+            async move {
+                let bulk_done = progress.bulk_finished.load(Ordering::SeqCst);
+                progress.bulk_finished_at_first_small.lock().unwrap().get_or_insert(bulk_done);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if progress.small_finished.fetch_add(1, Ordering::SeqCst) + 1 == SMALL {
+                    *progress.bulk_finished_at_last_small.lock().unwrap() =
+                        Some(progress.bulk_finished.load(Ordering::SeqCst));
+                }
+                Ok(())
+            }
+        });
+    }
+    app.state.jobs.enqueue_many(&app.state.db, bulk_jobs(BULK)).await.unwrap();
+    let pools: Vec<Workers> =
+        ["node-a", "node-b"].iter().map(|name| workers_of(&app.state, name, registry.clone(), WORKERS / 2)).collect();
+    wait_for_bulk_running(&progress, WORKERS).await;
+
+    let small: Vec<NewJob> = (0..SMALL).map(|n| NewJob::new("test.small", &json!({ "n": n }))).collect();
+    app.state.jobs.enqueue_many(&app.state.db, small).await.unwrap();
+    let queued_at = progress.bulk_finished.load(Ordering::SeqCst);
+    eventually(Duration::from_secs(60), "every small job to finish", || async {
+        (progress.small_finished.load(Ordering::SeqCst) == SMALL).then_some(())
+    })
+    .await;
+    let first = progress.bulk_finished_at_first_small.lock().unwrap().unwrap_or(usize::MAX);
+    let last = progress.bulk_finished_at_last_small.lock().unwrap().unwrap_or(usize::MAX);
+    eprintln!(
+        "bulk jobs finished: {queued_at} when the small ones were queued, {first} at the first small start, {last} at the last small finish"
+    );
+    assert!(
+        first - queued_at <= WORKERS,
+        "the small kind waited for more than one bulk job per worker: {first} - {queued_at}"
+    );
+    assert!(last < BULK / 4, "all small jobs finish before a quarter of the bulk ones: {last} of {BULK} had finished");
+    for pool in pools {
+        pool.shutdown().await;
+    }
+    app.stop().await;
+}
+
+/// The acceptance: 200 bulk jobs queued, then 100 intake messages, on a node with
+/// 4 workers running the binary's job kinds plus the bulk kind. Every message is stored
+/// before a quarter of the bulk jobs have finished (each bulk job takes 500 ms: in id
+/// order the messages would wait for all 200, 25 s).
+#[tokio::test]
+async fn intake_messages_are_stored_while_200_bulk_jobs_wait() {
+    const BULK: usize = 200;
+    const MESSAGES: usize = 100;
+    const WORKERS: usize = 4;
+    let env = TestEnv::new().await;
+    // The node's own workers are off: the test's pool runs every kind, bulk included.
+    let app = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
+    let progress = Arc::new(Progress::default());
+    let mut registry = emporium::app::job_registry(&app.node);
+    register_bulk(&mut registry, &progress, Duration::from_millis(500));
+    app.state.jobs.enqueue_many(&app.state.db, bulk_jobs(BULK)).await.unwrap();
+    let pool = workers_of(&app.state, "node-fair", registry, WORKERS);
+    wait_for_bulk_running(&progress, WORKERS).await;
+
+    let messages: Vec<serde_json::Value> = (0..MESSAGES)
+        .map(|n| {
+            let genre = if n % 2 == 0 { "scifi" } else { "romance" };
+            json!({ "id": format!("fair-{n}"), "title": format!("Fair {n}"), "author": "T", "year": "2026", "genre": genre, "summary": "s" })
+        })
+        .collect();
+    let response = app.http.post(app.url("/v1/intake")).json(&messages).send().await.expect("intake request");
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap_or_default());
+    let queued_at = progress.bulk_finished.load(Ordering::SeqCst);
+
+    #[derive(FromQueryResult)]
+    struct Count {
+        n: i64,
+    }
+    let stored_at = eventually(Duration::from_secs(60), "every message stored", || async {
+        let sql = "SELECT COUNT(*) AS n FROM intake_messages WHERE status = 'stored'";
+        let stored = Count::find_by_statement(stmt(&app.state.db, sql, [])).one(&app.state.db).await.unwrap();
+        (stored.map_or(0, |row| row.n) == MESSAGES as i64).then(|| progress.bulk_finished.load(Ordering::SeqCst))
+    })
+    .await;
+    eprintln!("bulk jobs finished: {queued_at} when the messages were queued, {stored_at} when all were stored");
+    assert!(
+        stored_at < BULK / 4,
+        "all messages stored before a quarter of the bulk jobs: {stored_at} of {BULK} had finished"
+    );
+    pool.shutdown().await;
+    app.stop().await;
+}
