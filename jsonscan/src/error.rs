@@ -178,6 +178,11 @@ pub enum ErrorKind {
     IdOutOfRange {
         index: u64,
     },
+    /// A `\u0000` escape: valid JSON, but no database text column stores NUL. `path` names
+    /// the checked field it is in, or just the item.
+    NulCharacter {
+        path: Path,
+    },
     // ---- limits
     TooDeep {
         max: usize,
@@ -204,9 +209,32 @@ impl ErrorKind {
             WrongType { .. } | Missing { .. } | Repeated { .. } | Blank { .. } | ControlInId { .. } => {
                 ErrorClass::Shape
             }
-            IdNotInteger { .. } | IdOutOfRange { .. } => ErrorClass::Shape,
+            IdNotInteger { .. } | IdOutOfRange { .. } | NulCharacter { .. } => ErrorClass::Shape,
             TooDeep { .. } | ItemTooLarge { .. } | TooLong { .. } | NumberTooLong { .. } => ErrorClass::Limit,
             _ => ErrorClass::Syntax,
+        }
+    }
+}
+
+impl ErrorKind {
+    /// The reason without the item's path, for a report that names the item and the
+    /// field beside it (as [`ItemIssue`](crate::ItemIssue)s are reported).
+    pub fn detail(&self) -> String {
+        use ErrorKind::*;
+        match self {
+            WrongType { expected, found, .. } => format!("must be {expected}, found {}", ValueKind(*found)),
+            Missing { .. } => "is missing".into(),
+            Repeated { .. } => "appears more than once".into(),
+            Blank { .. } => "must not be blank".into(),
+            ControlInId { .. } => "must not contain control characters".into(),
+            IdNotInteger { .. } => "must be a string or an integer, found a number with a fraction or exponent".into(),
+            IdOutOfRange { .. } => "is not an integer in the 64-bit range (send long ids as strings)".into(),
+            NulCharacter { .. } => {
+                "must not contain the NUL character (\\u0000): the database cannot store it".into()
+            }
+            TooLong { max, .. } => format!("is longer than {max} characters"),
+            NumberOutOfRange => "holds a number beyond a 64-bit float's range".into(),
+            other => other.to_string(),
         }
     }
 }
@@ -299,6 +327,7 @@ impl fmt::Display for ErrorKind {
             IdOutOfRange { index } => {
                 write!(f, "$[{index}].id is not an integer in the 64-bit range (send long ids as strings)")
             }
+            NulCharacter { path } => write!(f, "{path}: {}", self.detail()),
             TooDeep { max } => write!(f, "nesting deeper than {max} levels"),
             ItemTooLarge { index, max } => write!(f, "$[{index}] is larger than {max} bytes (the limit per item)"),
             TooLong { path: Some(path), max } => write!(f, "{path} is longer than {max} characters"),

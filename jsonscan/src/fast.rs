@@ -343,6 +343,8 @@ fn escape_len(bytes: &[u8]) -> Option<usize> {
                 low.then_some(12)
             }
             0xDC00..=0xDFFF => None,
+            // NUL: an item-level problem the state machine reports.
+            0 => None,
             _ => Some(6),
         },
         _ => None,

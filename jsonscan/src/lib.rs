@@ -87,6 +87,22 @@ pub struct ItemSpan {
     pub end: u64,
 }
 
+/// A problem confined to one item, recorded by a scanner made with
+/// [`BodyScanner::reporting_item_issues`], which then goes on with the body: the item
+/// stays JSON (its span is still reported), only its content is refused. At most one per
+/// member of the item (the first), plus a missing `id` or `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemIssue {
+    /// The item's position in the array, from 0.
+    pub index: u64,
+    /// Byte offset of the problem.
+    pub offset: u64,
+    /// Byte offset of the opening quote of the key of the item's member that holds the
+    /// problem; `None` when it concerns the item as a whole (a missing `id` or `name`).
+    pub member: Option<u64>,
+    pub kind: ErrorKind,
+}
+
 /// What a complete, valid body holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Summary {
@@ -232,6 +248,13 @@ pub struct BodyScanner {
     number: Number,
     failed: Option<ScanError>,
     limits: Limits,
+    /// Whether item-level problems are recorded (and scanning goes on) instead of failing.
+    report_item_issues: bool,
+    issues: Vec<ItemIssue>,
+    /// Offset of the current item-level key's opening quote, while inside its member.
+    member_start: Option<u64>,
+    /// Whether the current member already has its issue.
+    member_flagged: bool,
 }
 
 /// Byte classes for the fast path inside strings: true for bytes that need no attention
@@ -369,7 +392,26 @@ impl BodyScanner {
             },
             failed: None,
             limits,
+            report_item_issues: false,
+            issues: Vec::new(),
+            member_start: None,
+            member_flagged: false,
         }
+    }
+
+    /// A scanner that records item-level problems as [`ItemIssue`]s and goes on with the
+    /// body instead of stopping at them: a NUL character (`\u0000`) in any string, a
+    /// number beyond a 64-bit float's range, an `id`, `name` or `description` beyond its
+    /// limit, a missing, repeated, blank or mistyped `id` or `name`, a control character
+    /// in an id. Errors of the body itself (syntax, the shape outside items, nesting,
+    /// item size, number length) still stop it, as [`BodyScanner::new`]'s do.
+    pub fn reporting_item_issues(limits: Limits) -> Self {
+        Self { report_item_issues: true, ..Self::new(limits) }
+    }
+
+    /// The item issues recorded since the last call, in body order.
+    pub fn take_item_issues(&mut self) -> Vec<ItemIssue> {
+        std::mem::take(&mut self.issues)
     }
 
     /// The limits it enforces.
@@ -438,6 +480,19 @@ impl BodyScanner {
             ErrorKind::UnexpectedEnd { expected }
         };
         Err(self.fail(self.offset, kind))
+    }
+
+    /// An item-level problem: recorded when this scanner reports item issues and it lies
+    /// inside an item, else the body's error.
+    fn item_issue(&mut self, offset: u64, kind: ErrorKind) -> Result<(), ScanError> {
+        if !self.report_item_issues || self.item_start.is_none() {
+            return Err(self.fail(offset, kind));
+        }
+        if self.member_start.is_some() && std::mem::replace(&mut self.member_flagged, true) {
+            return Ok(());
+        }
+        self.issues.push(ItemIssue { index: self.items, offset, member: self.member_start, kind });
+        Ok(())
     }
 
     fn fail(&mut self, offset: u64, kind: ErrorKind) -> ScanError {
@@ -539,6 +594,10 @@ impl BodyScanner {
                 Mode::ObjectFirst | Mode::ObjectKey => match b {
                     b'"' => {
                         let item_level = self.stack.len() == 2;
+                        if item_level {
+                            self.member_start = Some(at);
+                            self.member_flagged = false;
+                        }
                         self.begin_text(TextKind::Key { item_level }, at, u32::MAX);
                         i += 1;
                     }
@@ -624,6 +683,7 @@ impl BodyScanner {
                     self.item_start = Some(at);
                     self.item_has_id = false;
                     self.item_has_name = false;
+                    self.member_start = None;
                     return Ok(true);
                 }
             }
@@ -662,7 +722,13 @@ impl BodyScanner {
                     Role::Id => "a string or an integer",
                     _ => "a string",
                 };
-                return Err(wrong_type(self, expected));
+                if role == Role::Item {
+                    return Err(wrong_type(self, expected));
+                }
+                let path = self.path(role);
+                self.item_issue(at, ErrorKind::WrongType { path, expected, found: b })?;
+                // Recorded: the value is scanned on as any value.
+                return self.begin_value(Role::Free, b, at);
             }
             (other, _) => {
                 return Err(self.fail(at, ErrorKind::ExpectedValue { found: other }));
@@ -684,11 +750,12 @@ impl BodyScanner {
         debug_assert_eq!(self.stack.last(), Some(&frame));
         if frame == Frame::Object && self.stack.len() == 2 {
             let index = self.items;
+            self.member_start = None;
             if !self.item_has_id {
-                return Err(self.fail(at, ErrorKind::Missing { index, field: Field::Id }));
+                self.item_issue(at, ErrorKind::Missing { index, field: Field::Id })?;
             }
             if !self.item_has_name {
-                return Err(self.fail(at, ErrorKind::Missing { index, field: Field::Name }));
+                self.item_issue(at, ErrorKind::Missing { index, field: Field::Name })?;
             }
             let start = self.item_start.take().unwrap_or(at);
             on_item(ItemSpan { index, start, end: at + 1 });
@@ -729,18 +796,22 @@ impl BodyScanner {
     fn count_char(&mut self, at: u64) -> Result<(), ScanError> {
         self.text.chars += 1;
         if self.text.chars > self.text.limit {
-            return Err(self.too_long(at));
+            self.too_long(at)?;
         }
         Ok(())
     }
 
-    fn too_long(&mut self, at: u64) -> ScanError {
+    fn too_long(&mut self, at: u64) -> Result<(), ScanError> {
         let max = self.text.limit;
-        let path = match self.text.kind {
-            TextKind::Value(role) => Some(self.path(role)),
-            TextKind::Key { .. } => None,
-        };
-        self.fail(at, ErrorKind::TooLong { path, max })
+        // Reported once: the rest of the string is scanned without a limit.
+        self.text.limit = u32::MAX;
+        match self.text.kind {
+            TextKind::Value(role) => {
+                let path = Some(self.path(role));
+                self.item_issue(at, ErrorKind::TooLong { path, max })
+            }
+            TextKind::Key { .. } => Err(self.fail(at, ErrorKind::TooLong { path: None, max })),
+        }
     }
 
     /// Notes an escaped character (code point `value`, starting at `at`) of the string:
@@ -748,7 +819,15 @@ impl BodyScanner {
     fn note_char(&mut self, value: u32, at: u64) -> Result<(), ScanError> {
         let control = value < 0x20 || (0x7F..=0x9F).contains(&value);
         if control && self.text.kind == TextKind::Value(Role::Id) {
-            return Err(self.control_in_id(at));
+            self.control_in_id(at)?;
+        }
+        if value == 0 {
+            let role = match self.text.kind {
+                TextKind::Value(role) => role,
+                TextKind::Key { .. } => Role::Free,
+            };
+            let path = self.path(role);
+            self.item_issue(at, ErrorKind::NulCharacter { path })?;
         }
         if !matches!(value, 0x09..=0x0D | 0x20) {
             self.text.nonblank = true;
@@ -756,8 +835,8 @@ impl BodyScanner {
         Ok(())
     }
 
-    fn control_in_id(&mut self, at: u64) -> ScanError {
-        self.fail(at, ErrorKind::ControlInId { index: self.items })
+    fn control_in_id(&mut self, at: u64) -> Result<(), ScanError> {
+        self.item_issue(at, ErrorKind::ControlInId { index: self.items })
     }
 
     /// Scans string bytes from `i`; returns the next index.
@@ -771,7 +850,7 @@ impl BodyScanner {
                     return Err(self.fail(at, ErrorKind::InvalidUtf8));
                 }
                 if self.text.after_c2 && b < 0xA0 && self.text.kind == TextKind::Value(Role::Id) {
-                    return Err(self.control_in_id(at - 1));
+                    self.control_in_id(at - 1)?;
                 }
                 self.text.after_c2 = false;
                 self.text.utf8_need -= 1;
@@ -876,9 +955,9 @@ impl BodyScanner {
                     if self.text.kind == TextKind::Value(Role::Id)
                         && let Some(del) = buf[run_start..run_start + within].iter().position(|&byte| byte == 0x7F)
                     {
-                        return Err(self.control_in_id(base + (run_start + del) as u64));
+                        self.control_in_id(base + (run_start + del) as u64)?;
                     }
-                    return Err(self.too_long(base + (run_start + within) as u64));
+                    self.too_long(base + (run_start + within) as u64)?;
                 }
                 match self.text.kind {
                     TextKind::Key { item_level: true } => {
@@ -898,7 +977,7 @@ impl BodyScanner {
                         if role == Role::Id
                             && let Some(del) = run.iter().position(|&byte| byte == 0x7F)
                         {
-                            return Err(self.control_in_id(base + (run_start + del) as u64));
+                            self.control_in_id(base + (run_start + del) as u64)?;
                         }
                         self.text.nonblank = self.text.nonblank || run.iter().any(|&byte| byte != b' ');
                     }
@@ -958,11 +1037,15 @@ impl BodyScanner {
                     Role::Name => std::mem::replace(&mut self.item_has_name, true),
                     _ => false,
                 };
-                if duplicate {
+                let role = if duplicate {
                     let start = self.text.start;
                     let field = if role == Role::Id { Field::Id } else { Field::Name };
-                    return Err(self.fail(start, ErrorKind::Repeated { index: self.items, field }));
-                }
+                    self.item_issue(start, ErrorKind::Repeated { index: self.items, field })?;
+                    // Recorded: the repeated member's value is scanned as any value.
+                    Role::Free
+                } else {
+                    role
+                };
                 self.member_role = role;
                 self.mode = Mode::Colon;
             }
@@ -972,7 +1055,8 @@ impl BodyScanner {
             }
             TextKind::Value(role @ (Role::Id | Role::Name)) if !self.text.nonblank => {
                 let path = self.path(role);
-                return Err(self.fail(at, ErrorKind::Blank { path }));
+                self.item_issue(at, ErrorKind::Blank { path })?;
+                self.after_value();
             }
             TextKind::Value(_) => self.after_value(),
         }
@@ -1014,7 +1098,9 @@ impl BodyScanner {
             };
             if matches!(next, NumPhase::Dot | NumPhase::Exp) {
                 if self.number.role == Role::Id {
-                    return Err(self.fail(at, ErrorKind::IdNotInteger { index: self.items }));
+                    self.item_issue(at, ErrorKind::IdNotInteger { index: self.items })?;
+                    // Recorded: scanned on as any number.
+                    self.number.role = Role::Free;
                 }
                 self.number.fraction_or_exponent = true;
             }
@@ -1031,12 +1117,14 @@ impl BodyScanner {
     fn end_number(&mut self) -> Result<(), ScanError> {
         let text = std::str::from_utf8(&self.number.text).unwrap_or("");
         let start = self.number.start;
-        if self.number.role == Role::Id {
-            if !id_in_range(text) {
-                return Err(self.fail(start, ErrorKind::IdOutOfRange { index: self.items }));
-            }
-        } else if (self.number.fraction_or_exponent || text.len() > SHORT_NUMBER) && !float_in_range(text) {
-            return Err(self.fail(start, ErrorKind::NumberOutOfRange));
+        let problem = if self.number.role == Role::Id {
+            (!id_in_range(text)).then_some(ErrorKind::IdOutOfRange { index: self.items })
+        } else {
+            let checked = self.number.fraction_or_exponent || text.len() > SHORT_NUMBER;
+            (checked && !float_in_range(text)).then_some(ErrorKind::NumberOutOfRange)
+        };
+        if let Some(kind) = problem {
+            self.item_issue(start, kind)?;
         }
         self.after_value();
         Ok(())
@@ -1102,7 +1190,7 @@ mod tests {
         " \n\t[ ] \r\n",
         r#"[{"id":1,"name":"a"},{"id":-9223372036854775808,"name":"b"},{"id":18446744073709551615,"name":"c"}]"#,
         r#"[{"name":"x","id":"0","price":12.5e-3,"tags":["a",{"b":[true,false,null]}],"n":-0.0,"e":1E+2}]"#,
-        r#"[{"id":"\u00e9\ud83d\ude00\"\\\/","name":"Pão de açúcar 😀 日本","note":"\n\b\f\r\t\u0000"}]"#,
+        r#"[{"id":"\u00e9\ud83d\ude00\"\\\/","name":"Pão de açúcar 😀 日本","note":"\n\b\f\r\t\u0001"}]"#,
         r#"[{"\u0069d":"escaped key","name":"ok","id2":3,"ID":4,"identifier":5}]"#,
         r#"[{"id":"1","name":"n","nested":{"id":{"id":[]},"name":7}}]"#,
         r#"[{"id":"1","name":"n","big":123456789012345678901234567890,"small":1e-400,"max":1.7976931348e308}]"#,
@@ -1116,7 +1204,7 @@ mod tests {
          {\"id\":\"3\",\"name\":\"a\\\"b\",\"e\":1e3}]",
         "[ {\n \"name\" : \"n\" ,\r\n \"id\" : -12 , \"x\" : { } , \"y\" : [ ] }\n,\n{\"id\":\"\u{e9}\u{e9}\",\"name\":\"z\",\"description\":[1,2]}\t]",
         "[{\"id\":\"e1\",\"name\":\"n\",\"description\":\"a\\nb \\\"c\\\" \\u00e9\\ud83d\\ude00\",\"x\":[\"\\t\"]},\
-         {\"id\":\"e2\",\"name\":\"n\",\"description\":\"\\u0000\\/\\\\\",\"y\":{\"\\u0069d\":1}}]",
+         {\"id\":\"e2\",\"name\":\"n\",\"description\":\"\\u0001\\/\\\\\",\"y\":{\"\\u0069d\":1}}]",
         "[{\"id\":0,\"name\":\"a\",\"f\":false},{\"id\":\"b\",\"name\":\"c\",\"d\":{\"e\":{\"f\":[[[0.25]]]}}}]",
     ];
 
@@ -1512,6 +1600,10 @@ mod tests {
             assert_eq!(result, scan_spans(&input), "split invariance on {:?}", String::from_utf8_lossy(&input));
             // Byte by byte, no item is ever whole in a chunk: the state machine alone.
             assert_eq!(result, scan_bytewise(&input), "fast path on {:?}", String::from_utf8_lossy(&input));
+            // Reporting item issues, too: the same whatever the chunking.
+            let issues = scan_issues_split(&input, cut);
+            assert_eq!(issues, scan_issues_bytewise(&input), "issues on {:?}", String::from_utf8_lossy(&input));
+            assert_eq!(issues, scan_issues_split(&input, 0), "issues on {:?}", String::from_utf8_lossy(&input));
             if let Ok((summary, spans)) = result {
                 accepted += 1;
                 let parsed: Vec<serde_json::Map<String, serde_json::Value>> = serde_json::from_slice(&input)
@@ -1527,5 +1619,116 @@ mod tests {
             }
         }
         assert!(accepted > 100, "too few mutants accepted ({accepted}) to mean anything");
+    }
+
+    /// Scans with item issues reported, cut at `cut` (and whole when `cut` is 0).
+    type IssueScan = Result<(Summary, Vec<ItemSpan>, Vec<ItemIssue>), ScanError>;
+
+    fn scan_issues_split(input: &[u8], cut: usize) -> IssueScan {
+        let (mut spans, mut issues) = (Vec::new(), Vec::new());
+        let mut scanner = BodyScanner::reporting_item_issues(Limits::DEFAULT);
+        for part in [&input[..cut], &input[cut..]] {
+            scanner.feed(part, |span| spans.push(span))?;
+            issues.extend(scanner.take_item_issues());
+        }
+        Ok((scanner.finish()?, spans, issues))
+    }
+
+    fn scan_issues_bytewise(input: &[u8]) -> IssueScan {
+        let (mut spans, mut issues) = (Vec::new(), Vec::new());
+        let mut scanner = BodyScanner::reporting_item_issues(Limits::DEFAULT);
+        for byte in input {
+            scanner.feed(std::slice::from_ref(byte), |span| spans.push(span))?;
+            issues.extend(scanner.take_item_issues());
+        }
+        Ok((scanner.finish()?, spans, issues))
+    }
+
+    /// Issues (with their item index and kind) of a body that must be accepted, checked to
+    /// be the same whatever the chunking.
+    fn issues_of(input: &str) -> Vec<(u64, ErrorKind)> {
+        let input = input.as_bytes();
+        let whole = scan_issues_split(input, 0);
+        for cut in 0..=input.len() {
+            assert_eq!(scan_issues_split(input, cut), whole, "split at {cut} of {:?}", String::from_utf8_lossy(input));
+        }
+        assert_eq!(scan_issues_bytewise(input), whole, "bytewise {:?}", String::from_utf8_lossy(input));
+        let (summary, spans, issues) = whole.unwrap_or_else(|error| panic!("refused: {error}"));
+        assert_eq!(spans.len() as u64, summary.items, "every item keeps its span");
+        issues.into_iter().map(|issue| (issue.index, issue.kind)).collect()
+    }
+
+    fn at(index: u64, field: Field) -> Path {
+        Path { index, field: Some(field) }
+    }
+
+    #[test]
+    fn a_nul_escape_is_refused_in_any_string() {
+        for body in [
+            r#"[{"id":"1","name":"a\u0000b"}]"#,
+            r#"[{"id":"1","name":"n","description":"\u0000"}]"#,
+            r#"[{"id":"1","name":"n","tags":["x",{"k":"\u0000"}]}]"#,
+            r#"[{"id":"1","name":"n","k\u0000":1}]"#,
+        ] {
+            assert_eq!(error(body.as_bytes()).class(), ErrorClass::Shape, "{body}");
+        }
+        assert_eq!(
+            error(br#"[{"id":"1","name":"a\u0000b"}]"#).kind,
+            ErrorKind::NulCharacter { path: at(0, Field::Name) }
+        );
+        // In an id it is a control character, as before.
+        assert_eq!(error(br#"[{"id":"\u0000","name":"n"}]"#).kind, ErrorKind::ControlInId { index: 0 });
+        // Other escapes are still fine.
+        assert!(scan(br#"[{"id":"1","name":"a\u0001b","x":"\u0020"}]"#).is_ok());
+    }
+
+    #[test]
+    fn item_issues_are_reported_and_the_body_goes_on() {
+        let long_name = "n".repeat(201);
+        let body = format!(
+            r#"[{{"id":"ok1","name":"fine"}},
+                {{"id":"a","name":"a\u0000b"}},
+                {{"id":"b","name":"n","description":"x\u0000","price":1e400}},
+                {{"id":"c","name":"{long_name}"}},
+                {{"id":"d","name":"  "}},
+                {{"id":"e"}},
+                {{"id":1.5,"name":5,"name":"again"}},
+                {{"id":"f","name":"n","w":1e400,"w2":"\u0000\u0000"}},
+                {{"id":"ok2","name":"fine"}}]"#
+        );
+        assert_eq!(
+            issues_of(&body),
+            vec![
+                (1, ErrorKind::NulCharacter { path: at(1, Field::Name) }),
+                (2, ErrorKind::NulCharacter { path: at(2, Field::Description) }),
+                (2, ErrorKind::NumberOutOfRange),
+                (3, ErrorKind::TooLong { path: Some(at(3, Field::Name)), max: 200 }),
+                (4, ErrorKind::Blank { path: at(4, Field::Name) }),
+                (5, ErrorKind::Missing { index: 5, field: Field::Name }),
+                (6, ErrorKind::IdNotInteger { index: 6 }),
+                (6, ErrorKind::WrongType { path: at(6, Field::Name), expected: "a string", found: b'5' }),
+                (6, ErrorKind::Repeated { index: 6, field: Field::Name }),
+                (7, ErrorKind::NumberOutOfRange),
+                (7, ErrorKind::NulCharacter { path: Path { index: 7, field: None } }),
+            ]
+        );
+    }
+
+    #[test]
+    fn item_issues_name_the_member_by_its_key() {
+        let body = br#"[{"id":"1","name":"n","weight":1e400}]"#;
+        let (_, _, issues) = scan_issues_split(body, 0).expect("accepted");
+        let member = issues[0].member.expect("in a member") as usize;
+        assert_eq!(&body[member..member + 8], br#""weight""#);
+        assert!(issues[0].offset as usize > member);
+    }
+
+    #[test]
+    fn body_errors_still_stop_a_scanner_reporting_item_issues() {
+        for body in [&br#"[{"id":"1","name":"a\u0000b"},]"#[..], br#"[{"id":"1","name":"n"} x"#, br#"[1]"#] {
+            assert!(scan_issues_split(body, 0).is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
+        let deep = format!(r#"[{{"id":"1","name":"n","x":{}1{}}}]"#, "[".repeat(70), "]".repeat(70));
+        assert!(matches!(scan_issues_split(deep.as_bytes(), 0), Err(ScanError { kind: ErrorKind::TooDeep { .. }, .. })));
     }
 }
