@@ -136,7 +136,8 @@ impl SortKey {
             (KeyKind::Id, _) if text.is_empty() => Some(Self::Id),
             (KeyKind::NullableInt, Some(("n", ""))) => Some(Self::Null),
             (KeyKind::Int | KeyKind::NullableInt, Some(("i", digits))) => digits.parse().ok().map(Self::Int),
-            (KeyKind::Text, Some(("s", value))) => Some(Self::Text(value.to_string())),
+            // No NUL: the database could not compare it (Postgres refuses it in text).
+            (KeyKind::Text, Some(("s", value))) if !value.contains('\0') => Some(Self::Text(value.to_string())),
             _ => None,
         }
     }

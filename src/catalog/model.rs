@@ -84,8 +84,17 @@ impl From<InvalidField> for AppError {
     }
 }
 
+/// Text the database can store: Postgres refuses the NUL character in text (and jsonb).
+pub fn no_nul(field: &'static str, value: &str) -> Result<(), InvalidField> {
+    if value.contains('\0') {
+        return Err(InvalidField::new(field, "must not contain the NUL character (\\u0000)"));
+    }
+    Ok(())
+}
+
 /// Checks a name; returns it trimmed.
 pub fn valid_name(name: &str) -> Result<String, InvalidField> {
+    no_nul("name", name)?;
     let name = name.trim();
     if name.is_empty() {
         return Err(InvalidField::new("name", "must not be empty"));
@@ -97,6 +106,7 @@ pub fn valid_name(name: &str) -> Result<String, InvalidField> {
 }
 
 pub fn valid_description(description: &str) -> Result<String, InvalidField> {
+    no_nul("description", description)?;
     if description.chars().count() > DESCRIPTION_MAX {
         return Err(InvalidField::new("description", format!("must be at most {DESCRIPTION_MAX} characters")));
     }
@@ -123,11 +133,25 @@ pub fn valid_attributes(attributes: &serde_json::Value) -> Result<String, Invali
     if !attributes.is_object() {
         return Err(InvalidField::new("attributes", "must be a JSON object"));
     }
+    if holds_nul(attributes) {
+        return Err(InvalidField::new("attributes", "must not contain the NUL character (\\u0000) in a key or string"));
+    }
     let text = attributes.to_string();
     if text.len() > ATTRIBUTES_MAX_BYTES {
         return Err(InvalidField::new("attributes", format!("must be at most {ATTRIBUTES_MAX_BYTES} bytes of JSON")));
     }
     Ok(text)
+}
+
+/// Whether a key or string anywhere in `value` holds a NUL.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(values) => values.iter().any(holds_nul),
+        Value::Object(members) => members.iter().any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -146,5 +170,9 @@ mod tests {
         assert!(valid_sku(&"s".repeat(SKU_MAX + 1)).is_err());
         assert!(valid_attributes(&serde_json::json!([1])).is_err());
         assert!(valid_attributes(&serde_json::json!({"color": "red"})).is_ok());
+        assert_eq!(valid_name("a\u{0}b").map_err(|invalid| invalid.field), Err("name"));
+        assert_eq!(valid_description("\u{0}").map_err(|invalid| invalid.field), Err("description"));
+        assert!(valid_attributes(&serde_json::json!({"tags": ["x", "a\u{0}"]})).is_err());
+        assert!(valid_attributes(&serde_json::json!({"k\u{0}": 1})).is_err());
     }
 }

@@ -63,6 +63,15 @@ pub enum InvalidItem {
     Field { sku: String, field: InvalidField },
 }
 
+impl InvalidItem {
+    /// The refused field and why.
+    pub fn invalid_field(&self) -> &InvalidField {
+        match self {
+            Self::Sku(field) | Self::Field { field, .. } => field,
+        }
+    }
+}
+
 impl From<InvalidItem> for AppError {
     fn from(invalid: InvalidItem) -> Self {
         AppError::bad_input(invalid.to_string())
@@ -385,6 +394,7 @@ pub async fn get(db: &impl ConnectionTrait, id: i64) -> AppResult<ProductRow> {
 fn filtered(filter: &ProductFilter) -> AppResult<Select<product::Entity>> {
     let mut select = product::Entity::find();
     if let Some(search) = filter.search.as_deref().map(str::trim).filter(|search| !search.is_empty()) {
+        model::no_nul("search", search)?;
         if search.chars().count() > SEARCH_MAX {
             return Err(AppError::bad_input(format!("`search` must be at most {SEARCH_MAX} characters")));
         }
@@ -396,6 +406,7 @@ fn filtered(filter: &ProductFilter) -> AppResult<Select<product::Entity>> {
             select.filter(Condition::any().add(Expr::expr(name).like(pattern())).add(Expr::expr(sku).like(pattern())));
     }
     if let Some(sku) = &filter.sku {
+        model::no_nul("sku", sku)?;
         select = select.filter(Column::Sku.eq(sku.trim()));
     }
     Ok(select)

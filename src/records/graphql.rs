@@ -13,6 +13,7 @@ use super::{
     model::{Customer, Purchase, PurchaseStatus, Record},
     purchases::{self, CustomerPage, NewPurchase, PurchaseOrderField},
     record::{self, NewRecord, RecordChanges, RecordOrderField},
+    validate,
 };
 use crate::{
     dates::DateTimeInput,
@@ -418,7 +419,10 @@ impl RecordsQuery {
         let page =
             Page::new(PageArgs { first, after, last, before }, state.page_max, order.field.ordering(order.direction))?;
         let filter = filter.unwrap_or_default();
-        let filter = customers::CustomerFilter { active: filter.active, search: filter.search };
+        let filter = customers::CustomerFilter {
+            active: filter.active,
+            search: validate::filter_text("search", filter.search)?,
+        };
         let rows = customers::list(&state.db, &filter, &page, order.field).await?;
         let db = state.db.clone();
         let totals = Totals::new(move || async move { customers::count(&db, &filter).await });
@@ -466,9 +470,9 @@ impl RecordsQuery {
             Page::new(PageArgs { first, after, last, before }, state.page_max, order.field.ordering(order.direction))?;
         let filter = filter.unwrap_or_default();
         let filter = record::RecordFilter {
-            artist: filter.artist,
-            title: filter.title,
-            genre: filter.genre,
+            artist: validate::filter_text("artist", filter.artist)?,
+            title: validate::filter_text("title", filter.title)?,
+            genre: validate::filter_text("genre", filter.genre)?,
             release_year: filter.release_year,
             in_stock: filter.in_stock,
         };

@@ -38,6 +38,7 @@ pub fn text(field: &str, value: &str) -> AppResult<String> {
 /// `local@domain`, a dotted domain of letters, digits and hyphens, no spaces or quotes.
 /// Uniqueness is decided on its folded form.
 pub fn email(value: &str) -> AppResult<String> {
+    no_nul("email", value)?;
     let value = value.trim();
     let invalid = || AppError::bad_input(format!("`{value}` is not a valid e-mail address"));
     if value.is_empty() || value.len() > MAX_EMAIL {
@@ -60,6 +61,23 @@ pub fn email(value: &str) -> AppResult<String> {
                 && label.chars().all(|c| c.is_alphanumeric() || c == '-')
         });
     if local_ok && domain_ok { Ok(value.to_string()) } else { Err(invalid()) }
+}
+
+/// Text the database can store and compare: Postgres refuses the NUL character in text.
+pub fn no_nul(field: &str, value: &str) -> AppResult<()> {
+    if value.contains('\0') {
+        return Err(AppError::bad_input(format!("`{field}` must not contain the NUL character (\\u0000)")));
+    }
+    Ok(())
+}
+
+/// An optional filter value (a search term, an artist…): compared in the database, so
+/// checked by [`no_nul`].
+pub fn filter_text(field: &str, value: Option<String>) -> AppResult<Option<String>> {
+    if let Some(text) = &value {
+        no_nul(field, text)?;
+    }
+    Ok(value)
 }
 
 /// Release years from [`FIRST_RELEASE_YEAR`] to next year (announced releases).
