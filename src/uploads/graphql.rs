@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 
-use async_graphql::{Context, Enum, ID, InputObject, Object, SchemaBuilder, SimpleObject, Subscription};
+use async_graphql::{ComplexObject, Context, Enum, ID, InputObject, Object, SchemaBuilder, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt as _};
 
 use super::{
     Uploads,
-    model::{self, ItemRejection, UploadOrderField, UploadRecord},
+    model::{self, ErrorPolicy, ItemError, UploadOrderField, UploadRecord},
     progress_topic,
 };
 use crate::{
@@ -58,25 +58,40 @@ impl UploadStatus {
     }
 }
 
-/// An item of an upload that the catalog refused (the other items were ingested).
+/// One error of one uploaded item: which item, which of its fields, why, and what the
+/// upload's `errorPolicy` made of the item.
 #[derive(Debug, Clone, SimpleObject)]
-pub struct UploadItemRejection {
+pub struct UploadItemError {
     /// Position of the item in the uploaded array, from 0.
     pub index: i64,
-    /// The item's sku, as uploaded.
+    /// The item's `id` as uploaded ("" when it has none).
     pub sku: String,
-    /// Why the catalog refused the item.
+    /// The item's field as named in the body (`id`, `name`, `description` or another
+    /// key), `attributes` for its other fields taken together; "" for errors recorded
+    /// before fields were.
+    pub field: String,
+    /// Why the field was refused, in words.
     pub reason: String,
+    /// True when the item was ingested without this field (`IGNORE_FAILED`); false when
+    /// the item was skipped (or, under `REJECT_EVERYTHING`, nothing was ingested).
+    pub kept: bool,
 }
 
-impl From<ItemRejection> for UploadItemRejection {
-    fn from(rejection: ItemRejection) -> Self {
-        Self { index: i64::try_from(rejection.index).unwrap_or(i64::MAX), sku: rejection.sku, reason: rejection.reason }
+impl From<ItemError> for UploadItemError {
+    fn from(error: ItemError) -> Self {
+        Self {
+            index: i64::try_from(error.index).unwrap_or(i64::MAX),
+            sku: error.sku,
+            field: error.field,
+            reason: error.reason,
+            kept: error.kept,
+        }
     }
 }
 
 /// A bulk product upload (`POST /v1/products`) and its ingestion.
 #[derive(Debug, Clone, SimpleObject)]
+#[graphql(complex)]
 pub struct Upload {
     /// The upload's global id (opaque; `node(id:)` refetches it). `POST /v1/products`
     /// answers it as `node_id`, beside its own numeric `upload_id`.
@@ -95,10 +110,14 @@ pub struct Upload {
     pub items_total: i64,
     /// Products processed so far (committed).
     pub items_done: i64,
-    /// Items the catalog refused; they were skipped.
-    pub items_rejected: i64,
-    /// The first refused items and why (at most 20).
-    pub rejections: Vec<UploadItemRejection>,
+    /// How items with errors are handled (chosen with `?errorPolicy=` or the
+    /// `Emporium-Error-Policy` header of `POST /v1/products`).
+    pub error_policy: ErrorPolicy,
+    /// Items with at least one error so far: skipped, or under `IGNORE_FAILED` perhaps
+    /// ingested without their invalid fields (see `itemErrors`).
+    pub items_failed: i64,
+    /// The first item errors (at most 20), in body order.
+    pub item_errors: Vec<UploadItemError>,
     /// Products this upload created.
     pub products_created: i64,
     /// Existing products this upload changed.
@@ -115,7 +134,8 @@ pub struct Upload {
 
 impl From<UploadRecord> for Upload {
     fn from(record: UploadRecord) -> Self {
-        let rejections = record.rejection_list().into_iter().map(UploadItemRejection::from).collect();
+        let item_errors = record.item_errors().into_iter().map(UploadItemError::from).collect();
+        let error_policy = record.error_policy();
         Self {
             id: global_id::of::<Upload>(record.id),
             row_id: record.id,
@@ -124,8 +144,9 @@ impl From<UploadRecord> for Upload {
             digest: record.digest,
             items_total: record.items_total,
             items_done: record.items_done,
-            items_rejected: record.items_rejected,
-            rejections,
+            error_policy,
+            items_failed: record.items_rejected,
+            item_errors,
             products_created: record.products_created,
             products_updated: record.products_updated,
             error: record.error,
@@ -133,6 +154,21 @@ impl From<UploadRecord> for Upload {
             updated_at: to_datetime(record.updated_at),
             finished_at: record.finished_at.map(to_datetime),
         }
+    }
+}
+
+#[ComplexObject]
+impl Upload {
+    /// The former name of `itemsFailed`.
+    #[graphql(deprecation = "Use `itemsFailed`.")]
+    async fn items_rejected(&self) -> i64 {
+        self.items_failed
+    }
+
+    /// The former name of `itemErrors`.
+    #[graphql(deprecation = "Use `itemErrors`, which also names each error's field.")]
+    async fn rejections(&self) -> &[UploadItemError] {
+        &self.item_errors
     }
 }
 

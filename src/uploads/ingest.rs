@@ -7,26 +7,28 @@
 //! transaction with the upload's progress (`items_done`), guarded by the progress it
 //! started from: a re-run after a crash skips the items already committed and resumes
 //! with the next batch, and a second runner of the same job cannot apply a batch twice.
-//! Items the catalog refuses (rare: the scanner applies its limits already) are skipped
-//! and reported on the upload, the rest are ingested.
+//! Items with errors (the scanner's item issues, the catalog's checks) are handled by the
+//! upload's error policy ([`items::check`]) and reported on the upload; the rest are
+//! ingested. Under `REJECT_EVERYTHING` a first pass checks every item before anything is
+//! written (the edge refused what it could see; this catches what only the catalog sees).
 
-use std::{io, time::Instant};
+use std::{collections::VecDeque, io, time::Instant};
 
 use bytes::Bytes;
 use futures::{StreamExt as _, TryStreamExt as _, stream::BoxStream};
 use object_store::{GetResultPayload, ObjectStoreExt as _, path::Path};
 use sea_orm::TransactionTrait as _;
-use serde_json::{Map, Value};
-use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::{
-    IngestJob, Uploads, model,
-    model::{BatchProgress, ItemRejection, REJECTIONS_KEPT, UploadRecord},
+    IngestJob, Uploads, items, model,
+    model::{BatchProgress, ErrorPolicy, ITEM_ERRORS_KEPT, ItemError, UploadRecord},
     publish_progress,
-    scan::{BodyScanner, ItemSpan, SyntaxError},
+    scan::{BodyScanner, ItemIssue, ItemSpan, SyntaxError},
 };
 use crate::{
     catalog::{self, ProductUpsert},
+    error::AppError,
     jobs::{JobContext, JobError},
 };
 
@@ -49,8 +51,13 @@ impl From<sea_orm::DbErr> for Failure {
     }
 }
 
-fn app_error(error: crate::error::AppError) -> Failure {
-    Failure::Retry(anyhow::anyhow!("{}: {}", error.code(), error.message()))
+/// An error of the catalog or the uploads' model: an internal one keeps its whole chain
+/// (the database's own message), which is what the upload stores and the log shows.
+fn app_error(error: AppError) -> Failure {
+    match error {
+        AppError::Internal(error) => Failure::Retry(error),
+        other => Failure::Retry(anyhow::anyhow!("{}: {}", other.code(), other.message())),
+    }
 }
 
 /// The job handler.
@@ -62,6 +69,13 @@ pub async fn run(state: Uploads, ctx: JobContext, job: IngestJob) -> Result<(), 
             Err(JobError::Permanent(reason))
         }
         Err(Failure::Retry(error)) => {
+            tracing::warn!(
+                upload_id = job.upload_id,
+                attempt = ctx.attempt,
+                max_attempts = ctx.max_attempts,
+                error = format!("{error:#}"),
+                "an ingestion attempt failed"
+            );
             if ctx.attempt >= ctx.max_attempts {
                 mark_failed(&state, job.upload_id, &format!("{error:#}")).await;
             }
@@ -90,16 +104,12 @@ async fn ingest(state: &Uploads, id: i64) -> Result<(), Failure> {
         tracing::info!(upload_id = id, items_done = skip, "resuming an interrupted ingestion");
     }
 
-    let spool = open_spool(state, &upload.spool_key).await?;
+    if upload.error_policy() == ErrorPolicy::RejectEverything && skip == 0 && refuse_everything(state, &upload).await? {
+        return Ok(());
+    }
+
     // The next batch is read and decoded while the current one commits.
-    let (batches, mut ready) = tokio::sync::mpsc::channel(1);
-    let reader = Reader {
-        skip,
-        items_total: upload.items_total,
-        batch_size: usize::from(state.config.upload_batch_size),
-        rejections: upload.rejection_list(),
-    };
-    tokio::spawn(reader.run(spool, batches));
+    let mut ready = start_reader(state, &upload, false).await?;
     let mut complete = false;
     while let Some(read) = ready.recv().await {
         let batch = match read? {
@@ -129,11 +139,64 @@ async fn ingest(state: &Uploads, id: i64) -> Result<(), Failure> {
         items = finished.items_total,
         created = finished.products_created,
         updated = finished.products_updated,
-        rejected = finished.items_rejected,
+        failed = finished.items_rejected,
         seconds = started.elapsed().as_secs_f64(),
         "upload ingested"
     );
     Ok(())
+}
+
+/// Reads the spool from the upload's progress on, in a task of its own; `check_only`
+/// keeps no upserts and sends only the last batch (with the counts of the whole body).
+async fn start_reader(
+    state: &Uploads,
+    upload: &UploadRecord,
+    check_only: bool,
+) -> Result<Receiver<ReadBatch>, Failure> {
+    let spool = open_spool(state, &upload.spool_key).await?;
+    let (batches, ready) = tokio::sync::mpsc::channel(1);
+    let reader = Reader {
+        skip: u64::try_from(upload.items_done).unwrap_or(0),
+        items_total: upload.items_total,
+        batch_size: usize::from(state.config.upload_batch_size),
+        policy: upload.error_policy(),
+        check_only,
+        item_errors: upload.item_errors(),
+    };
+    tokio::spawn(reader.run(spool, batches));
+    Ok(ready)
+}
+
+/// `REJECT_EVERYTHING`: checks every item before anything is written; when some have
+/// errors, ends the upload failed with them, nothing ingested, and returns true.
+async fn refuse_everything(state: &Uploads, upload: &UploadRecord) -> Result<bool, Failure> {
+    let mut ready = start_reader(state, upload, true).await?;
+    let mut checked = None;
+    while let Some(read) = ready.recv().await {
+        if let Read::Last(batch) = read? {
+            checked = Some(batch);
+        }
+    }
+    let checked = checked.ok_or_else(|| Failure::Retry(anyhow::anyhow!("checking the spooled body stopped early")))?;
+    if checked.failed == 0 {
+        return Ok(false);
+    }
+    let errors = checked.item_errors.unwrap_or_default();
+    let first = errors
+        .first()
+        .map(|error| format!(" (the first: item {} `{}`: {})", error.index, error.field, error.reason))
+        .unwrap_or_default();
+    let reason = format!(
+        "{} of {} items have errors{first}; with errorPolicy REJECT_EVERYTHING nothing was ingested",
+        checked.failed, upload.items_total
+    );
+    tracing::warn!(upload_id = upload.id, failed = checked.failed, reason, "upload refused whole");
+    match model::reject_everything(&state.db, upload.id, checked.failed, &errors, &reason).await.map_err(app_error)? {
+        Some(finished) => publish_progress(state, &finished).await,
+        None => return Err(Failure::Retry(anyhow::anyhow!("upload {} changed state while it was checked", upload.id))),
+    }
+    super::receive::delete_spool_later(state, &upload.spool_key);
+    Ok(true)
 }
 
 /// The spooled body as a stream of chunks; large reads when it is a local file.
@@ -160,8 +223,11 @@ struct Reader {
     /// Items in the accepted body: the spool must hold as many.
     items_total: i64,
     batch_size: usize,
-    /// The upload's kept rejections so far.
-    rejections: Vec<ItemRejection>,
+    policy: ErrorPolicy,
+    /// Only count and report the items' errors: no upserts, one batch at the end.
+    check_only: bool,
+    /// The upload's kept item errors so far.
+    item_errors: Vec<ItemError>,
 }
 
 /// What the reader sends: full batches, then the last one (maybe empty) once the whole
@@ -190,6 +256,8 @@ impl Reader {
         let mut buffer: Vec<u8> = Vec::new();
         let mut buffer_start: u64 = 0;
         let mut spans: Vec<ItemSpan> = Vec::new();
+        // Issues of items whose span has not closed yet, in body order.
+        let mut issues: VecDeque<ItemIssue> = VecDeque::new();
         let mut batch = Batch::default();
         while let Some(chunk) = spool.next().await {
             // A read of the spool failed (storage down, connection cut): retry later.
@@ -197,7 +265,10 @@ impl Reader {
             buffer.extend_from_slice(&chunk);
             spans.clear();
             scanner.feed(&chunk, |span| spans.push(span)).map_err(no_longer_valid)?;
+            issues.extend(scanner.take_item_issues());
             for span in &spans {
+                let of_item = issues.iter().take_while(|issue| issue.index == span.index).count();
+                let item_issues: Vec<ItemIssue> = issues.drain(..of_item).collect();
                 if span.index < self.skip {
                     continue;
                 }
@@ -206,8 +277,8 @@ impl Reader {
                 let bytes = buffer
                     .get(start..end)
                     .ok_or_else(|| Failure::Retry(anyhow::anyhow!("item span outside the read buffer")))?;
-                self.add(&mut batch, span.index, bytes)?;
-                let full = batch.items >= self.batch_size || batch.bytes >= BATCH_MAX_BYTES;
+                self.add(&mut batch, span, bytes, &item_issues)?;
+                let full = !self.check_only && (batch.items >= self.batch_size || batch.bytes >= BATCH_MAX_BYTES);
                 if full && batches.send(Ok(Read::Batch(std::mem::take(&mut batch)))).await.is_err() {
                     // The receiver is gone: its commit failed, and it reports why.
                     return Ok(());
@@ -230,22 +301,25 @@ impl Reader {
         Ok(())
     }
 
-    fn add(&mut self, batch: &mut Batch, index: u64, bytes: &[u8]) -> Result<(), Failure> {
-        let fields: Map<String, Value> = serde_json::from_slice(bytes).map_err(|error| {
+    fn add(&mut self, batch: &mut Batch, span: &ItemSpan, bytes: &[u8], issues: &[ItemIssue]) -> Result<(), Failure> {
+        let index = span.index;
+        let checked = items::check(bytes, span.start, issues, self.policy).map_err(|error| {
             Failure::Permanent(format!("item {index} of the spooled body does not decode: {error}"))
         })?;
-        let upsert = to_upsert(fields);
         batch.items += 1;
         batch.bytes += bytes.len();
-        match catalog::validate_upsert(&upsert) {
-            Ok(()) => batch.upserts.push(upsert),
-            Err(reason) => {
-                batch.rejected += 1;
-                if self.rejections.len() < REJECTIONS_KEPT {
-                    self.rejections.push(ItemRejection { index, sku: upsert.sku, reason: reason.to_string() });
-                    batch.rejections = Some(self.rejections.clone());
-                }
+        if !checked.errors.is_empty() {
+            batch.failed += 1;
+            let room = ITEM_ERRORS_KEPT.saturating_sub(self.item_errors.len());
+            if room > 0 {
+                self.item_errors.extend(checked.item_errors(index).take(room));
+                batch.item_errors = Some(self.item_errors.clone());
             }
+        }
+        if let Some(upsert) = checked.upsert
+            && !self.check_only
+        {
+            batch.upserts.push(upsert);
         }
         Ok(())
     }
@@ -262,33 +336,10 @@ struct Batch {
     /// Items in this batch, refused ones included.
     items: usize,
     bytes: usize,
-    rejected: i64,
-    /// The upload's kept rejections after this batch, when the batch added some.
-    rejections: Option<Vec<ItemRejection>>,
-}
-
-/// An item as the catalog's upsert: `id` → sku, `name`, a string `description`, and every
-/// other field (a non-string description included) in `attributes`.
-fn to_upsert(mut fields: Map<String, Value>) -> ProductUpsert {
-    let sku = match fields.remove("id") {
-        Some(Value::String(text)) => text,
-        Some(other) => other.to_string(),
-        None => String::new(),
-    };
-    let name = match fields.remove("name") {
-        Some(Value::String(text)) => text,
-        _ => String::new(),
-    };
-    let description = match fields.remove("description") {
-        Some(Value::String(text)) => Some(text),
-        Some(Value::Null) | None => None,
-        Some(other) => {
-            fields.insert("description".into(), other);
-            None
-        }
-    };
-    let attributes = (!fields.is_empty()).then_some(Value::Object(fields));
-    ProductUpsert { sku, name, description, attributes }
+    /// Items of this batch with an error.
+    failed: i64,
+    /// The upload's kept item errors after this batch, when the batch added some.
+    item_errors: Option<Vec<ItemError>>,
 }
 
 /// Upserts the batch and advances the upload's progress in one transaction.
@@ -301,10 +352,10 @@ async fn commit(state: &Uploads, upload: &UploadRecord, batch: Batch) -> Result<
     };
     let progress = BatchProgress {
         items: i64::try_from(batch.items).unwrap_or(i64::MAX),
-        rejected: batch.rejected,
+        failed: batch.failed,
         created: outcome.created,
         updated: outcome.updated,
-        rejections: batch.rejections,
+        item_errors: batch.item_errors,
     };
     let Some(advanced) = model::advance(&txn, upload.id, upload.items_done, &progress).await.map_err(app_error)? else {
         txn.rollback().await?;
@@ -316,35 +367,4 @@ async fn commit(state: &Uploads, upload: &UploadRecord, batch: Batch) -> Result<
     txn.commit().await?;
     publish_progress(state, &advanced).await;
     Ok(advanced)
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    fn upsert(value: Value) -> ProductUpsert {
-        let Value::Object(fields) = value else { panic!("object") };
-        to_upsert(fields)
-    }
-
-    #[test]
-    fn items_map_to_upserts_keeping_every_field() {
-        let item = upsert(json!({"id": "123", "name": "mesa", "description": "de pinho", "price": 10, "tags": ["a"]}));
-        assert_eq!(item.sku, "123");
-        assert_eq!(item.name, "mesa");
-        assert_eq!(item.description.as_deref(), Some("de pinho"));
-        assert_eq!(item.attributes, Some(json!({"price": 10, "tags": ["a"]})));
-
-        let item = upsert(json!({"id": 42, "name": "cadeira"}));
-        assert_eq!(item.sku, "42");
-        assert_eq!(item.description, None);
-        assert_eq!(item.attributes, None);
-
-        let item = upsert(json!({"id": -7, "name": "x", "description": {"long": "text"}}));
-        assert_eq!(item.sku, "-7");
-        assert_eq!(item.description, None);
-        assert_eq!(item.attributes, Some(json!({"description": {"long": "text"}})));
-    }
 }

@@ -18,6 +18,7 @@ pub mod entity;
 mod graphql;
 mod http;
 mod ingest;
+mod items;
 pub mod model;
 mod receive;
 pub mod scan;

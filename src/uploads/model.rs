@@ -31,23 +31,91 @@ impl UploadRecord {
 
 /// The columns of [`UploadRecord`], for the raw statement's `RETURNING`.
 const COLUMNS: &str = "id, status, digest, bytes, items_total, items_done, items_rejected, rejections, \
-                       products_created, products_updated, spool_key, job_id, error, created_at, updated_at, finished_at";
+                       products_created, products_updated, spool_key, job_id, error, created_at, updated_at, \
+                       finished_at, error_policy";
 
-/// Rejected items kept per upload (the count covers all of them).
-pub const REJECTIONS_KEPT: usize = 20;
+/// Item errors kept per upload (`itemsFailed` counts every failed item).
+pub const ITEM_ERRORS_KEPT: usize = 20;
 
-/// An item the catalog refused, and why.
+/// What an upload does with items that have errors (Saleor's bulk mutations' policies).
+/// Stored with the upload, so any node ingests it the same way.
+#[derive(async_graphql::Enum, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[graphql(name = "UploadErrorPolicy")]
+pub enum ErrorPolicy {
+    /// Nothing is ingested if any item has an error: `POST /v1/products` answers 400 at
+    /// the first item with an error it finds while the body streams in.
+    RejectEverything,
+    /// Items with an error are skipped, the others ingested (the default).
+    #[default]
+    RejectFailedRows,
+    /// What is valid of an item is kept: an invalid optional field (`description`, or
+    /// another field than `id` and `name`) is dropped and the item ingested without it;
+    /// an item whose `id` or `name` is invalid is still skipped.
+    IgnoreFailed,
+}
+
+impl ErrorPolicy {
+    pub const ALL: [ErrorPolicy; 3] = [Self::RejectEverything, Self::RejectFailedRows, Self::IgnoreFailed];
+
+    /// The name clients use (`?errorPolicy=`, the `Emporium-Error-Policy` header, GraphQL).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RejectEverything => "REJECT_EVERYTHING",
+            Self::RejectFailedRows => "REJECT_FAILED_ROWS",
+            Self::IgnoreFailed => "IGNORE_FAILED",
+        }
+    }
+
+    /// Parses a client's value (case-insensitive).
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|policy| policy.name().eq_ignore_ascii_case(value.trim()))
+    }
+
+    pub fn as_stored(self) -> &'static str {
+        match self {
+            Self::RejectEverything => "reject_everything",
+            Self::RejectFailedRows => "reject_failed_rows",
+            Self::IgnoreFailed => "ignore_failed",
+        }
+    }
+
+    /// Unknown values (none are written) read as the default.
+    pub fn from_stored(stored: &str) -> Self {
+        Self::ALL.into_iter().find(|policy| policy.as_stored() == stored).unwrap_or_default()
+    }
+}
+
+impl Serialize for ErrorPolicy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// One error of one item: which item, which of its fields, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ItemRejection {
+pub struct ItemError {
     /// Position in the body's array, from 0.
     pub index: u64,
+    /// The item's `id` as uploaded ("" when it has none).
     pub sku: String,
+    /// The item's field as named in the body (`id`, `name`, `description`, another key);
+    /// `attributes` for its other fields taken together. Errors stored before fields were
+    /// recorded have "".
+    #[serde(default)]
+    pub field: String,
     pub reason: String,
+    /// The item was ingested without this field (`IGNORE_FAILED`); false: it was skipped.
+    #[serde(default)]
+    pub kept: bool,
 }
 
 impl UploadRecord {
-    pub fn rejection_list(&self) -> Vec<ItemRejection> {
+    pub fn item_errors(&self) -> Vec<ItemError> {
         self.rejections.as_deref().and_then(|text| serde_json::from_str(text).ok()).unwrap_or_default()
+    }
+
+    pub fn error_policy(&self) -> ErrorPolicy {
+        ErrorPolicy::from_stored(&self.error_policy)
     }
 }
 
@@ -55,11 +123,12 @@ impl UploadRecord {
 #[derive(Debug, Default)]
 pub struct BatchProgress {
     pub items: i64,
-    pub rejected: i64,
+    /// Items of the batch with an error.
+    pub failed: i64,
     pub created: u64,
     pub updated: u64,
-    /// The kept rejections after this batch, when the batch added some.
-    pub rejections: Option<Vec<ItemRejection>>,
+    /// The kept item errors after this batch, when the batch added some.
+    pub item_errors: Option<Vec<ItemError>>,
 }
 
 /// Inserts a queued upload and returns its id.
@@ -72,8 +141,10 @@ pub async fn insert(
     items_total: u64,
     spool_key: &str,
     accepted_at: i64,
+    policy: ErrorPolicy,
 ) -> AppResult<i64> {
     let row = upload::ActiveModel {
+        error_policy: Set(policy.as_stored().to_string()),
         status: Set(QUEUED.to_string()),
         digest: Set(digest.to_string()),
         bytes: Set(i64::try_from(bytes).unwrap_or(i64::MAX)),
@@ -198,11 +269,11 @@ pub async fn advance(
     expected_done: i64,
     batch: &BatchProgress,
 ) -> AppResult<Option<UploadRecord>> {
-    let rejections = batch.rejections.as_ref().map(|list| serde_json::to_string(list).unwrap_or_default());
+    let item_errors = batch.item_errors.as_ref().map(|list| serde_json::to_string(list).unwrap_or_default());
     let counter = |column: Column, by: i64| Expr::col(column).add(by);
     let mut update = upload::Entity::update_many()
         .col_expr(Column::ItemsDone, counter(Column::ItemsDone, batch.items))
-        .col_expr(Column::ItemsRejected, counter(Column::ItemsRejected, batch.rejected))
+        .col_expr(Column::ItemsRejected, counter(Column::ItemsRejected, batch.failed))
         .col_expr(
             Column::ProductsCreated,
             counter(Column::ProductsCreated, i64::try_from(batch.created).unwrap_or(i64::MAX)),
@@ -212,8 +283,8 @@ pub async fn advance(
             counter(Column::ProductsUpdated, i64::try_from(batch.updated).unwrap_or(i64::MAX)),
         )
         .col_expr(Column::UpdatedAt, Expr::value(now_ms()));
-    if let Some(rejections) = rejections {
-        update = update.col_expr(Column::Rejections, Expr::value(rejections));
+    if let Some(item_errors) = item_errors {
+        update = update.col_expr(Column::Rejections, Expr::value(item_errors));
     }
     let updated = update
         .filter(Column::Id.eq(id))
@@ -235,6 +306,33 @@ pub async fn finish(conn: &impl ConnectionTrait, id: i64, error: Option<&str>) -
         .col_expr(Column::UpdatedAt, Expr::value(now))
         .filter(Column::Id.eq(id))
         .filter(Column::Status.is_in([QUEUED, INGESTING]))
+        .exec_with_returning(conn)
+        .await?;
+    Ok(updated.into_iter().next())
+}
+
+/// Ends an upload that `REJECT_EVERYTHING` refuses after its check found `failed` items
+/// with errors (the first of them in `item_errors`): `failed`, nothing ingested, every
+/// item examined.
+pub async fn reject_everything(
+    conn: &impl ConnectionTrait,
+    id: i64,
+    failed: i64,
+    item_errors: &[ItemError],
+    reason: &str,
+) -> AppResult<Option<UploadRecord>> {
+    let now = now_ms();
+    let updated = upload::Entity::update_many()
+        .col_expr(Column::Status, Expr::value(FAILED))
+        .col_expr(Column::Error, Expr::value(reason))
+        .col_expr(Column::ItemsDone, Expr::col(Column::ItemsTotal))
+        .col_expr(Column::ItemsRejected, Expr::value(failed))
+        .col_expr(Column::Rejections, Expr::value(serde_json::to_string(item_errors).unwrap_or_default()))
+        .col_expr(Column::FinishedAt, Expr::value(now))
+        .col_expr(Column::UpdatedAt, Expr::value(now))
+        .filter(Column::Id.eq(id))
+        .filter(Column::ItemsDone.eq(0))
+        .filter(Column::Status.eq(INGESTING))
         .exec_with_returning(conn)
         .await?;
     Ok(updated.into_iter().next())

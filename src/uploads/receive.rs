@@ -6,7 +6,10 @@
 //! Memory per upload is bounded by the writer's blocks (or parts) in flight and the few
 //! chunks queued for the scan, whatever the body size: the body is never held whole.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use axum::{body::Body, http::HeaderMap};
 use bytes::Bytes;
@@ -16,8 +19,9 @@ use sea_orm::TransactionTrait as _;
 use serde::Serialize;
 
 use super::{
-    INGEST_JOB, IngestJob, Uploads, model,
-    scan::{BodyScanner, Summary, SyntaxError},
+    INGEST_JOB, IngestJob, Uploads, items,
+    model::{self, ErrorPolicy, ITEM_ERRORS_KEPT, ItemError},
+    scan::{BodyScanner, ItemIssue, ItemSpan, Summary, SyntaxError},
     window::{Duplicate, Verdict},
 };
 use crate::{db::duration_ms, error::AppError, global_id, jobs::NewJob, storage::ObjectWriter};
@@ -33,6 +37,8 @@ pub const SPOOL_PREFIX: &str = "uploads";
 pub enum Rejection {
     /// Not an acceptable JSON array of products: 400 with the position and reason.
     Invalid(SyntaxError),
+    /// `REJECT_EVERYTHING` and an item with errors (all of them here): 400.
+    Items(Vec<ItemError>),
     /// Everything else: too large (413), duplicate (403), dependency down (503), ….
     App(AppError),
 }
@@ -49,6 +55,18 @@ pub struct Received {
     pub digest: String,
     pub summary: Summary,
     pub spool_key: String,
+    pub policy: ErrorPolicy,
+    /// Items with errors found while the body streamed in.
+    pub items: EdgeReport,
+}
+
+/// The items with errors that the scan found while the body streamed in (ingestion, with
+/// the catalog's checks too, has the final word).
+#[derive(Debug, Default)]
+pub struct EdgeReport {
+    pub items_failed: u64,
+    /// The first [`ITEM_ERRORS_KEPT`].
+    pub item_errors: Vec<ItemError>,
 }
 
 /// The answer to an accepted upload (`200 {"upload_id": …, "status": "queued"}`).
@@ -63,10 +81,22 @@ pub struct Accepted {
     pub bytes: u64,
     pub items: u64,
     pub digest: String,
+    /// How items with errors are handled (`REJECT_FAILED_ROWS` unless the request said).
+    pub error_policy: ErrorPolicy,
+    /// Items with errors found while the body streamed in; the upload's own `items_failed`
+    /// (`GET /v1/uploads/{id}`) is the final count.
+    pub items_failed: u64,
+    /// The first of their errors.
+    pub item_errors: Vec<ItemError>,
 }
 
 /// Streams `body` once: hashing, validating and spooling it.
-pub async fn receive(state: &Uploads, headers: &HeaderMap, body: Body) -> Result<Received, Rejection> {
+pub async fn receive(
+    state: &Uploads,
+    headers: &HeaderMap,
+    body: Body,
+    policy: ErrorPolicy,
+) -> Result<Received, Rejection> {
     let config = &state.config;
     let max = config.max_upload_bytes;
     if let Some(encoding) = headers.get(axum::http::header::CONTENT_ENCODING) {
@@ -100,7 +130,7 @@ pub async fn receive(state: &Uploads, headers: &HeaderMap, body: Body) -> Result
     let started = Instant::now();
     let spool_key = format!("{SPOOL_PREFIX}/{}.json", uuid::Uuid::new_v4().simple());
     let mut spool: Option<ObjectWriter> = None;
-    let mut scan = BackgroundScan::start();
+    let mut scan = BackgroundScan::start(policy);
     let mut hasher = blake3::Hasher::new();
     let mut received: u64 = 0;
     let receiving = async {
@@ -167,18 +197,18 @@ pub async fn receive(state: &Uploads, headers: &HeaderMap, body: Body) -> Result
     };
 
     let summary = match outcome {
-        Ok(()) => scan.finish().await.map_err(Rejection::App).and_then(|scanned| scanned.map_err(Rejection::Invalid)),
+        Ok(()) => scan.finish().await.map_err(Rejection::App).and_then(|scanned| scanned),
         Err(rejection) => Err(rejection),
     };
-    let summary = match summary {
-        Ok(summary) => summary,
+    let (summary, items) = match summary {
+        Ok(scanned) => scanned,
         Err(rejection) => {
             if let Some(spool) = spool
                 && let Err(error) = spool.abort().await
             {
                 tracing::warn!(error = %error, "aborting a spool failed");
             }
-            if matches!(rejection, Rejection::Invalid(_)) {
+            if matches!(rejection, Rejection::Invalid(_) | Rejection::Items(_)) {
                 // The client may still be sending: read (and drop) the rest up to the
                 // size limit so it can read our answer; the answer does not wait for it.
                 spawn_drain(stream, max.saturating_sub(received), config.upload_idle_timeout);
@@ -191,7 +221,7 @@ pub async fn receive(state: &Uploads, headers: &HeaderMap, body: Body) -> Result
     spool.finish().await.map_err(storage_failed)?;
     metrics::histogram!("emporium_upload_receive_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("emporium_upload_received_bytes_total").increment(summary.bytes);
-    Ok(Received { digest: hasher.finalize().to_hex().to_string(), summary, spool_key })
+    Ok(Received { digest: hasher.finalize().to_hex().to_string(), summary, spool_key, policy, items })
 }
 
 /// The body's scan, on a blocking thread of its own beside the request's task (which
@@ -204,8 +234,11 @@ struct BackgroundScan {
     batches: tokio::sync::mpsc::Sender<Vec<Bytes>>,
     batch: Vec<Bytes>,
     batch_bytes: usize,
-    result: tokio::task::JoinHandle<Result<Summary, SyntaxError>>,
+    result: tokio::task::JoinHandle<Scanned>,
 }
+
+/// The scan's verdict: the body's summary and the items with errors, or why it is refused.
+type Scanned = Result<(Summary, EdgeReport), Rejection>;
 
 impl BackgroundScan {
     const BATCH_BYTES: usize = 1024 * 1024;
@@ -214,16 +247,18 @@ impl BackgroundScan {
     /// Batches waiting before the request's task waits for the scan.
     const QUEUED_BATCHES: usize = 2;
 
-    fn start() -> Self {
+    fn start(policy: ErrorPolicy) -> Self {
         let (batches, mut queued) = tokio::sync::mpsc::channel::<Vec<Bytes>>(Self::QUEUED_BATCHES);
         let result = tokio::task::spawn_blocking(move || {
             let mut scanner = BodyScanner::new();
+            let mut items = EdgeItems::new(policy);
             while let Some(batch) = queued.blocking_recv() {
                 for chunk in batch {
-                    scanner.feed(&chunk, |_| {})?;
+                    items.scan(&mut scanner, chunk)?;
                 }
             }
-            scanner.finish()
+            let summary = scanner.finish().map_err(Rejection::Invalid)?;
+            Ok((summary, items.report))
         });
         Self { batches, batch: Vec::new(), batch_bytes: 0, result }
     }
@@ -250,11 +285,83 @@ impl BackgroundScan {
     }
 
     /// Declares the end of the body: the scan's verdict on it.
-    async fn finish(mut self) -> Result<Result<Summary, SyntaxError>, AppError> {
+    async fn finish(mut self) -> Result<Scanned, AppError> {
         // Refused only when the scan already stopped, and then its result says why.
         self.flush().await;
         drop(self.batches);
         self.result.await.map_err(|error| AppError::Internal(anyhow::anyhow!("scanning the body failed: {error}")))
+    }
+}
+
+/// The items' side of the scan: the chunks holding the open item are kept (shared, not
+/// copied), so that an item with issues can be described (its sku, the fields) once it
+/// closes. `REJECT_EVERYTHING` stops at the first such item.
+struct EdgeItems {
+    policy: ErrorPolicy,
+    /// Chunks from the open item's `{` on, each with its offset in the body.
+    kept: VecDeque<(u64, Bytes)>,
+    spans: Vec<ItemSpan>,
+    /// Issues of items not closed yet, in body order.
+    issues: VecDeque<ItemIssue>,
+    report: EdgeReport,
+}
+
+impl EdgeItems {
+    fn new(policy: ErrorPolicy) -> Self {
+        Self {
+            policy,
+            kept: VecDeque::new(),
+            spans: Vec::new(),
+            issues: VecDeque::new(),
+            report: EdgeReport::default(),
+        }
+    }
+
+    fn scan(&mut self, scanner: &mut BodyScanner, chunk: Bytes) -> Result<(), Rejection> {
+        let offset = scanner.offset();
+        let spans = &mut self.spans;
+        spans.clear();
+        scanner.feed(&chunk, |span| spans.push(span)).map_err(Rejection::Invalid)?;
+        self.kept.push_back((offset, chunk));
+        self.issues.extend(scanner.take_item_issues());
+        if !self.issues.is_empty() {
+            for span in std::mem::take(&mut self.spans) {
+                let of_item = self.issues.iter().take_while(|issue| issue.index == span.index).count();
+                if of_item == 0 {
+                    continue;
+                }
+                let issues: Vec<ItemIssue> = self.issues.drain(..of_item).collect();
+                let errors = items::describe(&self.item_bytes(&span), span.start, span.index, &issues, self.policy);
+                if self.policy == ErrorPolicy::RejectEverything {
+                    return Err(Rejection::Items(errors));
+                }
+                self.report.items_failed += 1;
+                let room = ITEM_ERRORS_KEPT.saturating_sub(self.report.item_errors.len());
+                self.report.item_errors.extend(errors.into_iter().take(room));
+            }
+        }
+        let keep_from = scanner.open_item_start().unwrap_or(scanner.offset());
+        while self.kept.front().is_some_and(|(start, chunk)| start + chunk.len() as u64 <= keep_from) {
+            self.kept.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The bytes of an item that closed in the last chunk, from the kept chunks.
+    fn item_bytes(&self, span: &ItemSpan) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(usize::try_from(span.end - span.start).unwrap_or(0));
+        for (start, chunk) in &self.kept {
+            let end = start + chunk.len() as u64;
+            if end <= span.start || *start >= span.end {
+                continue;
+            }
+            let from = usize::try_from(span.start.max(*start) - start).unwrap_or(0);
+            let to = usize::try_from(span.end.min(end) - start).unwrap_or(0);
+            if let Some(part) = chunk.get(from..to) {
+                bytes.extend_from_slice(part);
+            }
+        }
+        bytes
     }
 }
 
@@ -339,6 +446,9 @@ pub async fn accept(state: &Uploads, received: Received) -> Result<Accepted, Rej
             bytes: received.summary.bytes,
             items: received.summary.items,
             digest: received.digest,
+            error_policy: received.policy,
+            items_failed: received.items.items_failed,
+            item_errors: received.items.item_errors,
         })
     });
     match task.await {
@@ -367,7 +477,8 @@ async fn commit(state: &Uploads, received: &Received) -> Result<Committed, AppEr
     let txn = state.db.begin().await?;
     model::lock_digest(&txn, &received.digest).await?;
     let (bytes, items) = (received.summary.bytes, received.summary.items);
-    let id = model::insert(&txn, &received.digest, bytes, items, &received.spool_key, accepted_at).await?;
+    let id =
+        model::insert(&txn, &received.digest, bytes, items, &received.spool_key, accepted_at, received.policy).await?;
     let since = accepted_at - window + 1;
     if let Some((of, of_at)) = model::accepted_since(&txn, &received.digest, since, id).await? {
         txn.rollback().await?;

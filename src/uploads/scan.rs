@@ -1,9 +1,11 @@
 //! The upload body's scan: the [`jsonscan`] crate's streaming validator (one JSON array of
 //! product objects, checked chunk by chunk, item spans and the first error out) with the
-//! service's limits. The character limits are the catalog's, so a body that passes here
-//! is one the catalog takes; the others keep memory flat and items small.
+//! service's limits. The character limits are the catalog's; the others keep memory flat
+//! and items small. Problems confined to one item (a NUL, a number beyond f64, a field
+//! over its limit, a missing name…) are item issues, reported while the scan goes on: the
+//! upload's error policy decides what becomes of the item. Anything else refuses the body.
 
-pub use jsonscan::{ItemSpan, Limits, ScanError as SyntaxError, Summary};
+pub use jsonscan::{ErrorKind, ItemIssue, ItemSpan, Limits, ScanError as SyntaxError, Summary};
 
 use crate::catalog::model as catalog;
 
@@ -17,9 +19,9 @@ pub const LIMITS: Limits = Limits {
     max_number_chars: 1000,
 };
 
-/// A scanner for an upload body.
+/// A scanner for an upload body, reporting item issues.
 pub fn scanner() -> BodyScanner {
-    BodyScanner(jsonscan::BodyScanner::new(LIMITS))
+    BodyScanner(jsonscan::BodyScanner::reporting_item_issues(LIMITS))
 }
 
 /// [`jsonscan::BodyScanner`] with [`LIMITS`], as the uploads (and bench/helpers) use it.
@@ -41,6 +43,11 @@ impl BodyScanner {
     /// error every later call returns the same error.
     pub fn feed<F: FnMut(ItemSpan)>(&mut self, chunk: &[u8], on_item: F) -> Result<(), SyntaxError> {
         self.0.feed(chunk, on_item)
+    }
+
+    /// The item issues found since the last call, in body order.
+    pub fn take_item_issues(&mut self) -> Vec<ItemIssue> {
+        self.0.take_item_issues()
     }
 
     /// Declares the end of the body: the summary when it was one complete array.

@@ -15,4 +15,5 @@ mod nodes;
 mod paging;
 mod records;
 mod schema_docs;
+mod upload_items;
 mod uploads;

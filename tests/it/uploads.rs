@@ -330,12 +330,9 @@ async fn bad_inputs_get_their_status_and_nothing_is_lost() {
     let cases: Vec<(&str, Vec<u8>, u64, &str)> = vec![
         ("truncated JSON", br#"[{"id": "keep-1", "name": "chang"#.to_vec(), 32, "unexpected end"),
         ("object instead of array", br#"{"id": "keep-1", "name": "changed"}"#.to_vec(), 0, "must be a JSON array"),
-        ("item without id", br#"[{"name": "changed"}]"#.to_vec(), 19, "has no \"id\""),
-        ("boolean id", br#"[{"id": true, "name": "changed"}]"#.to_vec(), 8, "string or an integer"),
-        ("fractional id", br#"[{"id": 1.5, "name": "changed"}]"#.to_vec(), 9, "fraction"),
-        ("object id", br#"[{"id": {"v": 1}, "name": "changed"}]"#.to_vec(), 8, "found an object"),
-        ("null id", br#"[{"id": null, "name": "changed"}]"#.to_vec(), 8, "found null"),
-        ("100 MB name", huge_name, 24 + 200, "longer than 200 characters"),
+        // A name over its limit is an item's problem, but this item also passes the size
+        // of an item (128 KiB), which refuses the body.
+        ("100 MB name", huge_name, 1 + 128 * 1024, "larger than"),
         ("100 MB field", huge_field, 1 + 128 * 1024, "larger than"),
         ("deep nesting", deep.into_bytes(), 31 + 62, "nesting deeper"),
         ("invalid UTF-8", b"[{\"id\": \"keep-1\", \"name\": \"chang\xe9d\"}]".to_vec(), 33, "invalid UTF-8"),
@@ -353,6 +350,30 @@ async fn bad_inputs_get_their_status_and_nothing_is_lost() {
             assert!(error["reason"].as_str().is_some_and(|r| r.contains(reason)), "{what}: {error}");
             assert!(error["line"].as_u64().is_some() && error["column"].as_u64().is_some(), "{what}");
         }
+    }
+
+    // Problems of one item refuse the body under REJECT_EVERYTHING (under the other
+    // policies they cost the item: tests/it/upload_items.rs), naming the item and field.
+    let item_cases: Vec<(&str, &[u8], &str, &str)> = vec![
+        ("item without id", br#"[{"name": "changed"}]"#, "id", "missing"),
+        ("boolean id", br#"[{"id": true, "name": "changed"}]"#, "id", "string or an integer"),
+        ("fractional id", br#"[{"id": 1.5, "name": "changed"}]"#, "id", "fraction"),
+        ("object id", br#"[{"id": {"v": 1}, "name": "changed"}]"#, "id", "found an object"),
+        ("null id", br#"[{"id": null, "name": "changed"}]"#, "id", "found null"),
+    ];
+    for (what, body, field, reason) in item_cases {
+        let answer = app
+            .http
+            .post(format!("{base}/v1/products?errorPolicy=REJECT_EVERYTHING"))
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(answer.status(), 400, "{what}");
+        let answer: Value = answer.json().await.expect("json");
+        let error = &answer["error"]["item_errors"][0];
+        assert_eq!((error["index"].as_u64(), error["field"].as_str()), (Some(0), Some(field)), "{what}: {answer}");
+        assert!(error["reason"].as_str().is_some_and(|r| r.contains(reason)), "{what}: {answer}");
     }
 
     // Compressed bodies are refused outright, even when declared.
@@ -487,7 +508,7 @@ async fn progress_over_rest_graphql_and_subscription() {
 
     let data = app
         .gql_ok(
-            "query($id: ID!) { upload(id: $id) { status bytes digest itemsTotal itemsDone itemsRejected error createdAt finishedAt }
+            "query($id: ID!) { upload(id: $id) { status bytes digest itemsTotal itemsDone itemsFailed error createdAt finishedAt }
                uploads(first: 10) { totalCount nodes { id status } } }",
             json!({ "id": node_id }),
         )
@@ -495,7 +516,7 @@ async fn progress_over_rest_graphql_and_subscription() {
     let upload = &data["upload"];
     assert_eq!(upload["status"], "SUCCEEDED");
     assert_eq!(upload["itemsDone"], 2400);
-    assert_eq!(upload["itemsRejected"], 0);
+    assert_eq!(upload["itemsFailed"], 0);
     assert_eq!(upload["digest"], queued["digest"]);
     assert!(upload["finishedAt"].is_string() && upload["error"].is_null());
     assert_eq!(data["uploads"]["totalCount"], 1);
@@ -568,8 +589,8 @@ async fn ingestion_resumes_after_the_last_committed_batch_and_reruns_change_noth
     app.stop().await;
 }
 
-/// Items the catalog refuses (a name that is blank once trimmed of Unicode spaces) are
-/// skipped and reported; the others are ingested.
+/// Items the catalog refuses (a name that is blank once trimmed of Unicode spaces, which
+/// the scan does not see) are skipped and reported; the others are ingested.
 #[tokio::test]
 async fn items_the_catalog_refuses_are_skipped_and_reported() {
     let env = TestEnv::new().await;
@@ -582,10 +603,11 @@ async fn items_the_catalog_refuses_are_skipped_and_reported() {
     let upload = finished(&app.http, &base, &id, Duration::from_secs(30)).await;
     assert_eq!(upload["status"], "succeeded");
     assert_eq!(upload["items_done"], 3);
-    assert_eq!(upload["items_rejected"], 1);
-    assert_eq!(upload["rejections"][0]["index"], 1);
-    assert_eq!(upload["rejections"][0]["sku"], "bad-1");
-    assert!(upload["rejections"][0]["reason"].as_str().is_some_and(|r| r.contains("name")), "{upload:#}");
+    assert_eq!(upload["items_failed"], 1);
+    assert_eq!(upload["item_errors"][0]["index"], 1);
+    assert_eq!(upload["item_errors"][0]["sku"], "bad-1");
+    assert_eq!(upload["item_errors"][0]["field"], "name");
+    assert!(upload["item_errors"][0]["reason"].as_str().is_some_and(|r| r.contains("empty")), "{upload:#}");
     let db = env.db().await;
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM products").await, 2);
     app.stop().await;

@@ -16,8 +16,9 @@ pub struct Model {
     pub bytes: i64,
     pub items_total: i64,
     pub items_done: i64,
+    /// Items with an error (the API's `itemsFailed`).
     pub items_rejected: i64,
-    /// The first few rejection reasons, as a JSON array.
+    /// The first few item errors, as a JSON array (the API's `itemErrors`).
     #[sea_orm(column_type = "Text", nullable)]
     pub rejections: Option<String>,
     pub products_created: i64,
@@ -29,6 +30,9 @@ pub struct Model {
     pub created_at: i64,
     pub updated_at: i64,
     pub finished_at: Option<i64>,
+    /// How failing items are handled (`ErrorPolicy::as_stored`).
+    #[sea_orm(column_type = "String(StringLen::N(24))")]
+    pub error_policy: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
