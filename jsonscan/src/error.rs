@@ -229,9 +229,7 @@ impl ErrorKind {
             ControlInId { .. } => "must not contain control characters".into(),
             IdNotInteger { .. } => "must be a string or an integer, found a number with a fraction or exponent".into(),
             IdOutOfRange { .. } => "is not an integer in the 64-bit range (send long ids as strings)".into(),
-            NulCharacter { .. } => {
-                "must not contain the NUL character (\\u0000): the database cannot store it".into()
-            }
+            NulCharacter { .. } => "must not contain the NUL character (\\u0000): the database cannot store it".into(),
             TooLong { max, .. } => format!("is longer than {max} characters"),
             NumberOutOfRange => "holds a number beyond a 64-bit float's range".into(),
             other => other.to_string(),

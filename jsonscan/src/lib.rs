@@ -1729,6 +1729,9 @@ mod tests {
             assert!(scan_issues_split(body, 0).is_err(), "{:?}", String::from_utf8_lossy(body));
         }
         let deep = format!(r#"[{{"id":"1","name":"n","x":{}1{}}}]"#, "[".repeat(70), "]".repeat(70));
-        assert!(matches!(scan_issues_split(deep.as_bytes(), 0), Err(ScanError { kind: ErrorKind::TooDeep { .. }, .. })));
+        assert!(matches!(
+            scan_issues_split(deep.as_bytes(), 0),
+            Err(ScanError { kind: ErrorKind::TooDeep { .. }, .. })
+        ));
     }
 }
