@@ -117,6 +117,16 @@ async fn a_nul_in_one_name_costs_only_that_item() {
     assert_eq!(upload["itemErrors"][0]["index"], 1000);
     assert_eq!(upload["itemErrors"][0]["sku"], "nul-bad");
     assert_eq!(upload["itemErrors"][0]["field"], "name");
+
+    // Item errors never excuse broken JSON: under any policy the body is refused whole.
+    for policy in ["REJECT_FAILED_ROWS", "IGNORE_FAILED", "REJECT_EVERYTHING"] {
+        let truncated = br#"[{"id":"cut-1","name":"fine"},{"id":"cut-2","name":"a\u0000"#.to_vec();
+        let answer = post(&app, "", Some(policy), truncated).await;
+        assert_eq!(answer.status, 400, "{policy}: {:?}", answer.body);
+        let reason = answer.body["error"]["reason"].as_str().unwrap_or("");
+        assert!(reason.contains("unexpected end"), "{policy}: {:?}", answer.body);
+    }
+    assert_eq!(count(&env, "SELECT COUNT(*) FROM uploads").await, 1);
     app.stop().await;
 }
 
