@@ -38,11 +38,7 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(IntakeNotices::Table)
                     .col(
-                        ColumnDef::new(IntakeNotices::Sequence)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
+                        ColumnDef::new(IntakeNotices::Sequence).big_integer().not_null().auto_increment().primary_key(),
                     )
                     .col(ColumnDef::new(IntakeNotices::IntakeMessageId).big_integer().not_null())
                     // The client's own id of the message (not unique).

@@ -143,7 +143,10 @@ impl NoticeRead {
         let limit = match limit {
             None => DEFAULT_LIMIT,
             Some(text) => text.parse::<u64>().ok().filter(|limit| (1..=max).contains(limit)).ok_or_else(|| {
-                AppError::bad_input(format!("`limit` must be an integer from 1 to {max}, not `{}`", text.escape_default()))
+                AppError::bad_input(format!(
+                    "`limit` must be an integer from 1 to {max}, not `{}`",
+                    text.escape_default()
+                ))
             })?,
         };
         Ok(Self { after, limit })

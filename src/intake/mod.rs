@@ -75,7 +75,7 @@ pub use graphql::{
 };
 pub use http::routes;
 pub use model::{IntakeStatus, NOTICES_TOPIC, Notice, NoticesStored};
-pub use process::{STORE_KIND, object_path, reconcile};
+pub use process::{NOTICE_ORDER_LOCK_KEY, STORE_KIND, object_path, reconcile};
 pub use read::health;
 
 use std::{sync::Arc, time::Duration};

@@ -1,8 +1,8 @@
 //! What the intake pipeline stores: a message row from `queued` to `stored` or `failed`,
 //! and the notice recorded when a message is stored.
 
-use async_graphql::Enum;
 use super::entity::{intake_message, intake_notice};
+use async_graphql::Enum;
 use serde::{Deserialize, Serialize};
 
 /// Where a message is in the pipeline.

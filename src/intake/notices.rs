@@ -67,8 +67,7 @@ pub async fn list(db: &impl ConnectionTrait, page: &Page) -> AppResult<Vec<Notic
 }
 
 pub async fn count(db: &impl ConnectionTrait) -> AppResult<i64> {
-    let count =
-        intake_notice::Entity::find().select_only().expr(Func::count(Expr::col(Asterisk))).into_tuple::<i64>();
+    let count = intake_notice::Entity::find().select_only().expr(Func::count(Expr::col(Asterisk))).into_tuple::<i64>();
     Ok(count.one(db).await?.unwrap_or(0))
 }
 

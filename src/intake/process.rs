@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use futures::StreamExt as _;
 use object_store::path::{Path, PathPart};
 use sea_orm::{
-    ColumnTrait as _, ConnectionTrait as _, DbBackend, DerivePartialModel, EntityTrait as _, FromQueryResult,
-    JoinType, QueryFilter as _, QueryOrder as _, QuerySelect as _, TransactionTrait as _,
+    ColumnTrait as _, ConnectionTrait as _, DbBackend, DerivePartialModel, EntityTrait as _, FromQueryResult, JoinType,
+    QueryFilter as _, QueryOrder as _, QuerySelect as _, TransactionTrait as _,
     sea_query::{Expr, ExprTrait as _, Query},
 };
 use serde::{Deserialize, Serialize};
@@ -213,8 +213,8 @@ async fn write_in_order(
 }
 
 /// Any number; store transactions on Postgres take it (transaction-scoped) before they
-/// insert notices.
-const NOTICE_ORDER_LOCK_KEY: i64 = 0x696e_7461_6b65_5f6e; // "intake_n"
+/// insert notices (see [`mark_stored`]).
+pub const NOTICE_ORDER_LOCK_KEY: i64 = 0x696e_7461_6b65_5f6e; // "intake_n"
 
 /// Notices per insert statement (7 values each), well inside both backends' parameter limits.
 const NOTICES_PER_INSERT: usize = 500;
