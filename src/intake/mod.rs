@@ -74,7 +74,7 @@ pub use graphql::{
     IntakeMessage, IntakeMutation, IntakeNotice, IntakeQuery, IntakeSubscription, messages_by_row, notices_by_row,
 };
 pub use http::routes;
-pub use model::{IntakeStatus, NOTICES_TOPIC, Notice, NoticesStored};
+pub use model::{IntakeStatus, Notice};
 pub use process::{NOTICE_ORDER_LOCK_KEY, STORE_KIND, object_path, reconcile};
 pub use read::health;
 

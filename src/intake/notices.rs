@@ -28,7 +28,7 @@ const FOLLOW_BATCH: u64 = 500;
 
 /// How often a follower reads the table without a wake-up: the safety net for a lost
 /// event (Redis down or restarting, a subscriber that lagged behind the bus).
-const RECHECK_EVERY: Duration = Duration::from_secs(2);
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// What intake notices can be ordered by (`IntakeNoticeOrder.field`).
 #[derive(async_graphql::Enum, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]

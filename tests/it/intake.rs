@@ -1338,3 +1338,48 @@ async fn on_postgres_notices_wait_for_the_notice_lock_so_they_commit_in_sequence
     assert_eq!(queue[0]["intake_message_id"], ids[0]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_notice_whose_wake_up_event_was_lost_still_reaches_subscribers() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
+    let ids = submit(
+        &app.http,
+        &app.url(""),
+        format!("[{}, {}]", message("S1", "romance", "1"), message("S2", "romance", "2")),
+    )
+    .await;
+    let db = env.db().await;
+    // A store that committed on a node that died before publishing: the row and its
+    // notice, and no event on the bus.
+    let store_silently = |id: i64| {
+        let db = &db;
+        async move {
+            db.execute_raw(stmt(
+                db,
+                "UPDATE intake_messages SET status = 'stored', bucket = 'romance', processed_at = 1 WHERE id = $1",
+                [id.into()],
+            ))
+            .await
+            .unwrap();
+            db.execute_raw(stmt(
+                db,
+                "INSERT INTO intake_notices (intake_message_id, title, genre, bucket, object_name, stored_at)
+                 VALUES ($1, 'S', 'romance', 'romance', 'S.json', 1)",
+                [id.into()],
+            ))
+            .await
+            .unwrap();
+        }
+    };
+    store_silently(ids[0]).await;
+    let query = format!("subscription {{ intakeProcessed(fromStart: true) {{ {NOTICE_FIELDS} }} }}");
+    let mut subscriber = Subscriber::start(app.addr, &query).await;
+    let first = subscriber.next_notice(Duration::from_secs(30)).await.expect("the replay");
+    assert_eq!(first["intakeMessageId"], message_id(ids[0]));
+    // The subscriber is live now; only its periodic re-read can find this one.
+    store_silently(ids[1]).await;
+    let second = subscriber.next_notice(Duration::from_secs(30)).await.expect("the periodic re-read finds it");
+    assert_eq!(second["intakeMessageId"], message_id(ids[1]));
+    app.stop().await;
+}
