@@ -127,8 +127,8 @@ impl IntakeNotice {
         self.0.sequence
     }
 
-    /// The notice's position as a cursor: pass it as `after` to `intakeNotices` or
-    /// `intakeProcessed` to go on after this notice.
+    /// The notice's position as a cursor of queue order: pass it as `after` to
+    /// `intakeProcessed`, or to `intakeNotices` in queue order, to go on after this notice.
     async fn cursor(&self) -> String {
         encode_cursor(&notices::queue_order(), &Cursor::by_id(self.0.sequence))
     }

@@ -1,9 +1,10 @@
 //! What the intake pipeline stores: a message row from `queued` to `stored` or `failed`,
 //! and the notice recorded when a message is stored.
 
-use super::entity::{intake_message, intake_notice};
 use async_graphql::Enum;
 use serde::{Deserialize, Serialize};
+
+use super::entity::{intake_message, intake_notice};
 
 /// Where a message is in the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]

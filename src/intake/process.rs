@@ -1,5 +1,6 @@
-//! Processing: the durable job that writes a batch of one genre's messages to its bucket,
-//! records their notices (the output queue), and the sweep that dead-letters messages whose job was lost.
+//! Processing: the durable job that writes a batch of one genre's messages to its bucket
+//! and records their notices (the output queue), and the sweep that dead-letters messages
+//! whose job was lost.
 
 use std::collections::{HashMap, HashSet};
 
