@@ -5,6 +5,8 @@
 //! `sequence` is the queue position consumers read after (`WHERE sequence > cursor`); the
 //! writer makes notices commit in sequence order (see `src/intake/process.rs`). The
 //! notice keeps its own copy of what it announces, so reading the queue is one table.
+//! Messages stored before this migration get their notices here, in the order they were
+//! stored, so a consumer reading from the start sees every stored message.
 
 use sea_orm_migration::prelude::*;
 
@@ -67,7 +69,16 @@ impl MigrationTrait for Migration {
                     .unique()
                     .to_owned(),
             )
-            .await
+            .await?;
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "INSERT INTO intake_notices (intake_message_id, message_id, title, genre, bucket, object_name, stored_at)
+                 SELECT id, message_id, title, genre, bucket, object_name, processed_at FROM intake_messages
+                 WHERE status = 'stored' ORDER BY processed_at, id",
+            )
+            .await?;
+        Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

@@ -1383,3 +1383,26 @@ async fn a_notice_whose_wake_up_event_was_lost_still_reaches_subscribers() {
     assert_eq!(second["intakeMessageId"], message_id(ids[1]));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn messages_stored_before_the_notices_migration_get_their_notices_from_it() {
+    use migration::MigratorTrait as _;
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let db = env.db().await;
+    let ids = submit_and_settle(&app, &db, "earlier", 6).await;
+    app.stop().await;
+    // Back to the schema before the notices (the last migration), with the messages stored.
+    migration::Migrator::down(&db, Some(1)).await.expect("migration down");
+    let gone = db.query_one_raw(stmt(&db, "SELECT COUNT(*) AS n FROM intake_notices", [])).await;
+    assert!(gone.is_err(), "the notices migration is the last one, and its table is gone");
+
+    migration::Migrator::up(&db, None).await.expect("migration up");
+    assert_eq!(notice_census(&db).await, (6, 6, 0, 0), "notices, once, missing, stray");
+    let app = TestApp::spawn(&env).await;
+    let queue = read_queue(&app.http, &app.url(""), 0, 100).await;
+    let mut announced: Vec<i64> = queue.iter().map(|notice| notice["intake_message_id"].as_i64().unwrap()).collect();
+    announced.sort_unstable();
+    assert_eq!(announced, ids);
+    app.stop().await;
+}
