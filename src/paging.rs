@@ -170,14 +170,14 @@ impl Cursor {
 }
 
 /// The opaque cursor text: base64url of `FIELD:DIRECTION:id:key`.
-fn encode_cursor(ordering: &Ordering, cursor: &Cursor) -> String {
+pub fn encode_cursor(ordering: &Ordering, cursor: &Cursor) -> String {
     let text = format!("{}:{}:{}:{}", ordering.field, ordering.direction.as_str(), cursor.id, cursor.key.encode());
     URL_SAFE_NO_PAD.encode(text)
 }
 
 /// Decodes a cursor for `ordering`; a malformed one, or one made for another ordering, is
 /// BAD_USER_INPUT (the latter naming the ordering it was made for).
-fn decode_cursor(text: &str, ordering: &Ordering) -> AppResult<Cursor> {
+pub fn decode_cursor(text: &str, ordering: &Ordering) -> AppResult<Cursor> {
     let malformed = || AppError::bad_input(format!("`{text}` is not a valid cursor"));
     let decoded =
         URL_SAFE_NO_PAD.decode(text).ok().and_then(|bytes| String::from_utf8(bytes).ok()).ok_or_else(malformed)?;

@@ -14,6 +14,7 @@ mod m20261121_000006_unfinished_jobs_index;
 mod m20261205_000007_paging_orders;
 mod m20261205_000008_upload_digest_index;
 mod m20261205_000009_upload_item_errors;
+mod m20261205_000010_intake_notices;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000007_paging_orders::Migration),
             Box::new(m20261205_000008_upload_digest_index::Migration),
             Box::new(m20261205_000009_upload_item_errors::Migration),
+            Box::new(m20261205_000010_intake_notices::Migration),
         ]
     }
 }

@@ -12,7 +12,7 @@ use crate::{
     catalog::graphql::{self as catalog, Offer, Product, ProductRegistration},
     error::{AppError, AppResult},
     global_id::{self, GlobalId},
-    intake::{self, IntakeMessage},
+    intake::{self, IntakeMessage, IntakeNotice},
     jobs::graphql::Job,
     records::{self, Customer, Purchase, Record},
     uploads::{self, Upload},
@@ -36,6 +36,7 @@ pub enum NodeObject {
     Purchase(Purchase),
     Upload(Upload),
     IntakeMessage(IntakeMessage),
+    IntakeNotice(IntakeNotice),
     Job(Job),
 }
 
@@ -112,6 +113,7 @@ async fn load_type(ctx: &Context<'_>, type_name: &str, rows: &[i64]) -> AppResul
         }
         name if is::<Upload>(name) => wrap(uploads::uploads_by_row(ctx, rows).await?, NodeObject::Upload),
         name if is::<IntakeMessage>(name) => wrap(intake::messages_by_row(ctx, rows).await?, NodeObject::IntakeMessage),
+        name if is::<IntakeNotice>(name) => wrap(intake::notices_by_row(ctx, rows).await?, NodeObject::IntakeNotice),
         name if is::<Job>(name) => {
             let jobs = state(ctx).shared.jobs.by_ids(rows).await?;
             jobs.into_iter().map(|job| (job.id, NodeObject::Job(Job::from(job)))).collect()

@@ -9,7 +9,8 @@ use futures::{Stream, StreamExt as _};
 use super::{
     Intake,
     config::genre_key,
-    model::{IntakeStatus, MessageRow, Notice, PROCESSED_TOPIC},
+    model::{IntakeStatus, MessageRow, Notice},
+    notices::{self, IntakeNoticeOrderField, Start},
     read::{self, IntakeMessageOrderField, MessageFilter},
     submit::{self, StandardMessage},
 };
@@ -18,7 +19,7 @@ use crate::{
     error::{AppError, AppResult},
     global_id,
     jobs::graphql::Job,
-    paging::{Cursor, OrderDirection, Page, PageArgs, Paged, Totals, connection},
+    paging::{Cursor, OrderDirection, Page, PageArgs, Paged, Totals, connection, decode_cursor, encode_cursor},
 };
 
 /// The intake's handle inside a resolver (every schema that serves is built with it).
@@ -105,19 +106,36 @@ impl IntakeMessage {
     }
 }
 
+#[derive(Clone)]
 pub struct IntakeNotice(Notice);
 
-/// The result notice of a stored message (the output queue).
+/// The result notice of a stored message: an entry of the durable output queue. Every
+/// stored message has exactly one, recorded in the transaction that stored it; the queue
+/// is read with `intakeNotices` (or `GET /v1/intake/notices`) and followed with
+/// `intakeProcessed`.
 #[Object]
 impl IntakeNotice {
-    /// The notice's own id (opaque; one notice per stored message): de-duplicate by it.
+    /// The notice's global id (opaque; one notice per stored message, never reused):
+    /// de-duplicate by it. `node(id:)` refetches it.
     pub async fn id(&self) -> ID {
-        global_id::of::<Self>(self.0.id)
+        global_id::of::<Self>(self.0.sequence)
+    }
+
+    /// The notice's position in the queue: notices are committed in this order, so
+    /// numbers only grow (some may be skipped). REST's `after` takes it.
+    async fn sequence(&self) -> i64 {
+        self.0.sequence
+    }
+
+    /// The notice's position as a cursor of queue order: pass it as `after` to
+    /// `intakeProcessed`, or to `intakeNotices` in queue order, to go on after this notice.
+    async fn cursor(&self) -> String {
+        encode_cursor(&notices::queue_order(), &Cursor::by_id(self.0.sequence))
     }
 
     /// The global id of the stored message (`IntakeMessage.id`).
     async fn intake_message_id(&self) -> ID {
-        global_id::of::<IntakeMessage>(self.0.id)
+        global_id::of::<IntakeMessage>(self.0.intake_message_id)
     }
 
     /// The client's own `id` field.
@@ -145,9 +163,9 @@ impl IntakeNotice {
         &self.0.object_name
     }
 
-    /// When the file was written.
+    /// When the file was written (and the notice recorded).
     async fn stored_at(&self) -> DateTime<Utc> {
-        to_datetime(self.0.processed_at)
+        to_datetime(self.0.stored_at)
     }
 }
 
@@ -206,6 +224,16 @@ pub struct IntakeMessageOrder {
     pub direction: OrderDirection,
 }
 
+/// How to order intake notices: `{field: SEQUENCE, direction: DESC}` is the newest first.
+#[derive(InputObject, Debug, Clone, Copy, Default)]
+pub struct IntakeNoticeOrder {
+    /// The field to order by.
+    pub field: IntakeNoticeOrderField,
+    /// ASC (queue order, oldest first) when omitted.
+    #[graphql(default)]
+    pub direction: OrderDirection,
+}
+
 #[derive(Default)]
 pub struct IntakeQuery;
 
@@ -240,6 +268,10 @@ impl IntakeQuery {
         #[graphql(desc = "Only submissions with exactly this client message id.")] message_id: Option<String>,
     ) -> async_graphql::Result<Paged<IntakeMessage>> {
         let state = state(ctx);
+        if message_id.as_deref().is_some_and(|id| id.contains('\0')) {
+            // Postgres cannot hold NUL in text, so no message has one: refused, not an internal error.
+            return Err(AppError::bad_input("`messageId` must not contain NUL (\\u0000)").into());
+        }
         let order = order_by.unwrap_or_default();
         let page =
             Page::new(PageArgs { first, after, last, before }, state.page_max, order.field.ordering(order.direction))?;
@@ -262,6 +294,44 @@ impl IntakeQuery {
         Ok(read::get(&state(ctx).db, id).await?.map(IntakeMessage))
     }
 
+    /// The output queue: one notice per stored message, in the order they were committed
+    /// (`sequence`) unless `orderBy` says otherwise. A consumer pages forward with
+    /// `first`/`after` from its last cursor and never misses a notice: one committed later
+    /// always comes after every cursor handed out before. `intakeProcessed(after:)`
+    /// follows the same queue live.
+    async fn intake_notices(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(desc = "Forward paging: the page size, 0 to PAGE_MAX (100 by default); 20 when neither \
+                          `first` nor `last` is given. Beyond that range, or together with `last`: BAD_USER_INPUT.")]
+        first: Option<i32>,
+        #[graphql(desc = "Forward paging: the notices after this cursor (the previous page's \
+                          `pageInfo.endCursor`, or a notice's `cursor`); from the start of the queue when omitted. \
+                          A malformed cursor, or one made for another `orderBy`, is BAD_USER_INPUT.")]
+        after: Option<String>,
+        #[graphql(desc = "Backward paging: the page size counted back from `before` (or from the end), 0 to \
+                          PAGE_MAX; the page's notices still come in the list's order. Beyond that range, or \
+                          together with `first`: BAD_USER_INPUT.")]
+        last: Option<i32>,
+        #[graphql(desc = "Backward paging: the notices before this cursor (the next page's \
+                          `pageInfo.startCursor`); up to the end when omitted. A malformed cursor, or one made for \
+                          another `orderBy`, is BAD_USER_INPUT.")]
+        before: Option<String>,
+        #[graphql(desc = "The list's order; queue order (`{field: SEQUENCE, direction: ASC}`) when omitted. \
+                          A cursor belongs to one ordering: after changing it, start again from the first page.")]
+        order_by: Option<IntakeNoticeOrder>,
+    ) -> async_graphql::Result<Paged<IntakeNotice>> {
+        let state = state(ctx);
+        let order = order_by.unwrap_or_default();
+        let page =
+            Page::new(PageArgs { first, after, last, before }, state.page_max, order.field.ordering(order.direction))?;
+        let rows = notices::list(&state.db, &page).await?;
+        let db = state.db.clone();
+        let totals = Totals::new(move || async move { notices::count(&db).await });
+        let notices = rows.into_iter().map(IntakeNotice).collect();
+        Ok(connection(notices, &page, |notice: &IntakeNotice| Cursor::by_id(notice.0.sequence), totals))
+    }
+
     /// How many messages are queued, stored and failed.
     async fn intake_counts(&self, ctx: &Context<'_>) -> async_graphql::Result<IntakeCounts> {
         let counts = read::counts(&state(ctx).db).await?;
@@ -278,11 +348,17 @@ impl IntakeQuery {
     /// Describes the connection this domain's list returns: async-graphql generates the
     /// type, so no doc comment reaches it.
     pub fn describe_connections<Q, M, S>(builder: SchemaBuilder<Q, M, S>) -> SchemaBuilder<Q, M, S> {
-        builder.override_output_type_description::<Paged<IntakeMessage>>(
-            "A page of intake messages in the order asked (`orderBy`; oldest first by default): `nodes` \
-             (or `edges`, each with its cursor), `pageInfo` (`endCursor` to pass as `after` for the next \
-             page, `startCursor` as `before` for the previous one), and `totalCount`.",
-        )
+        builder
+            .override_output_type_description::<Paged<IntakeMessage>>(
+                "A page of intake messages in the order asked (`orderBy`; oldest first by default): `nodes` \
+                 (or `edges`, each with its cursor), `pageInfo` (`endCursor` to pass as `after` for the next \
+                 page, `startCursor` as `before` for the previous one), and `totalCount`.",
+            )
+            .override_output_type_description::<Paged<IntakeNotice>>(
+                "A page of the intake's output queue in the order asked (`orderBy`; queue order by default): \
+                 `nodes` (or `edges`, each with its cursor), `pageInfo` (`endCursor` to pass as `after` for the \
+                 next page, or to `intakeProcessed` to follow the queue live), and `totalCount`.",
+            )
     }
 }
 
@@ -315,12 +391,22 @@ pub struct IntakeSubscription;
 
 #[Subscription]
 impl IntakeSubscription {
-    /// A notice for each message stored from now on, on whichever node wrote it; `genre`
-    /// narrows to one genre. A live feed: a notice published while this connection is down
-    /// is not replayed — `intakeMessages(status: STORED)` is the durable record.
+    /// The output queue, live: a notice for each message stored, on whichever node wrote
+    /// it, in queue order. Without `after` (or `fromStart`) it starts with the notices
+    /// stored from now on. With `after` it first replays every notice after that cursor
+    /// and then goes on live, with no gap and no repeat at the switch: a consumer that
+    /// reconnects with the `cursor` of the last notice it handled misses nothing (and can
+    /// still de-duplicate by `id`). `genre` narrows to one genre.
     async fn intake_processed(
         &self,
         ctx: &Context<'_>,
+        #[graphql(desc = "Replay from here: a notice's `cursor`, or `intakeNotices`' `pageInfo.endCursor`; the \
+                          notices after it come first, then the live ones. A malformed cursor, or one of another \
+                          `orderBy` than queue order, is BAD_USER_INPUT.")]
+        after: Option<String>,
+        #[graphql(desc = "true: replay the whole queue from its first notice, then go on live (for a consumer \
+                          that has no cursor yet). Together with `after`: BAD_USER_INPUT.")]
+        from_start: Option<bool>,
         #[graphql(desc = "Only notices of this genre, ignoring case and surrounding spaces; every genre when \
                           omitted. Blank is BAD_USER_INPUT.")]
         genre: Option<String>,
@@ -329,7 +415,15 @@ impl IntakeSubscription {
         if wanted.as_deref() == Some("") {
             return Err(AppError::bad_input("`genre` must not be empty").into());
         }
-        let notices = state(ctx).events.subscribe::<Notice>(PROCESSED_TOPIC);
+        let start = match (after, from_start.unwrap_or(false)) {
+            (Some(_), true) => {
+                return Err(AppError::bad_input("give `after` or `fromStart: true`, not both").into());
+            }
+            (Some(cursor), false) => Start::After(decode_cursor(&cursor, &notices::queue_order())?.id),
+            (None, true) => Start::After(0),
+            (None, false) => Start::Now,
+        };
+        let notices = notices::follow(state(ctx), start).await?;
         Ok(notices.filter_map(move |notice| {
             let keep = wanted.as_ref().is_none_or(|wanted| genre_key(&notice.genre) == *wanted);
             async move { keep.then_some(IntakeNotice(notice)) }
@@ -341,4 +435,10 @@ impl IntakeSubscription {
 pub async fn messages_by_row(ctx: &Context<'_>, rows: &[i64]) -> AppResult<HashMap<i64, IntakeMessage>> {
     let found = read::by_ids(&state(ctx).db, rows).await?;
     Ok(found.into_iter().map(|row| (row.id, IntakeMessage(row))).collect())
+}
+
+/// Intake notices by row (their sequence; `node`, `nodes`): one statement.
+pub async fn notices_by_row(ctx: &Context<'_>, rows: &[i64]) -> AppResult<HashMap<i64, IntakeNotice>> {
+    let found = notices::by_sequences(&state(ctx).db, rows).await?;
+    Ok(found.into_iter().map(|notice| (notice.sequence, IntakeNotice(notice))).collect())
 }

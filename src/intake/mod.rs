@@ -1,6 +1,6 @@
 //! The intake pipeline: messages come in on a durable queue, each is written
-//! as `<title>.json` to the bucket of its genre, and a result notice is recorded and
-//! pushed to subscribers.
+//! as `<title>.json` to the bucket of its genre, and a result notice is recorded on a
+//! durable output queue that consumers read and follow.
 //!
 //! **Input.** `POST /v1/intake` (one message object or an array) and the GraphQL mutation
 //! `submitIntake` validate every message first — `title` and `genre` non-blank strings,
@@ -38,12 +38,16 @@
 //! percent-encoded, long names are cut and end with a hash, case is kept. No title can
 //! name anything outside its bucket; NUL is refused at submission.
 //!
-//! **Notices and exactly-once effects.** After a batch's writes, one statement moves the
-//! written messages from `queued` to `stored` (bucket, key, time) and returns exactly the
-//! rows it changed; those become the notices, published to `intakeProcessed` on every node.
-//! A job rerun after a crash rewrites the same content to the same keys and changes no
-//! already-stored row, so each message is stored and announced once. The subscription is
-//! a live feed; `intakeMessages(status: STORED)` is the durable record.
+//! **Notices and exactly-once effects.** After a batch's writes, one transaction moves the
+//! written messages from `queued` to `stored` (bucket, key, time) and inserts one notice per
+//! message it actually moved into `intake_notices`, the output queue, numbered by
+//! `sequence`. A job rerun after a crash rewrites the same content to the same keys and
+//! changes no already-stored row, so each message is stored once and has exactly one
+//! notice (a unique key on the message makes a second one impossible). Notices commit in
+//! sequence order (an advisory lock on Postgres, see `process::mark_stored`), so readers
+//! of `sequence > cursor` — `GET /v1/intake/notices?after=`, `intakeNotices(after:)`,
+//! `intakeProcessed(after:)` — never pass over one. The event bus only wakes subscribers
+//! up; they read the table ([`notices::follow`]).
 //!
 //! **Failures.** Storage errors are retried by the queue with backoff; on the last attempt
 //! the batch's remaining messages become `FAILED` with the error. A periodic sweep fails
@@ -60,15 +64,18 @@ mod graphql;
 mod http;
 mod model;
 pub mod names;
+mod notices;
 mod process;
 mod read;
 mod submit;
 
 pub use config::{BucketRoute, IntakeConfig};
-pub use graphql::{IntakeMessage, IntakeMutation, IntakeQuery, IntakeSubscription, messages_by_row};
+pub use graphql::{
+    IntakeMessage, IntakeMutation, IntakeNotice, IntakeQuery, IntakeSubscription, messages_by_row, notices_by_row,
+};
 pub use http::routes;
-pub use model::{IntakeStatus, Notice, PROCESSED_TOPIC};
-pub use process::{STORE_KIND, object_path, reconcile};
+pub use model::{IntakeStatus, Notice};
+pub use process::{NOTICE_ORDER_LOCK_KEY, STORE_KIND, object_path, reconcile};
 pub use read::health;
 
 use std::{sync::Arc, time::Duration};

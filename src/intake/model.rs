@@ -1,11 +1,10 @@
 //! What the intake pipeline stores: a message row from `queued` to `stored` or `failed`,
-//! and the notice published when a message is stored.
+//! and the notice recorded when a message is stored.
 
 use async_graphql::Enum;
-use sea_orm::FromQueryResult;
-
-use super::entity::intake_message;
 use serde::{Deserialize, Serialize};
+
+use super::entity::{intake_message, intake_notice};
 
 /// Where a message is in the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -40,19 +39,17 @@ impl IntakeStatus {
 /// One row of `intake_messages`.
 pub type MessageRow = intake_message::Model;
 
-/// The result notice of one stored message (the output queue), pushed to
-/// `intakeProcessed` subscribers on every node.
-#[derive(Debug, Clone, Serialize, Deserialize, FromQueryResult)]
-pub struct Notice {
-    pub id: i64,
-    pub message_id: Option<String>,
-    pub title: String,
-    pub genre: String,
-    pub bucket: String,
-    /// The object name inside the bucket.
-    pub object_name: String,
-    pub processed_at: i64,
+/// One row of `intake_notices`: the result notice of one stored message (the output queue).
+pub type Notice = intake_notice::Model;
+
+/// Published on every node after notices commit: a wake-up for `intakeProcessed`
+/// subscribers, who read the notices themselves from the table (an event can be lost, a
+/// committed notice cannot).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct NoticesStored {
+    /// The highest sequence number just committed.
+    pub up_to: i64,
 }
 
-/// The event topic of notices.
-pub const PROCESSED_TOPIC: &str = "intake.processed";
+/// The event topic of [`NoticesStored`].
+pub const NOTICES_TOPIC: &str = "intake.notices";

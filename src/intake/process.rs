@@ -1,21 +1,25 @@
-//! Processing: the durable job that writes a batch of one genre's messages to its bucket,
-//! records their notices, and the sweep that dead-letters messages whose job was lost.
+//! Processing: the durable job that writes a batch of one genre's messages to its bucket
+//! and records their notices (the output queue), and the sweep that dead-letters messages
+//! whose job was lost.
 
 use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt as _;
 use object_store::path::{Path, PathPart};
 use sea_orm::{
-    ColumnTrait as _, ConnectionTrait as _, DerivePartialModel, EntityTrait as _, FromQueryResult as _, JoinType,
-    QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    ColumnTrait as _, ConnectionTrait as _, DbBackend, DerivePartialModel, EntityTrait as _, FromQueryResult, JoinType,
+    QueryFilter as _, QueryOrder as _, QuerySelect as _, TransactionTrait as _,
     sea_query::{Expr, ExprTrait as _, Query},
 };
 use serde::{Deserialize, Serialize};
 
 use super::{
     Intake,
-    entity::intake_message::{self, Column},
-    model::{IntakeStatus, Notice, PROCESSED_TOPIC},
+    entity::{
+        intake_message::{self, Column},
+        intake_notice::{self, Column as NoticeColumn},
+    },
+    model::{IntakeStatus, NOTICES_TOPIC, NoticesStored},
 };
 use crate::{
     db::{now_ms, stmt},
@@ -44,11 +48,12 @@ struct Pending {
 }
 
 /// Writes the job's messages that are still queued, in id order per object name, then
-/// marks them stored in one statement and publishes their notices.
+/// marks them stored and records their notices in one transaction, and wakes the
+/// subscribers.
 ///
 /// Idempotent: after a crash the job runs again, rewrites the same content to the same
 /// keys (an object write replaces the object atomically) and only the messages still
-/// `queued` change state, so each message is stored and announced once.
+/// `queued` change state, so each message is stored and gets its notice once.
 pub async fn store_batch(state: Intake, ctx: JobContext, batch: StoreBatch) -> Result<(), JobError> {
     let mut pending = intake_message::Entity::find()
         .filter(Column::JobId.eq(ctx.id))
@@ -76,12 +81,11 @@ pub async fn store_batch(state: Intake, ctx: JobContext, batch: StoreBatch) -> R
     }
     let concurrency = state.config.intake_write_concurrency as usize;
     let (written, error) = write_in_order(&state, &bucket, pending, concurrency).await;
-    let notices = mark_stored(&state, &bucket, &written).await?;
-    finish_drained(&state, jobs_behind).await?;
-    metrics::counter!("emporium_intake_stored_total").increment(notices.len() as u64);
-    for notice in &notices {
-        state.events.publish(PROCESSED_TOPIC, notice).await;
+    let up_to = mark_stored(&state, &bucket, &written).await?;
+    if let Some(up_to) = up_to {
+        state.events.publish(NOTICES_TOPIC, &NoticesStored { up_to }).await;
     }
+    finish_drained(&state, jobs_behind).await?;
 
     match error {
         None => Ok(()),
@@ -209,13 +213,32 @@ async fn write_in_order(
     (written, first_error)
 }
 
-/// `queued` → `stored` for the written messages. Only rows that were still queued change
-/// (and come back as notices), so a rerun never announces a message twice.
-async fn mark_stored(state: &Intake, bucket: &str, ids: &[i64]) -> Result<Vec<Notice>, sea_orm::DbErr> {
+/// Any number; store transactions on Postgres take it (transaction-scoped) before they
+/// insert notices (see [`mark_stored`]).
+pub const NOTICE_ORDER_LOCK_KEY: i64 = 0x696e_7461_6b65_5f6e; // "intake_n"
+
+/// Notices per insert statement (7 values each), well inside both backends' parameter limits.
+const NOTICES_PER_INSERT: usize = 500;
+
+/// `queued` → `stored` for the written messages, and one notice for each message this
+/// transaction moved, in one transaction: a stored message always has its notice, and a
+/// rerun (which finds the message stored already) never writes a second one; the unique
+/// key on the message would refuse it anyway. Returns the highest notice sequence, if any.
+///
+/// **Commit order is sequence order.** A reader of the queue asks for `sequence > cursor`,
+/// so a notice must never become visible after one with a higher sequence: on Postgres a
+/// `BIGSERIAL` value is taken at insert and seen at commit, and two writers could commit
+/// out of order, letting a reader pass over the lower one for good. So the notices are
+/// the transaction's last statement, after `pg_advisory_xact_lock` on one key: writers
+/// take sequence numbers and commit one after another, and the lock is released only once
+/// the commit is visible. It is held for one insert and the commit, not for the object
+/// writes or the update. SQLite has one writer at a time, which gives the same order.
+async fn mark_stored(state: &Intake, bucket: &str, ids: &[i64]) -> Result<Option<i64>, sea_orm::DbErr> {
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
-    // Only the notice's columns come back (not the bodies).
+    // Writes first: on SQLite this takes the write lock at once (see db.rs).
+    let txn = state.db.begin().await?;
     let mut update = Query::update();
     update
         .table(intake_message::Entity)
@@ -226,6 +249,7 @@ async fn mark_stored(state: &Intake, bucket: &str, ids: &[i64]) -> Result<Vec<No
         ])
         .and_where(Expr::col(Column::Status).eq(IntakeStatus::Queued.as_str()))
         .and_where(Expr::col(Column::Id).is_in(ids.iter().copied()))
+        // Only the notice's columns come back (not the bodies).
         .returning(Query::returning().columns([
             Column::Id,
             Column::MessageId,
@@ -235,15 +259,69 @@ async fn mark_stored(state: &Intake, bucket: &str, ids: &[i64]) -> Result<Vec<No
             Column::ObjectName,
             Column::ProcessedAt,
         ]));
-    let mut notices = state
-        .db
+    let mut moved = txn
         .query_all(&update)
         .await?
         .iter()
-        .map(|row| Notice::from_query_result(row, ""))
+        .map(|row| Moved::from_query_result(row, ""))
         .collect::<Result<Vec<_>, _>>()?;
-    notices.sort_by_key(|notice| notice.id);
-    Ok(notices)
+    if moved.is_empty() {
+        txn.commit().await?;
+        return Ok(None);
+    }
+    // Notices in message order, so one batch's sequence follows its messages.
+    moved.sort_by_key(|message| message.id);
+
+    if txn.get_database_backend() == DbBackend::Postgres {
+        // Raw SQL: a one-line function call; held until this transaction ends (see above).
+        txn.execute_raw(stmt(&txn, "SELECT pg_advisory_xact_lock($1)", [NOTICE_ORDER_LOCK_KEY.into()])).await?;
+    }
+    let mut up_to = 0;
+    for chunk in moved.chunks(NOTICES_PER_INSERT) {
+        let mut insert = Query::insert();
+        insert.into_table(intake_notice::Entity).columns([
+            NoticeColumn::IntakeMessageId,
+            NoticeColumn::MessageId,
+            NoticeColumn::Title,
+            NoticeColumn::Genre,
+            NoticeColumn::Bucket,
+            NoticeColumn::ObjectName,
+            NoticeColumn::StoredAt,
+        ]);
+        for message in chunk {
+            insert
+                .values([
+                    message.id.into(),
+                    message.message_id.clone().into(),
+                    message.title.clone().into(),
+                    message.genre.clone().into(),
+                    message.bucket.clone().into(),
+                    message.object_name.clone().into(),
+                    message.processed_at.into(),
+                ])
+                .map_err(|error| sea_orm::DbErr::Custom(error.to_string()))?;
+        }
+        insert.returning(Query::returning().column(NoticeColumn::Sequence));
+        for row in txn.query_all(&insert).await? {
+            let sequence = row.try_get::<i64>("", "sequence")?;
+            up_to = Ord::max(up_to, sequence);
+        }
+    }
+    txn.commit().await?;
+    metrics::counter!("emporium_intake_stored_total").increment(moved.len() as u64);
+    Ok(Some(up_to))
+}
+
+/// A message this transaction moved to `stored`: what its notice says.
+#[derive(Debug, FromQueryResult)]
+struct Moved {
+    id: i64,
+    message_id: Option<String>,
+    title: String,
+    genre: String,
+    bucket: String,
+    object_name: String,
+    processed_at: i64,
 }
 
 /// Dead-letters the job's messages that are still queued, with `reason`.

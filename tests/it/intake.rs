@@ -1,6 +1,6 @@
 //! The intake pipeline, black-box: REST and GraphQL submission, files in the
-//! bucket folders, notices over graphql-ws, failures, path safety, health, and a node
-//! killed in the middle of 10,000 messages.
+//! bucket folders, the output queue of notices (REST, GraphQL pages, graphql-ws replay and
+//! live), failures, path safety, health, and a node killed in the middle of 10,000 messages.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,13 +9,11 @@ use std::{
     time::Duration,
 };
 
-use emporium::{
-    db::stmt,
-    intake::{BucketRoute, PROCESSED_TOPIC},
-};
+use emporium::{db::stmt, intake::BucketRoute};
 use futures::{SinkExt as _, StreamExt as _};
-use sea_orm::{ConnectionTrait as _, DatabaseConnection, FromQueryResult};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection, FromQueryResult, TransactionTrait as _};
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _, http::HeaderValue};
 
 use crate::support::{NodeProcess, TestApp, TestEnv, error_code, eventually, row_of};
@@ -33,16 +31,11 @@ const EXAMPLE_ROMANCE: &str = r#"{
 
 const EXAMPLE_SCIFI: &str = r#"{"id": "67890", "title": "Foundation", "author": "Isaac Asimov", "year": 1951, "genre": "scifi", "summary": "Psychohistory and the fall of an empire."}"#;
 
-const NOTICE_FIELDS: &str = "id intakeMessageId messageId title genre bucket key storedAt";
+const NOTICE_FIELDS: &str = "id sequence cursor intakeMessageId messageId title genre bucket key storedAt";
 
 /// The GraphQL id of intake message `row` (REST answers row numbers).
 fn message_id(row: i64) -> String {
     emporium::global_id::encode("IntakeMessage", row).0
-}
-
-/// Whether a notice is one of [`Subscriber::ready`]'s probes (message row 0), not a real one.
-fn is_probe(notice: &Value) -> bool {
-    notice["intakeMessageId"] == message_id(0)
 }
 
 fn message(title: &str, genre: &str, summary: &str) -> String {
@@ -190,32 +183,39 @@ impl Subscriber {
         }
     }
 
-    /// Subscribes to `intakeProcessed` on an in-process node and returns once events flow:
-    /// a probe notice published on the node's event bus has come through.
-    async fn ready(app: &TestApp) -> Self {
-        let query = format!("subscription {{ intakeProcessed {{ {NOTICE_FIELDS} }} }}");
-        let mut subscriber = Self::start(app.addr, &query).await;
-        let probe = json!({ "id": 0, "message_id": null, "title": "probe", "genre": "probe", "bucket": "probe",
-            "object_name": "probe", "processed_at": 0 });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            app.state.events.publish(PROCESSED_TOPIC, &probe).await;
-            if subscriber.next(Duration::from_millis(200)).await.is_some() {
-                return subscriber;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "the subscription never received a probe");
-        }
+    /// Subscribes to the whole output queue (`fromStart: true`): in a test's fresh database
+    /// that is every notice, whenever the subscription is set up.
+    async fn from_start(addr: SocketAddr) -> Self {
+        Self::start(addr, &format!("subscription {{ intakeProcessed(fromStart: true) {{ {NOTICE_FIELDS} }} }}")).await
     }
 
-    /// Notices received within `timeout` of each other, probes left out.
+    /// The next notice, or `None` after `timeout` or when the connection ends.
+    async fn next_notice(&mut self, timeout: Duration) -> Option<Value> {
+        self.next(timeout).await.map(|data| data["intakeProcessed"].clone())
+    }
+
+    /// Notices received within `idle` of each other.
     async fn drain(&mut self, idle: Duration) -> Vec<Value> {
         let mut notices = Vec::new();
-        while let Some(data) = self.next(idle).await {
-            if !is_probe(&data["intakeProcessed"]) {
-                notices.push(data["intakeProcessed"].clone());
-            }
+        while let Some(notice) = self.next_notice(idle).await {
+            notices.push(notice);
         }
         notices
+    }
+
+    /// The errors the subscription was refused with (`next` with errors, or `error`).
+    async fn refusal(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await.expect("an answer in time");
+            let Some(Ok(Message::Text(text))) = frame else { panic!("connection ended without a refusal: {frame:?}") };
+            let message: Value = serde_json::from_str(&text).expect("json frame");
+            match message["type"].as_str() {
+                Some("next") if !message["payload"]["errors"].is_null() => return message["payload"]["errors"].clone(),
+                Some("error") => return message["payload"].clone(),
+                Some("next") => panic!("expected a refusal, got {message:#}"),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -223,7 +223,7 @@ impl Subscriber {
 async fn the_example_messages_land_in_their_genre_buckets_as_their_exact_json_with_notices() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn(&env).await;
-    let mut subscriber = Subscriber::ready(&app).await;
+    let mut subscriber = Subscriber::from_start(app.addr).await;
 
     // One message alone, one in an array: both shapes are accepted.
     let romance_ids = submit(&app.http, &app.url(""), EXAMPLE_ROMANCE).await;
@@ -260,10 +260,7 @@ async fn the_example_messages_land_in_their_genre_buckets_as_their_exact_json_wi
 
     let mut notices = Vec::new();
     while notices.len() < 2 {
-        let data = subscriber.next(Duration::from_secs(10)).await.expect("a notice for each stored message");
-        if !is_probe(&data["intakeProcessed"]) {
-            notices.push(data["intakeProcessed"].clone());
-        }
+        notices.push(subscriber.next_notice(Duration::from_secs(10)).await.expect("a notice for each stored message"));
     }
     notices.sort_by_key(|notice| row_of(notice["intakeMessageId"].as_str().expect("intakeMessageId")));
     assert_eq!(notices[0]["intakeMessageId"], message_id(romance_ids[0]));
@@ -756,7 +753,7 @@ async fn health_reports_the_queue_and_turns_503_when_storage_is_unreachable() {
 async fn concurrent_submissions_are_each_stored_and_announced_once() {
     let env = TestEnv::new().await;
     let app = TestApp::spawn(&env).await;
-    let mut subscriber = Subscriber::ready(&app).await;
+    let mut subscriber = Subscriber::from_start(app.addr).await;
     let clients = 8;
     let requests = 10;
     let per_request = 20;
@@ -808,7 +805,7 @@ async fn notices_reach_subscribers_on_other_nodes() {
     // The subscriber's node runs no jobs; another node does the writing.
     let front = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
     let worker = TestApp::spawn(&env).await;
-    let mut subscriber = Subscriber::ready(&front).await;
+    let mut subscriber = Subscriber::from_start(front.addr).await;
     submit(
         &front.http,
         &front.url(""),
@@ -817,10 +814,8 @@ async fn notices_reach_subscribers_on_other_nodes() {
     .await;
     let mut keys = Vec::new();
     while keys.len() < 2 {
-        let data = subscriber.next(Duration::from_secs(15)).await.expect("notices from the other node");
-        if !is_probe(&data["intakeProcessed"]) {
-            keys.push(data["intakeProcessed"]["key"].as_str().unwrap().to_string());
-        }
+        let notice = subscriber.next_notice(Duration::from_secs(15)).await.expect("notices from the other node");
+        keys.push(notice["key"].as_str().unwrap().to_string());
     }
     keys.sort();
     assert_eq!(keys, ["X1.json", "X2.json"]);
@@ -828,17 +823,80 @@ async fn notices_reach_subscribers_on_other_nodes() {
     front.stop().await;
 }
 
-/// Collects `intakeProcessed` notices of a node process in the background.
-fn collect_notices(addr: SocketAddr) -> tokio::task::JoinHandle<Vec<Value>> {
-    tokio::spawn(async move {
-        let query = format!("subscription {{ intakeProcessed {{ {NOTICE_FIELDS} }} }}");
-        let mut subscriber = Subscriber::start(addr, &query).await;
+/// Collects the `intakeProcessed(fromStart: true)` notices of a node process in the
+/// background until its connection ends; `reached` fires once `count` have come.
+fn collect_notices(addr: SocketAddr, count: usize) -> (tokio::task::JoinHandle<Vec<Value>>, oneshot::Receiver<()>) {
+    let (fire, reached) = oneshot::channel();
+    let collector = tokio::spawn(async move {
+        let mut subscriber = Subscriber::from_start(addr).await;
         let mut notices = Vec::new();
-        while let Some(data) = subscriber.next(Duration::from_secs(3600)).await {
-            notices.push(data["intakeProcessed"].clone());
+        let mut fire = Some(fire);
+        while let Some(notice) = subscriber.next_notice(Duration::from_secs(3600)).await {
+            notices.push(notice);
+            if notices.len() >= count {
+                fire.take().map(|fire| fire.send(()));
+            }
         }
         notices
-    })
+    });
+    (collector, reached)
+}
+
+/// Reads the whole queue over REST from `after`, following `next_after`, `limit` at a time.
+async fn read_queue(http: &reqwest::Client, base: &str, mut after: i64, limit: u64) -> Vec<Value> {
+    let mut notices = Vec::new();
+    loop {
+        let response =
+            http.get(format!("{base}/v1/intake/notices?after={after}&limit={limit}")).send().await.expect("read");
+        assert_eq!(response.status(), 200);
+        let page: Value = response.json().await.expect("json");
+        let batch = page["notices"].as_array().expect("notices").clone();
+        assert!(batch.len() as u64 <= limit, "{} notices for limit {limit}", batch.len());
+        let next_after = page["next_after"].as_i64().expect("next_after");
+        assert_eq!(next_after, batch.last().map_or(after, |notice| notice["sequence"].as_i64().expect("sequence")));
+        let has_more = page["has_more"].as_bool().expect("has_more");
+        notices.extend(batch);
+        after = next_after;
+        if !has_more {
+            return notices;
+        }
+    }
+}
+
+/// The database's own count: notices, messages with exactly one notice, stored messages
+/// without one, and notices of messages that are not stored.
+async fn notice_census(db: &DatabaseConnection) -> (i64, i64, i64, i64) {
+    #[derive(FromQueryResult)]
+    struct Census {
+        notices: i64,
+        with_one: i64,
+        stored_without: i64,
+        not_stored: i64,
+    }
+    let census = Census::find_by_statement(stmt(
+        db,
+        "SELECT
+            (SELECT COUNT(*) FROM intake_notices) AS notices,
+            (SELECT COUNT(*) FROM (SELECT intake_message_id FROM intake_notices GROUP BY intake_message_id
+                HAVING COUNT(*) = 1) AS once) AS with_one,
+            (SELECT COUNT(*) FROM intake_messages m WHERE m.status = 'stored'
+                AND NOT EXISTS (SELECT 1 FROM intake_notices n WHERE n.intake_message_id = m.id)) AS stored_without,
+            (SELECT COUNT(*) FROM intake_notices n JOIN intake_messages m ON m.id = n.intake_message_id
+                WHERE m.status <> 'stored') AS not_stored",
+        [],
+    ))
+    .one(db)
+    .await
+    .expect("census")
+    .expect("a row");
+    (census.notices, census.with_one, census.stored_without, census.not_stored)
+}
+
+/// Sequence numbers of notices, checked to grow strictly (queue order, no repeat).
+fn increasing_sequences(notices: &[Value]) -> Vec<i64> {
+    let sequences: Vec<i64> = notices.iter().map(|notice| notice["sequence"].as_i64().expect("sequence")).collect();
+    assert!(sequences.windows(2).all(|pair| pair[0] < pair[1]), "not in strictly increasing order: {sequences:?}");
+    sequences
 }
 
 #[tokio::test]
@@ -847,7 +905,7 @@ async fn a_node_killed_while_processing_10000_messages_leaves_each_stored_exactl
     let env = TestEnv::new().await;
     // Node A writes slowly enough to be caught in the middle.
     let node_a = NodeProcess::spawn(&env, &[("INTAKE_WRITE_CONCURRENCY", "2"), ("INTAKE_BATCH_SIZE", "50")]).await;
-    let notices_a = collect_notices(node_a.addr);
+    let (notices_a, _) = collect_notices(node_a.addr, usize::MAX);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let http = reqwest::Client::new();
@@ -882,7 +940,7 @@ async fn a_node_killed_while_processing_10000_messages_leaves_each_stored_exactl
     eprintln!("node A killed with {at_kill} of {TOTAL} messages stored");
 
     let node_b = NodeProcess::spawn(&env, &[]).await;
-    let notices_b = collect_notices(node_b.addr);
+    let (notices_b, all_seen_by_b) = collect_notices(node_b.addr, TOTAL);
     let counts = settled(&db, Duration::from_secs(240)).await;
     assert_eq!(counts.get("stored"), Some(&(TOTAL as i64)), "{counts:?}");
 
@@ -901,17 +959,450 @@ async fn a_node_killed_while_processing_10000_messages_leaves_each_stored_exactl
         assert_eq!(&std::fs::read_to_string(file).unwrap(), body, "{relative}");
     }
 
-    // Stored once: no message was announced by both nodes (or twice by one).
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Exactly one notice per stored message, in the database.
+    assert_eq!(notice_census(&db).await, (TOTAL as i64, TOTAL as i64, 0, 0), "notices, once, missing, stray");
+
+    // A consumer that reads the queue from cursor 0 after the crash, over REST, following
+    // `next_after`: every message's notice, none twice, in queue order.
+    let consumed = read_queue(&http, &node_b.url(""), 0, 1000).await;
+    assert_eq!(consumed.len(), TOTAL);
+    increasing_sequences(&consumed);
+    let notice_ids: HashSet<&str> = consumed.iter().map(|notice| notice["node_id"].as_str().unwrap()).collect();
+    assert_eq!(notice_ids.len(), TOTAL, "distinct notices");
+    let announced: HashSet<i64> = consumed.iter().map(|notice| notice["intake_message_id"].as_i64().unwrap()).collect();
+    assert_eq!(announced, ids.iter().copied().collect::<HashSet<i64>>(), "one notice per message");
+
+    // Subscribers: node B's, started after the crash, replayed the queue from its start:
+    // every notice once, in order; node A's, live until A died, saw none twice.
+    tokio::time::timeout(Duration::from_secs(120), all_seen_by_b)
+        .await
+        .expect("node B's subscriber to receive every notice")
+        .expect("its collector");
     node_b.terminate().await;
-    let mut announced = HashSet::new();
-    let mut notices = notices_a.await.unwrap();
-    notices.extend(notices_b.await.unwrap());
-    assert!(!notices.is_empty(), "the subscribers saw the processing");
-    for notice in &notices {
-        let id = notice["id"].as_str().unwrap().to_string();
-        assert!(announced.insert(id.clone()), "message {id} was announced twice");
-    }
+    let seen_b = notices_b.await.unwrap();
+    assert_eq!(seen_b.len(), TOTAL, "no notice delivered twice");
+    assert_eq!(increasing_sequences(&seen_b), increasing_sequences(&consumed));
+    let seen_a = notices_a.await.unwrap();
+    assert!(!seen_a.is_empty(), "node A's subscriber saw the processing");
+    increasing_sequences(&seen_a);
     let rows = rows(&db).await;
     assert!(rows.iter().all(|row| row.status == "stored" && row.bucket.is_some() && row.processed_at.is_some()));
+}
+
+/// Submits `count` messages (titles `prefix-i`, genres alternating) and waits until they
+/// are all processed; returns their ids.
+async fn submit_and_settle(app: &TestApp, db: &DatabaseConnection, prefix: &str, count: usize) -> Vec<i64> {
+    let bodies: Vec<String> = (0..count)
+        .map(|i| message(&format!("{prefix}-{i:03}"), ["romance", "scifi"][i % 2], &format!("{prefix} {i}")))
+        .collect();
+    let ids = submit(&app.http, &app.url(""), format!("[{}]", bodies.join(","))).await;
+    settled(db, Duration::from_secs(60)).await;
+    ids
+}
+
+#[tokio::test]
+async fn the_output_queue_has_one_notice_per_stored_message_over_rest_graphql_and_node() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let db = env.db().await;
+    let mut ids = submit_and_settle(&app, &db, "queue", 23).await;
+    // An unknown genre fails: no notice for it.
+    let failed = submit(&app.http, &app.url(""), message("Nowhere", "fantasy", "f")).await;
+    settled(&db, Duration::from_secs(30)).await;
+    ids.extend(submit_and_settle(&app, &db, "more", 7).await);
+    assert_eq!(notice_census(&db).await, (30, 30, 0, 0), "notices, once, missing, stray");
+
+    // REST, 7 at a time from cursor 0: every stored message once, in queue order.
+    let consumed = read_queue(&app.http, &app.url(""), 0, 7).await;
+    assert_eq!(consumed.len(), 30);
+    let sequences = increasing_sequences(&consumed);
+    let mut announced: Vec<i64> = consumed.iter().map(|notice| notice["intake_message_id"].as_i64().unwrap()).collect();
+    announced.sort_unstable();
+    assert_eq!(announced, ids, "one notice per stored message");
+    assert!(!announced.contains(&failed[0]));
+    // (Genres are written by jobs of their own, so the queue's order is per commit, not by id.)
+    let first =
+        consumed.iter().find(|notice| notice["intake_message_id"] == ids[0]).expect("the first message's notice");
+    assert_eq!(first["intake_message_node_id"], message_id(ids[0]));
+    assert_eq!((first["title"].as_str(), first["genre"].as_str()), (Some("queue-000"), Some("romance")));
+    assert_eq!((first["bucket"].as_str(), first["key"].as_str()), (Some("romance"), Some("queue-000.json")));
+    assert_eq!(first["message_id"], "m-queue 0");
+    assert!(first["stored_at"].is_string());
+    // Reading on from the middle gives the rest; from the end, nothing, and the same cursor.
+    let rest = read_queue(&app.http, &app.url(""), sequences[9], 100).await;
+    assert_eq!(rest, consumed[10..]);
+    let end: Value = app
+        .http
+        .get(app.url(&format!("/v1/intake/notices?after={}", sequences[29])))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(end, json!({ "notices": [], "next_after": sequences[29], "has_more": false }));
+
+    // GraphQL pages through the same queue, 8 at a time.
+    let page = "query($after: String) { intakeNotices(first: 8, after: $after) {
+        totalCount pageInfo { hasNextPage endCursor } edges { cursor node { id sequence cursor intakeMessageId } } } }";
+    let mut after = Value::Null;
+    let mut paged = Vec::new();
+    loop {
+        let data = app.gql_ok(page, json!({ "after": after })).await;
+        let connection = &data["intakeNotices"];
+        assert_eq!(connection["totalCount"], 30);
+        for edge in connection["edges"].as_array().unwrap() {
+            assert_eq!(edge["cursor"], edge["node"]["cursor"], "a notice's cursor is its edge's");
+            paged.push(edge["node"].clone());
+        }
+        if connection["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        after = connection["pageInfo"]["endCursor"].clone();
+    }
+    assert_eq!(paged.len(), 30);
+    for (node, notice) in paged.iter().zip(&consumed) {
+        assert_eq!(node["id"], notice["node_id"]);
+        assert_eq!(node["sequence"], notice["sequence"]);
+        assert_eq!(node["intakeMessageId"], notice["intake_message_node_id"]);
+    }
+    // Newest first, and backward paging, as every connection.
+    let newest = app
+        .gql_ok(
+            "{ intakeNotices(first: 2, orderBy: {field: SEQUENCE, direction: DESC}) { nodes { sequence } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(newest["intakeNotices"]["nodes"], json!([{ "sequence": sequences[29] }, { "sequence": sequences[28] }]));
+    let last = app.gql_ok("{ intakeNotices(last: 1) { nodes { sequence } } }", json!({})).await;
+    assert_eq!(last["intakeNotices"]["nodes"], json!([{ "sequence": sequences[29] }]));
+
+    // node(id:) refetches a notice.
+    let id = paged[4]["id"].as_str().unwrap();
+    assert!(id.parse::<i64>().is_err(), "opaque: {id}");
+    let data = app
+        .gql_ok(
+            "query($id: ID!) { node(id: $id) { __typename id ... on IntakeNotice { sequence title key intakeMessageId } } }",
+            json!({ "id": id }),
+        )
+        .await;
+    assert_eq!(data["node"]["__typename"], "IntakeNotice");
+    assert_eq!(data["node"]["id"], id);
+    assert_eq!(data["node"]["sequence"], consumed[4]["sequence"]);
+    assert_eq!(data["node"]["title"], consumed[4]["title"]);
+    assert_eq!(data["node"]["key"], consumed[4]["key"]);
+    assert_eq!(data["node"]["intakeMessageId"], consumed[4]["intake_message_node_id"]);
+    let bad = app.gql(r#"{ intakeNotices(after: "garbage") { totalCount } }"#, json!({})).await;
+    assert_eq!(error_code(&bad).as_deref(), Some("BAD_USER_INPUT"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn notice_reads_over_rest_refuse_bad_parameters_and_cap_the_limit() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let db = env.db().await;
+    submit_and_settle(&app, &db, "bounds", 3).await;
+    let read = |query: &str| {
+        let request = app.http.get(app.url(&format!("/v1/intake/notices{query}")));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let content_type = response.headers()["content-type"].to_str().unwrap_or_default().to_string();
+            assert!(content_type.starts_with("application/json"), "{content_type}");
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    for (query, named) in [
+        ("?after=-1", "`after`"),
+        ("?after=abc", "`after`"),
+        ("?after=", "`after`"),
+        ("?after=1.5", "`after`"),
+        ("?after=99999999999999999999", "`after`"),
+        ("?limit=0", "`limit`"),
+        ("?limit=1001", "`limit`"),
+        ("?limit=-1", "`limit`"),
+        ("?limit=ten", "`limit`"),
+        ("?after=1&after=2", "`after`"),
+        ("?afer=1", "`afer`"),
+        ("?after=%00", "`after`"),
+    ] {
+        let (status, body) = read(query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "BAD_USER_INPUT", "{query}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(named), "{query}: `{message}` should name {named}");
+    }
+    // The bounds themselves are accepted; no parameter means from the start, 100 at most.
+    for query in ["?limit=1", "?limit=1000", "?after=0", "?after=9223372036854775807", ""] {
+        let (status, body) = read(query).await;
+        assert_eq!(status, 200, "{query}: {body}");
+    }
+    let (_, one) = read("?limit=1").await;
+    assert_eq!(one["notices"].as_array().unwrap().len(), 1);
+    assert_eq!(one["has_more"], true);
+    let (_, all) = read("").await;
+    assert_eq!(all["notices"].as_array().unwrap().len(), 3);
+    assert_eq!(all["has_more"], false);
+    let (_, beyond) = read("?after=9223372036854775807").await;
+    assert_eq!(beyond, json!({ "notices": [], "next_after": i64::MAX, "has_more": false }));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_with_a_cursor_replays_the_queue_then_goes_live_without_a_repeat() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let db = env.db().await;
+    submit_and_settle(&app, &db, "before", 10).await;
+    let earlier = read_queue(&app.http, &app.url(""), 0, 100).await;
+    assert_eq!(earlier.len(), 10);
+    let data = app.gql_ok("{ intakeNotices(first: 4) { pageInfo { endCursor } } }", json!({})).await;
+    let cursor = data["intakeNotices"]["pageInfo"]["endCursor"].as_str().expect("a cursor").to_string();
+
+    let after = |cursor: &str| format!("subscription {{ intakeProcessed(after: \"{cursor}\") {{ {NOTICE_FIELDS} }} }}");
+    let mut subscriber = Subscriber::start(app.addr, &after(&cursor)).await;
+    // The replay: the six notices after the cursor, in queue order.
+    let mut received = Vec::new();
+    while received.len() < 6 {
+        received.push(subscriber.next_notice(Duration::from_secs(20)).await.expect("the replayed notices"));
+    }
+    let replayed: Vec<&Value> = received.iter().map(|notice| &notice["id"]).collect();
+    assert_eq!(replayed, earlier[4..].iter().map(|notice| &notice["node_id"]).collect::<Vec<_>>());
+
+    // Live: messages stored after the replay come next, each once.
+    let later = submit_and_settle(&app, &db, "after", 5).await;
+    while received.len() < 11 {
+        received.push(subscriber.next_notice(Duration::from_secs(20)).await.expect("the live notices"));
+    }
+    let live: HashSet<String> =
+        received[6..].iter().map(|notice| notice["intakeMessageId"].as_str().unwrap().into()).collect();
+    assert_eq!(live, later.iter().map(|id| message_id(*id)).collect::<HashSet<_>>());
+    let sequences = increasing_sequences(&received);
+    // Nothing more: a repeat of any of them would show here (and break the order above).
+    let extra = subscriber.drain(Duration::from_secs(3)).await;
+    assert!(extra.is_empty(), "notices delivered twice: {extra:#?}");
+
+    // The queue agrees: the notices after the cursor are exactly those delivered.
+    let queue = read_queue(&app.http, &app.url(""), 0, 100).await;
+    assert_eq!(increasing_sequences(&queue)[4..], sequences[..]);
+
+    // A reconnecting consumer gives the cursor of the last notice it handled: the rest only.
+    let resume = received[7]["cursor"].as_str().unwrap();
+    let mut again = Subscriber::start(app.addr, &after(resume)).await;
+    let mut rest = Vec::new();
+    while rest.len() < 3 {
+        rest.push(again.next_notice(Duration::from_secs(20)).await.expect("the notices after the cursor"));
+    }
+    assert_eq!(rest, received[8..]);
+
+    // `genre` narrows the replay too; bad arguments are refused.
+    let scifi =
+        format!("subscription {{ intakeProcessed(fromStart: true, genre: \" SciFi \") {{ {NOTICE_FIELDS} }} }}");
+    let mut scifi = Subscriber::start(app.addr, &scifi).await;
+    let mut genres = Vec::new();
+    while genres.len() < 7 {
+        let notice = scifi.next_notice(Duration::from_secs(20)).await.expect("the scifi notices");
+        genres.push(notice["genre"].as_str().unwrap().to_string());
+    }
+    assert!(genres.iter().all(|genre| genre == "scifi"), "{genres:?}");
+    for (arguments, named) in [
+        (format!("after: \"{cursor}\", fromStart: true"), "not both"),
+        ("after: \"garbage\"".to_string(), "not a valid cursor"),
+        ("genre: \" \"".to_string(), "`genre`"),
+    ] {
+        let query = format!("subscription {{ intakeProcessed({arguments}) {{ id }} }}");
+        let errors = Subscriber::start(app.addr, &query).await.refusal().await;
+        assert_eq!(errors[0]["extensions"]["code"], "BAD_USER_INPUT", "{arguments}: {errors}");
+        assert!(errors[0]["message"].as_str().unwrap_or_default().contains(named), "{arguments}: {errors}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_subscription_without_a_cursor_starts_after_the_latest_notice() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let db = env.db().await;
+    submit_and_settle(&app, &db, "old", 4).await;
+    let latest =
+        read_queue(&app.http, &app.url(""), 0, 100).await.last().expect("notices")["sequence"].as_i64().unwrap();
+
+    let query = format!("subscription {{ intakeProcessed {{ {NOTICE_FIELDS} }} }}");
+    let mut subscriber = Subscriber::start(app.addr, &query).await;
+    // The subscription's start is not announced: store new messages until one comes through.
+    let mut first = None;
+    for attempt in 0..20 {
+        submit(&app.http, &app.url(""), message(&format!("new-{attempt}"), "romance", "n")).await;
+        if let Some(notice) = subscriber.next_notice(Duration::from_secs(3)).await {
+            first = Some(notice);
+            break;
+        }
+    }
+    let first = first.expect("a live notice");
+    assert!(first["sequence"].as_i64().unwrap() > latest, "an old notice was replayed: {first:#}");
+    assert!(first["title"].as_str().unwrap().starts_with("new-"), "{first:#}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nul_in_any_intake_string_is_refused_at_the_edge_naming_the_field() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    for (field, body) in [
+        ("title", r#"{"title": "a\u0000b", "genre": "romance"}"#),
+        ("genre", r#"{"title": "t", "genre": "rom\u0000ance"}"#),
+        ("id", r#"{"id": "\u0000", "title": "t", "genre": "romance"}"#),
+        ("author", r#"{"title": "t", "genre": "romance", "author": "x\u0000"}"#),
+        ("year", r#"{"title": "t", "genre": "romance", "year": "19\u000060"}"#),
+        ("summary", r#"{"title": "t", "genre": "romance", "summary": "\u0000"}"#),
+    ] {
+        let response = post_intake(&app.http, &app.url(""), body).await;
+        assert_eq!(response.status(), 400, "{body}");
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], "BAD_USER_INPUT");
+        let text = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(&format!("messages[0].{field}: must not contain NUL")), "{text}");
+    }
+    // A raw NUL byte is not JSON at all.
+    let response = post_intake(&app.http, &app.url(""), "{\"title\": \"a\0b\", \"genre\": \"romance\"}").await;
+    assert_eq!(response.status(), 400);
+
+    let submit = "mutation($m: [IntakeMessageInput!]!) { submitIntake(messages: $m) { id } }";
+    for (field, input) in [
+        ("title", json!({ "title": "a\u{0}b", "genre": "romance" })),
+        ("summary", json!({ "title": "t", "genre": "romance", "summary": "s\u{0}" })),
+    ] {
+        let body = app.gql(submit, json!({ "m": [input] })).await;
+        assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "{body:#}");
+        let text = body["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(&format!("messages[0].{field}: must not contain NUL")), "{text}");
+    }
+    // A filter that would reach the database.
+    let body = app
+        .gql("query($id: String) { intakeMessages(messageId: $id) { totalCount } }", json!({ "id": "m\u{0}" }))
+        .await;
+    assert_eq!(error_code(&body).as_deref(), Some("BAD_USER_INPUT"), "{body:#}");
+    assert!(body["errors"][0]["message"].as_str().unwrap_or_default().contains("`messageId`"), "{body:#}");
+
+    let db = env.db().await;
+    assert!(rows(&db).await.is_empty(), "nothing was queued");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn on_postgres_notices_wait_for_the_notice_lock_so_they_commit_in_sequence_order() {
+    let env = TestEnv::new().await;
+    if !env.is_postgres() {
+        eprintln!("skipped: SQLite has one writer at a time, which orders commits already");
+        return;
+    }
+    let app = TestApp::spawn(&env).await;
+    let db = env.db().await;
+    // What a writer that took a lower sequence and has not committed yet holds.
+    let holder = db.begin().await.unwrap();
+    holder
+        .execute_raw(stmt(
+            &holder,
+            "SELECT pg_advisory_xact_lock($1)",
+            [emporium::intake::NOTICE_ORDER_LOCK_KEY.into()],
+        ))
+        .await
+        .unwrap();
+    let ids = submit(&app.http, &app.url(""), message("Ordered", "romance", "o")).await;
+
+    // The store job writes its object, then waits for the lock before its notices.
+    eventually(Duration::from_secs(30), "the store job to wait for the notice lock", || async {
+        let waiting = db
+            .query_one_raw(stmt(
+                &db,
+                "SELECT COUNT(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid::bigint = $1",
+                [(emporium::intake::NOTICE_ORDER_LOCK_KEY & 0xffff_ffff).into()],
+            ))
+            .await
+            .unwrap()
+            .and_then(|row| row.try_get::<i64>("", "n").ok())
+            .unwrap_or(0);
+        (waiting == 1).then_some(())
+    })
+    .await;
+    assert!(objects_dir(&env).join("romance/Ordered.json").is_file(), "written before the lock");
+    let queue = read_queue(&app.http, &app.url(""), 0, 100).await;
+    assert!(queue.is_empty(), "no notice before the earlier writer commits: {queue:#?}");
+    assert_eq!(rows(&db).await[0].status, "queued", "the stored state waits with its notice");
+
+    holder.commit().await.unwrap();
+    settled(&db, Duration::from_secs(30)).await;
+    let queue = read_queue(&app.http, &app.url(""), 0, 100).await;
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0]["intake_message_id"], ids[0]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_notice_whose_wake_up_event_was_lost_still_reaches_subscribers() {
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn_with(&env, |config| config.jobs.job_workers = 0).await;
+    let ids = submit(
+        &app.http,
+        &app.url(""),
+        format!("[{}, {}]", message("S1", "romance", "1"), message("S2", "romance", "2")),
+    )
+    .await;
+    let db = env.db().await;
+    // A store that committed on a node that died before publishing: the row and its
+    // notice, and no event on the bus.
+    let store_silently = |id: i64| {
+        let db = &db;
+        async move {
+            db.execute_raw(stmt(
+                db,
+                "UPDATE intake_messages SET status = 'stored', bucket = 'romance', processed_at = 1 WHERE id = $1",
+                [id.into()],
+            ))
+            .await
+            .unwrap();
+            db.execute_raw(stmt(
+                db,
+                "INSERT INTO intake_notices (intake_message_id, title, genre, bucket, object_name, stored_at)
+                 VALUES ($1, 'S', 'romance', 'romance', 'S.json', 1)",
+                [id.into()],
+            ))
+            .await
+            .unwrap();
+        }
+    };
+    store_silently(ids[0]).await;
+    let query = format!("subscription {{ intakeProcessed(fromStart: true) {{ {NOTICE_FIELDS} }} }}");
+    let mut subscriber = Subscriber::start(app.addr, &query).await;
+    let first = subscriber.next_notice(Duration::from_secs(30)).await.expect("the replay");
+    assert_eq!(first["intakeMessageId"], message_id(ids[0]));
+    // The subscriber is live now; only its periodic re-read can find this one.
+    store_silently(ids[1]).await;
+    let second = subscriber.next_notice(Duration::from_secs(30)).await.expect("the periodic re-read finds it");
+    assert_eq!(second["intakeMessageId"], message_id(ids[1]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn messages_stored_before_the_notices_migration_get_their_notices_from_it() {
+    use migration::MigratorTrait as _;
+    let env = TestEnv::new().await;
+    let app = TestApp::spawn(&env).await;
+    let db = env.db().await;
+    let ids = submit_and_settle(&app, &db, "earlier", 6).await;
+    app.stop().await;
+    // Back to the schema before the notices (the last migration), with the messages stored.
+    migration::Migrator::down(&db, Some(1)).await.expect("migration down");
+    let gone = db.query_one_raw(stmt(&db, "SELECT COUNT(*) AS n FROM intake_notices", [])).await;
+    assert!(gone.is_err(), "the notices migration is the last one, and its table is gone");
+
+    migration::Migrator::up(&db, None).await.expect("migration up");
+    assert_eq!(notice_census(&db).await, (6, 6, 0, 0), "notices, once, missing, stray");
+    let app = TestApp::spawn(&env).await;
+    let queue = read_queue(&app.http, &app.url(""), 0, 100).await;
+    let mut announced: Vec<i64> = queue.iter().map(|notice| notice["intake_message_id"].as_i64().unwrap()).collect();
+    announced.sort_unstable();
+    assert_eq!(announced, ids);
+    app.stop().await;
 }

@@ -74,6 +74,11 @@ async fn one_of_each(app: &TestApp) -> Vec<(&'static str, String)> {
         .await;
     let message = intake["submitIntake"][0]["id"].as_str().expect("message id").to_string();
     let job = intake["submitIntake"][0]["jobId"].as_str().expect("job id").to_string();
+    let notice = eventually(WAIT, "the message's notice", || async {
+        let data = app.gql_ok("{ intakeNotices(first: 1) { nodes { id } } }", json!({})).await;
+        data["intakeNotices"]["nodes"][0]["id"].as_str().map(str::to_string)
+    })
+    .await;
 
     vec![
         ("Product", product_id),
@@ -84,6 +89,7 @@ async fn one_of_each(app: &TestApp) -> Vec<(&'static str, String)> {
         ("Purchase", purchase),
         ("Upload", upload),
         ("IntakeMessage", message),
+        ("IntakeNotice", notice),
         ("Job", job),
     ]
 }
