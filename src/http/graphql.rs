@@ -160,8 +160,13 @@ async fn post_graphql(
             for request in requests {
                 responses.push(run(&endpoint, request, caller).await.response);
             }
+            let mut headers = HeaderMap::new();
+            let errors = responses.iter().flat_map(|response| response.errors.iter());
+            if let Some(seconds) = retry_after_if_unavailable(errors) {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
             let body = serde_json::to_vec(&BatchResponse::Batch(responses)).unwrap_or_default();
-            answer(media, StatusCode::OK, body, HeaderMap::new())
+            answer(media, StatusCode::OK, body, headers)
         }
     }
 }
@@ -296,6 +301,7 @@ async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Requ
         })
     };
     let unauthenticated = has_code("UNAUTHENTICATED");
+    let retry_after = retry_after_if_unavailable(response.errors.iter());
     let status = if unauthenticated {
         StatusCode::UNAUTHORIZED
     } else if has_code(graphql::MUTATION_OVER_GET) {
@@ -305,6 +311,11 @@ async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Requ
         StatusCode::OK
     } else if refused && media == Media::GraphqlResponse {
         StatusCode::BAD_REQUEST
+    } else if retry_after.is_some() && response.data == async_graphql::Value::Null && media == Media::GraphqlResponse {
+        // Nothing could run because a dependency is down: tell proxies and monitors so
+        // (docs/graphql.md, "When a dependency is down"); the body stays the GraphQL
+        // response, which clients of this media type read whatever the status.
+        StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
@@ -314,6 +325,9 @@ async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Requ
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    if let Some(seconds) = retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     // A request refused before execution has no `data` at all in the newer media type.
     let body = match serde_json::to_value(&response) {
@@ -326,6 +340,25 @@ async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Requ
         _ => serde_json::to_vec(&response),
     };
     answer(media, status, body.unwrap_or_default(), headers)
+}
+
+/// When every error (at least one) is `UPSTREAM_UNAVAILABLE`, the longest `retryAfter`
+/// among them (seconds; 1 when none says), for a `Retry-After` header; otherwise `None`.
+fn retry_after_if_unavailable<'a>(errors: impl Iterator<Item = &'a async_graphql::ServerError>) -> Option<u64> {
+    let unavailable = async_graphql::Value::from("UPSTREAM_UNAVAILABLE");
+    let mut longest = None;
+    for error in errors {
+        let extensions = error.extensions.as_ref()?;
+        if extensions.get("code") != Some(&unavailable) {
+            return None;
+        }
+        let seconds = match extensions.get("retryAfter") {
+            Some(async_graphql::Value::Number(number)) => number.as_u64(),
+            _ => None,
+        };
+        longest = Some(longest.unwrap_or(1).max(seconds.unwrap_or(1)));
+    }
+    longest
 }
 
 /// graphql-ws (and the older subscriptions-transport-ws): subscriptions, and queries or
