@@ -30,8 +30,9 @@ pub struct ObjectStoreArgs {
     #[arg(long, env = "OBJECT_STORE_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub object_store_connect_timeout: Duration,
     /// Time after a request's first try within which a failed try (refused, timed out, a
-    /// 5xx) is tried again; after it the request fails, and an upload answers 503.
-    #[arg(long, env = "OBJECT_STORE_RETRY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    /// 5xx) is tried again; after it the request fails, and an upload answers 503. An
+    /// unreachable store fails a request within about this plus the connect timeout.
+    #[arg(long, env = "OBJECT_STORE_RETRY_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub object_store_retry_timeout: Duration,
 }
 
