@@ -257,6 +257,34 @@ mod tests {
     const SKU: UniqueKey = UniqueKey { constraint: "products_sku_key", column: "products.sku" };
 
     #[test]
+    fn an_unreachable_database_is_unavailable_however_it_arrives() {
+        use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, sqlx};
+        use std::sync::Arc;
+        let broken = || {
+            let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "expected to read 5 bytes, got 0");
+            DbErr::Query(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Io(eof))))
+        };
+        assert!(database_unavailable(&DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)));
+        assert!(database_unavailable(&broken()), "a connection that broke mid-statement");
+        let timed_out = DbErr::Exec(RuntimeErr::SqlxError(Arc::new(sqlx::Error::PoolTimedOut)));
+        assert!(database_unavailable(&timed_out));
+        let missing = DbErr::Query(RuntimeErr::SqlxError(Arc::new(sqlx::Error::RowNotFound)));
+        assert!(!database_unavailable(&missing));
+        assert!(!database_unavailable(&DbErr::Custom("a bug".into())));
+
+        assert_eq!(AppError::from(broken()).code(), "UPSTREAM_UNAVAILABLE");
+        assert_eq!(AppError::from(broken()).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(AppError::from(broken()).retry_after(), Some(DATABASE_RETRY_AFTER));
+        let through_anyhow = anyhow::Error::from(broken()).context("loading the page");
+        assert_eq!(AppError::internal(through_anyhow).code(), "UPSTREAM_UNAVAILABLE");
+        assert_eq!(AppError::internal(anyhow::anyhow!("a bug")).code(), "INTERNAL");
+        let shared = Arc::new(broken());
+        let _other_waiter = shared.clone();
+        assert_eq!(AppError::from(shared).code(), "UPSTREAM_UNAVAILABLE", "a DataLoader batch's error");
+        assert_eq!(AppError::from(broken()).duplicate().code(), "UPSTREAM_UNAVAILABLE");
+    }
+
+    #[test]
     fn unique_keys_are_recognised_by_name_on_both_backends() {
         assert!(SKU.violated_in(r#"duplicate key value violates unique constraint "products_sku_key""#));
         assert!(SKU.violated_in("UNIQUE constraint failed: products.sku"));

@@ -12,6 +12,8 @@
 //! Media types follow the GraphQL-over-HTTP draft: a client that accepts
 //! `application/graphql-response+json` gets it, with 4xx for requests refused before
 //! execution; everyone else gets `application/json` with 200 (the legacy convention).
+//! An answer whose errors are all `UPSTREAM_UNAVAILABLE` carries `Retry-After`, and is a
+//! 503 in the newer media type when it has no data (docs/graphql.md says why).
 
 use std::sync::Arc;
 
@@ -453,6 +455,23 @@ mod tests {
             Media::negotiate(&accepting("application/graphql-response+json;q=0, application/json")),
             Some(Media::Json)
         );
+    }
+
+    #[test]
+    fn retry_after_only_when_every_error_is_an_unavailable_dependency() {
+        let error = |code: &str, retry_after: Option<u64>| {
+            let mut error = graphql::coded_error("x", code);
+            if let (Some(seconds), Some(extensions)) = (retry_after, error.extensions.as_mut()) {
+                extensions.set("retryAfter", seconds);
+            }
+            error
+        };
+        let unavailable = [error("UPSTREAM_UNAVAILABLE", Some(2)), error("UPSTREAM_UNAVAILABLE", Some(5))];
+        assert_eq!(retry_after_if_unavailable(unavailable.iter()), Some(5), "the longest wait");
+        assert_eq!(retry_after_if_unavailable([error("UPSTREAM_UNAVAILABLE", None)].iter()), Some(1));
+        let mixed = [error("UPSTREAM_UNAVAILABLE", Some(2)), error("NOT_FOUND", None)];
+        assert_eq!(retry_after_if_unavailable(mixed.iter()), None);
+        assert_eq!(retry_after_if_unavailable([].iter()), None, "no error, no Retry-After");
     }
 
     #[test]
