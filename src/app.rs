@@ -63,8 +63,11 @@ impl App {
             }
             None => (None, EventBus::local()),
         };
-        let objects =
-            ObjectStorage::open(config.object_store_url.as_deref(), &config.database.data_dir.join("objects"))?;
+        let objects = ObjectStorage::open(
+            config.object_store_url.as_deref(),
+            &config.database.data_dir.join("objects"),
+            &config.object_store,
+        )?;
         let (upstreams, simulator) = upstreams(&config).await?;
         let jobs = JobQueue::new(db.clone(), config.jobs.clone());
 

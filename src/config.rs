@@ -78,6 +78,8 @@ pub struct Config {
     /// or `file:///abs/path`. Unset: the folder `<DATA_DIR>/objects`.
     #[arg(long, env = "OBJECT_STORE_URL")]
     pub object_store_url: Option<String>,
+    #[command(flatten)]
+    pub object_store: crate::storage::ObjectStoreArgs,
 
     /// Comma-separated bearer tokens allowed to write (mutations, REST POSTs). Unset: writes are open.
     #[arg(long, env = "API_TOKENS", value_delimiter = ',')]
@@ -152,6 +154,11 @@ pub struct HttpConfig {
     /// Bearer token for `/metrics` and the detailed `/health` on the public listener.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Time each `/health` check (database, Redis, object store, each domain) has to
+    /// answer; one that does not counts as down, so an unreachable dependency turns
+    /// `/health` 503 within about this time instead of after its client's own timeouts.
+    #[arg(long, env = "HEALTH_CHECK_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub health_check_timeout: Duration,
 }
 
 /// Limits on what one GraphQL request may ask; each refusal names its setting.

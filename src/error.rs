@@ -50,8 +50,14 @@ impl AppError {
     }
 
     /// Our fault (a broken invariant, an unexpected failure): logged, shown as `INTERNAL`.
+    /// An error whose cause is an unreachable database keeps that class (503), however it
+    /// got here: through `anyhow` the class would otherwise be lost.
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
-        Self::Internal(error.into())
+        let error = error.into();
+        match error.chain().find_map(|cause| cause.downcast_ref::<sea_orm::DbErr>()) {
+            Some(db) if database_unavailable(db) => Self::database_unavailable(db),
+            _ => Self::Internal(error),
+        }
     }
 
     pub fn unavailable(message: impl Into<String>, retry_after: Option<u64>) -> Self {
@@ -107,16 +113,81 @@ impl AppError {
     }
 }
 
-/// A database error: 503 when the database could not be reached or no pooled connection
-/// came in time (the request may succeed later), otherwise internal. Unique violations the
-/// caller expects are mapped first, by constraint ([`conflict_on_unique`]).
+/// A database error: 503 when the database cannot serve now (see [`database_unavailable`]:
+/// the request may succeed later), otherwise internal. Unique violations the caller
+/// expects are mapped first, by constraint ([`conflict_on_unique`]).
 impl From<sea_orm::DbErr> for AppError {
     fn from(error: sea_orm::DbErr) -> Self {
-        if matches!(error, sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)) {
-            tracing::warn!(error = %error, "database unavailable");
-            return Self::unavailable("the database is busy or unreachable; retry shortly", Some(DATABASE_RETRY_AFTER));
+        if database_unavailable(&error) {
+            return Self::database_unavailable(&error);
         }
         Self::Internal(error.into())
+    }
+}
+
+/// The same for an error shared between waiters (a DataLoader's batch).
+impl From<std::sync::Arc<sea_orm::DbErr>> for AppError {
+    fn from(error: std::sync::Arc<sea_orm::DbErr>) -> Self {
+        match std::sync::Arc::try_unwrap(error) {
+            Ok(error) => error.into(),
+            Err(shared) if database_unavailable(&shared) => Self::database_unavailable(&shared),
+            Err(shared) => Self::Internal(anyhow::anyhow!("{shared}")),
+        }
+    }
+}
+
+impl AppError {
+    fn database_unavailable(error: &sea_orm::DbErr) -> Self {
+        tracing::warn!(error = %error, "database unavailable");
+        Self::unavailable("the database is busy or unreachable; retry shortly", Some(DATABASE_RETRY_AFTER))
+    }
+
+    /// A copy of an error that several callers wait for (one DataLoader batch): same class,
+    /// code and message; an internal error's cause is kept as text.
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Self::BadInput(m) => Self::BadInput(m.clone()),
+            Self::NotFound(m) => Self::NotFound(m.clone()),
+            Self::Conflict(m) => Self::Conflict(m.clone()),
+            Self::Unauthenticated => Self::Unauthenticated,
+            Self::Forbidden { message, retry_after } => {
+                Self::Forbidden { message: message.clone(), retry_after: *retry_after }
+            }
+            Self::PayloadTooLarge(m) => Self::PayloadTooLarge(m.clone()),
+            Self::Unavailable { message, retry_after } => {
+                Self::Unavailable { message: message.clone(), retry_after: *retry_after }
+            }
+            Self::Internal(error) => Self::Internal(anyhow::anyhow!("{error:#}")),
+        }
+    }
+}
+
+/// Whether `error` says the database cannot serve now rather than that a statement is
+/// wrong: no pooled connection in time, a connection that could not be made or broke
+/// mid-statement (the server died or restarted under it), or Postgres refusing work
+/// while it shuts down, starts up or has no connection slot left.
+pub fn database_unavailable(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)) => {
+            sqlx_unavailable(error)
+        }
+        _ => false,
+    }
+}
+
+fn sqlx_unavailable(error: &sea_orm::sqlx::Error) -> bool {
+    use sea_orm::sqlx::{Error, postgres::PgDatabaseError};
+    match error {
+        Error::Io(_) | Error::Tls(_) | Error::Protocol(_) | Error::PoolTimedOut | Error::PoolClosed => true,
+        // SQLSTATE class 08: connection exception; 57P01..03: admin shutdown, crash
+        // shutdown, cannot connect now (starting up); 53300: too many connections.
+        Error::Database(error) => error.try_downcast_ref::<PgDatabaseError>().is_some_and(|error| {
+            let code = error.code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }
 
@@ -184,6 +255,34 @@ mod tests {
     use super::*;
 
     const SKU: UniqueKey = UniqueKey { constraint: "products_sku_key", column: "products.sku" };
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_however_it_arrives() {
+        use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, sqlx};
+        use std::sync::Arc;
+        let broken = || {
+            let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "expected to read 5 bytes, got 0");
+            DbErr::Query(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Io(eof))))
+        };
+        assert!(database_unavailable(&DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)));
+        assert!(database_unavailable(&broken()), "a connection that broke mid-statement");
+        let timed_out = DbErr::Exec(RuntimeErr::SqlxError(Arc::new(sqlx::Error::PoolTimedOut)));
+        assert!(database_unavailable(&timed_out));
+        let missing = DbErr::Query(RuntimeErr::SqlxError(Arc::new(sqlx::Error::RowNotFound)));
+        assert!(!database_unavailable(&missing));
+        assert!(!database_unavailable(&DbErr::Custom("a bug".into())));
+
+        assert_eq!(AppError::from(broken()).code(), "UPSTREAM_UNAVAILABLE");
+        assert_eq!(AppError::from(broken()).status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(AppError::from(broken()).retry_after(), Some(DATABASE_RETRY_AFTER));
+        let through_anyhow = anyhow::Error::from(broken()).context("loading the page");
+        assert_eq!(AppError::internal(through_anyhow).code(), "UPSTREAM_UNAVAILABLE");
+        assert_eq!(AppError::internal(anyhow::anyhow!("a bug")).code(), "INTERNAL");
+        let shared = Arc::new(broken());
+        let _other_waiter = shared.clone();
+        assert_eq!(AppError::from(shared).code(), "UPSTREAM_UNAVAILABLE", "a DataLoader batch's error");
+        assert_eq!(AppError::from(broken()).duplicate().code(), "UPSTREAM_UNAVAILABLE");
+    }
 
     #[test]
     fn unique_keys_are_recognised_by_name_on_both_backends() {

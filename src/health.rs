@@ -2,7 +2,10 @@
 //! of the shared infrastructure (database, Redis, object storage, job queue). The report
 //! that joins every check is assembled above the domains (`http::health`).
 
-use std::time::Instant;
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -30,6 +33,14 @@ pub struct Check {
 impl Check {
     pub fn new(status: Status, critical: bool, detail: Value) -> Self {
         Self { status, critical, detail }
+    }
+}
+
+/// `check`, or a check with `status` (and `critical`) when it has no answer within `within`.
+pub async fn bounded(within: Duration, status: Status, critical: bool, check: impl Future<Output = Check>) -> Check {
+    match tokio::time::timeout(within, check).await {
+        Ok(check) => check,
+        Err(_) => Check::new(status, critical, json!({ "error": format!("no answer within {within:?}") })),
     }
 }
 

@@ -35,14 +35,20 @@ impl Node {
     /// The node's status (200, or 503 when a critical dependency is down) and the report.
     pub async fn health(&self) -> (StatusCode, Value) {
         let shared = &self.shared;
+        // Each check has its own deadline, so one dependency that hangs (a database whose
+        // pool waits for connections that never come) neither delays the report nor hides
+        // the others' state. Past it, a critical infrastructure check is down; a domain's
+        // check is degraded (its own dependencies are judged by the checks above).
+        let within = self.config.http.health_check_timeout;
+        let redis_critical = shared.redis.is_some();
         let (database, redis, objects, jobs, offers, intake, uploads) = tokio::join!(
-            health::database(&shared.db),
-            health::redis(shared.redis.as_ref()),
-            health::object_store(&shared.objects, &shared.node_id),
-            health::jobs(&shared.jobs),
-            crate::catalog::health(&self.catalog),
-            crate::intake::health(&self.intake),
-            crate::uploads::health(&self.uploads),
+            health::bounded(within, Status::Down, true, health::database(&shared.db)),
+            health::bounded(within, Status::Down, redis_critical, health::redis(shared.redis.as_ref())),
+            health::bounded(within, Status::Down, true, health::object_store(&shared.objects, &shared.node_id)),
+            health::bounded(within, Status::Down, false, health::jobs(&shared.jobs)),
+            health::bounded(within, Status::Degraded, false, crate::catalog::health(&self.catalog)),
+            health::bounded(within, Status::Degraded, false, crate::intake::health(&self.intake)),
+            health::bounded(within, Status::Degraded, false, crate::uploads::health(&self.uploads)),
         );
         let feeds = feed::health(&self.feed, self.simulated_feeds);
         let checks: BTreeMap<&str, Check> = [

@@ -41,8 +41,9 @@ impl Loaders {
 
 type LoadError = Arc<sea_orm::DbErr>;
 
+/// A batch's error, keeping its class (an unreachable database is 503, not internal).
 pub(super) fn loader_error(error: LoadError) -> AppError {
-    AppError::Internal(anyhow::anyhow!("{error}"))
+    error.into()
 }
 
 /// The products of one list page. The first resolver that needs offers (or one

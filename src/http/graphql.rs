@@ -12,6 +12,8 @@
 //! Media types follow the GraphQL-over-HTTP draft: a client that accepts
 //! `application/graphql-response+json` gets it, with 4xx for requests refused before
 //! execution; everyone else gets `application/json` with 200 (the legacy convention).
+//! An answer whose errors are all `UPSTREAM_UNAVAILABLE` carries `Retry-After`, and is a
+//! 503 in the newer media type when it has no data (docs/graphql.md says why).
 
 use std::sync::Arc;
 
@@ -160,8 +162,13 @@ async fn post_graphql(
             for request in requests {
                 responses.push(run(&endpoint, request, caller).await.response);
             }
+            let mut headers = HeaderMap::new();
+            let errors = responses.iter().flat_map(|response| response.errors.iter());
+            if let Some(seconds) = retry_after_if_unavailable(errors) {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
             let body = serde_json::to_vec(&BatchResponse::Batch(responses)).unwrap_or_default();
-            answer(media, StatusCode::OK, body, HeaderMap::new())
+            answer(media, StatusCode::OK, body, headers)
         }
     }
 }
@@ -296,6 +303,7 @@ async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Requ
         })
     };
     let unauthenticated = has_code("UNAUTHENTICATED");
+    let retry_after = retry_after_if_unavailable(response.errors.iter());
     let status = if unauthenticated {
         StatusCode::UNAUTHORIZED
     } else if has_code(graphql::MUTATION_OVER_GET) {
@@ -305,6 +313,11 @@ async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Requ
         StatusCode::OK
     } else if refused && media == Media::GraphqlResponse {
         StatusCode::BAD_REQUEST
+    } else if retry_after.is_some() && response.data == async_graphql::Value::Null && media == Media::GraphqlResponse {
+        // Nothing could run because a dependency is down: tell proxies and monitors so
+        // (docs/graphql.md, "When a dependency is down"); the body stays the GraphQL
+        // response, which clients of this media type read whatever the status.
+        StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
@@ -314,6 +327,9 @@ async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Requ
     }
     if status == StatusCode::METHOD_NOT_ALLOWED {
         headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    if let Some(seconds) = retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     // A request refused before execution has no `data` at all in the newer media type.
     let body = match serde_json::to_value(&response) {
@@ -326,6 +342,25 @@ async fn run_one(endpoint: &Endpoint, media: Media, request: async_graphql::Requ
         _ => serde_json::to_vec(&response),
     };
     answer(media, status, body.unwrap_or_default(), headers)
+}
+
+/// When every error (at least one) is `UPSTREAM_UNAVAILABLE`, the longest `retryAfter`
+/// among them (seconds; 1 when none says), for a `Retry-After` header; otherwise `None`.
+fn retry_after_if_unavailable<'a>(errors: impl Iterator<Item = &'a async_graphql::ServerError>) -> Option<u64> {
+    let unavailable = async_graphql::Value::from("UPSTREAM_UNAVAILABLE");
+    let mut longest = None;
+    for error in errors {
+        let extensions = error.extensions.as_ref()?;
+        if extensions.get("code") != Some(&unavailable) {
+            return None;
+        }
+        let seconds = match extensions.get("retryAfter") {
+            Some(async_graphql::Value::Number(number)) => number.as_u64(),
+            _ => None,
+        };
+        longest = Some(longest.unwrap_or(1).max(seconds.unwrap_or(1)));
+    }
+    longest
 }
 
 /// graphql-ws (and the older subscriptions-transport-ws): subscriptions, and queries or
@@ -420,6 +455,23 @@ mod tests {
             Media::negotiate(&accepting("application/graphql-response+json;q=0, application/json")),
             Some(Media::Json)
         );
+    }
+
+    #[test]
+    fn retry_after_only_when_every_error_is_an_unavailable_dependency() {
+        let error = |code: &str, retry_after: Option<u64>| {
+            let mut error = graphql::coded_error("x", code);
+            if let (Some(seconds), Some(extensions)) = (retry_after, error.extensions.as_mut()) {
+                extensions.set("retryAfter", seconds);
+            }
+            error
+        };
+        let unavailable = [error("UPSTREAM_UNAVAILABLE", Some(2)), error("UPSTREAM_UNAVAILABLE", Some(5))];
+        assert_eq!(retry_after_if_unavailable(unavailable.iter()), Some(5), "the longest wait");
+        assert_eq!(retry_after_if_unavailable([error("UPSTREAM_UNAVAILABLE", None)].iter()), Some(1));
+        let mixed = [error("UPSTREAM_UNAVAILABLE", Some(2)), error("NOT_FOUND", None)];
+        assert_eq!(retry_after_if_unavailable(mixed.iter()), None);
+        assert_eq!(retry_after_if_unavailable([].iter()), None, "no error, no Retry-After");
     }
 
     #[test]

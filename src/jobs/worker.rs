@@ -113,6 +113,9 @@ impl Workers {
     }
 }
 
+/// The longest pause between claims while they keep failing.
+const MAX_CLAIM_PAUSE: Duration = Duration::from_secs(2);
+
 async fn run_pool(
     queue: JobQueue,
     node: Arc<str>,
@@ -127,6 +130,10 @@ async fn run_pool(
     let mut running: JoinSet<()> = JoinSet::new();
     let poll = queue.config().job_poll_interval;
     let mut sweep = tokio::time::interval(queue.config().job_lease.max(Duration::from_secs(1)));
+    // Claims failed in a row (the database is unreachable): the pause before the next
+    // doubles up to MAX_CLAIM_PAUSE, so an outage costs a log line, not a busy loop, and
+    // claiming resumes within that pause of the database's return.
+    let mut claim_failures: u32 = 0;
 
     while count > 0 && !cancel.is_cancelled() {
         while running.try_join_next().is_some() {}
@@ -140,9 +147,20 @@ async fn run_pool(
                 .map(|(kind, running)| (*kind, running.load(Ordering::Relaxed)))
                 .collect();
             match queue.claim(&node, &shares, free).await {
-                Ok(jobs) => jobs,
+                Ok(jobs) => {
+                    if claim_failures > 0 {
+                        tracing::info!(failures = claim_failures, "claiming jobs works again");
+                        claim_failures = 0;
+                    }
+                    jobs
+                }
                 Err(error) => {
-                    tracing::warn!(error = %error, "claiming jobs failed; retrying");
+                    if claim_failures == 0 {
+                        tracing::warn!(error = %error, "claiming jobs failed; retrying with backoff");
+                    } else {
+                        tracing::debug!(error = %error, failures = claim_failures, "claiming jobs failed again");
+                    }
+                    claim_failures = claim_failures.saturating_add(1);
                     Vec::new()
                 }
             }
@@ -181,9 +199,13 @@ async fn run_pool(
             }
             continue;
         }
+        let pause = match claim_failures {
+            0 => poll,
+            failures => poll.saturating_mul(1 << failures.min(16)).min(MAX_CLAIM_PAUSE).max(poll),
+        };
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tokio::time::sleep(poll) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = queue.wake().notified() => {}
             _ = sweep.tick() => {
                 if let Err(error) = queue.fail_abandoned().await {

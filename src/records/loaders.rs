@@ -31,7 +31,7 @@ pub struct StoreBatches {
     db: DatabaseConnection,
 }
 
-/// Loader errors must be `Clone`; the resolver turns them back into an internal error.
+/// Loader errors must be `Clone`; the resolver turns them back into the `AppError` they were.
 #[derive(Clone)]
 pub struct BatchError(Arc<AppError>);
 
@@ -39,7 +39,7 @@ impl BatchError {
     pub fn into_app_error(self) -> AppError {
         match Arc::try_unwrap(self.0) {
             Ok(error) => error,
-            Err(shared) => AppError::Internal(anyhow::anyhow!("batched lookup failed: {}", shared.message())),
+            Err(shared) => shared.duplicate(),
         }
     }
 }

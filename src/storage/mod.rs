@@ -2,18 +2,39 @@
 //! S3-style bucket in a cluster. Domains address "buckets" as top-level prefixes of the
 //! configured root (uploads spool under `uploads/`, intake writes under each genre's bucket).
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use object_store::{
-    ObjectStore, ObjectStoreExt as _, PutPayload, aws::AmazonS3Builder, local::LocalFileSystem, path::Path,
+    ClientConfigKey, ObjectStore, ObjectStoreExt as _, PutPayload, RetryConfig,
+    aws::{AmazonS3Builder, AmazonS3ConfigKey},
+    local::LocalFileSystem,
+    path::Path,
 };
+
+use crate::settings::parse_duration;
 
 mod local_fs;
 mod writer;
 
 pub use writer::ObjectWriter;
+
+/// How long an S3-style store may take to fail (the object store section of the settings).
+/// object_store's own defaults (5 s to connect, retries for up to 3 minutes) kept an
+/// upload waiting minutes against an unreachable endpoint before it could answer 503.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ObjectStoreArgs {
+    /// Time to open a connection to an S3-style store; each try that does not connect
+    /// in time fails (and may be retried, below).
+    #[arg(long, env = "OBJECT_STORE_CONNECT_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub object_store_connect_timeout: Duration,
+    /// Time after a request's first try within which a failed try (refused, timed out, a
+    /// 5xx) is tried again; after it the request fails, and an upload answers 503. An
+    /// unreachable store fails a request within about this plus the connect timeout.
+    #[arg(long, env = "OBJECT_STORE_RETRY_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub object_store_retry_timeout: Duration,
+}
 
 #[derive(Clone)]
 pub struct ObjectStorage {
@@ -35,7 +56,7 @@ struct LocalFolder {
 
 impl ObjectStorage {
     /// Opens `OBJECT_STORE_URL`, or the folder `default_folder` when it is unset.
-    pub fn open(url: Option<&str>, default_folder: &std::path::Path) -> anyhow::Result<Self> {
+    pub fn open(url: Option<&str>, default_folder: &std::path::Path, args: &ObjectStoreArgs) -> anyhow::Result<Self> {
         match url {
             None => Self::local(default_folder),
             Some(url) if url.starts_with("file://") => {
@@ -46,8 +67,14 @@ impl ObjectStorage {
                 Self::local(&path)
             }
             Some(url) if url.starts_with("s3://") => {
+                let retry = RetryConfig { retry_timeout: args.object_store_retry_timeout, ..RetryConfig::default() };
+                let connect_timeout = format!("{}ms", args.object_store_connect_timeout.as_millis());
                 let store = AmazonS3Builder::from_env()
                     .with_url(url)
+                    // Set key by key: `with_client_options` would drop the AWS_* client
+                    // settings read from the environment (AWS_ALLOW_HTTP, …).
+                    .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout), connect_timeout)
+                    .with_retry(retry)
                     .build()
                     .with_context(|| format!("OBJECT_STORE_URL `{url}`"))?;
                 Ok(Self { store: Arc::new(store), location: url.to_string(), local: None })

@@ -12,6 +12,7 @@ mod hostile;
 mod intake;
 mod jobs;
 mod nodes;
+mod outage;
 mod paging;
 mod records;
 mod schema_docs;

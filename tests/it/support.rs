@@ -214,10 +214,23 @@ pub fn error_code(response: &Value) -> Option<String> {
 pub struct NodeProcess {
     pub addr: SocketAddr,
     child: tokio::process::Child,
+    /// Where its stderr goes, when the test reads it ([`NodeProcess::spawn_logged`]).
+    stderr_log: Option<std::path::PathBuf>,
 }
 
 impl NodeProcess {
     pub async fn spawn(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        Self::spawn_to(env, extra, None).await
+    }
+
+    /// Like [`NodeProcess::spawn`], with its stderr (the log) kept in a file under the
+    /// environment's folder, for [`NodeProcess::stderr`].
+    pub async fn spawn_logged(env: &TestEnv, extra: &[(&str, &str)]) -> Self {
+        let log = env.dir.path().join(format!("node-{}.stderr", uuid::Uuid::new_v4().simple()));
+        Self::spawn_to(env, extra, Some(log)).await
+    }
+
+    async fn spawn_to(env: &TestEnv, extra: &[(&str, &str)], stderr_log: Option<std::path::PathBuf>) -> Self {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_emporium"));
@@ -225,11 +238,19 @@ impl NodeProcess {
         for (key, value) in extra {
             command.env(key, value);
         }
-        let child =
-            command.stdout(Stdio::null()).stderr(Stdio::inherit()).kill_on_drop(true).spawn().expect("spawn emporium");
-        let node = Self { addr, child };
+        let stderr = match &stderr_log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("node log file")),
+            None => Stdio::inherit(),
+        };
+        let child = command.stdout(Stdio::null()).stderr(stderr).kill_on_drop(true).spawn().expect("spawn emporium");
+        let node = Self { addr, child, stderr_log };
         node.wait_ready().await;
         node
+    }
+
+    /// What the node wrote to stderr so far (its log); empty unless [`NodeProcess::spawn_logged`].
+    pub fn stderr(&self) -> String {
+        self.stderr_log.as_ref().map(|path| std::fs::read_to_string(path).unwrap_or_default()).unwrap_or_default()
     }
 
     async fn wait_ready(&self) {
@@ -267,6 +288,8 @@ impl NodeProcess {
 /// (never the shared one). Stopped when dropped.
 pub struct PrivateRedis {
     child: std::process::Child,
+    binary: &'static str,
+    port: u16,
     pub url: String,
 }
 
@@ -277,6 +300,11 @@ impl PrivateRedis {
             .into_iter()
             .find(|path| std::path::Path::new(path).exists())?;
         let port = free_port();
+        let child = Self::run(binary, port).await;
+        Some(Self { child, binary, port, url: format!("redis://127.0.0.1:{port}") })
+    }
+
+    async fn run(binary: &str, port: u16) -> std::process::Child {
         let child = std::process::Command::new(binary)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -286,7 +314,13 @@ impl PrivateRedis {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
         })
         .await;
-        Some(Self { child, url: format!("redis://127.0.0.1:{port}") })
+        child
+    }
+
+    /// Starts it again after [`PrivateRedis::kill`], on the same port (empty: it keeps nothing).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = Self::run(self.binary, self.port).await;
     }
 
     /// Loses every key, as a restart without persistence, a failover or eviction does.
@@ -306,6 +340,143 @@ impl PrivateRedis {
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Postgres server of the test's own (its own data folder and port), for tests that
+/// stop and restart it; never the shared one. Needs the server binaries
+/// (`/usr/lib/postgresql/<version>/bin`, the newest): without them the test fails, it
+/// does not pass unseen. As root (tests in containers), the server runs as the
+/// `postgres` user (`initdb` refuses root). Stopped and removed when dropped.
+pub struct PrivatePostgres {
+    bin: std::path::PathBuf,
+    /// Holds `data/` and the server's socket and log; removed on drop.
+    dir: TempDir,
+    pub port: u16,
+    /// `postgres://postgres@127.0.0.1:<port>/postgres` (trust authentication).
+    pub url: String,
+    running: bool,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> Self {
+        let bin = Self::binaries().unwrap_or_else(|| {
+            panic!("no Postgres server binaries (initdb, pg_ctl) under /usr/lib/postgresql/*/bin: install Postgres")
+        });
+        let as_root = rustix::process::geteuid().is_root();
+        // As root, under /tmp (world-traversable whatever TMPDIR says), so that the
+        // `postgres` user can reach its data folder; the folder itself is made its own.
+        let dir = if as_root { tempfile::tempdir_in("/tmp") } else { tempfile::tempdir() }.expect("temp dir");
+        if as_root {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+            let owner = Self::postgres_user_ids();
+            std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).expect("chown temp dir to postgres");
+        }
+        let port = free_port();
+        let server =
+            Self { bin, dir, port, url: format!("postgres://postgres@127.0.0.1:{port}/postgres"), running: false };
+        let data = server.data().display().to_string();
+        server.command("initdb", &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"]);
+        let mut server = server;
+        server.restart().await;
+        server
+    }
+
+    /// Starts the server (again, after [`PrivatePostgres::stop`]) on the same port and data.
+    pub async fn restart(&mut self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let data = self.data().display().to_string();
+        let log = self.dir.path().join("server.log").display().to_string();
+        self.command("pg_ctl", &["-D", &data, "-o", &options, "-l", &log, "-w", "-t", "60", "start"]);
+        self.running = true;
+        let url = self.url.clone();
+        eventually(Duration::from_secs(30), "the private postgres to accept queries", || async {
+            let connection = Database::connect(url.as_str()).await.ok()?;
+            let ok = connection.execute_unprepared("SELECT 1").await.is_ok();
+            connection.close().await.ok();
+            ok.then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the server at once, as a crash would (`-m immediate`: no checkpoint, every
+    /// connection dropped); the port is closed when this returns.
+    pub fn stop(&mut self) {
+        let data = self.data().display().to_string();
+        self.command("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "-t", "60", "stop"]);
+        self.running = false;
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs one of the server's programs; panics with its output if it fails.
+    fn command(&self, program: &str, args: &[&str]) {
+        let output = self.program(program).args(args).stdin(Stdio::null()).output().expect("run a Postgres program");
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// One of the server's programs, run as `postgres` when we are root.
+    fn program(&self, program: &str) -> std::process::Command {
+        let program = self.bin.join(program);
+        if rustix::process::geteuid().is_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            std::process::Command::new(program)
+        }
+    }
+
+    /// The newest `/usr/lib/postgresql/<version>/bin` that has `initdb` and `pg_ctl`.
+    fn binaries() -> Option<std::path::PathBuf> {
+        let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let version = entry.file_name().to_str()?.split('.').next()?.parse().ok()?;
+                let bin = entry.path().join("bin");
+                (bin.join("initdb").exists() && bin.join("pg_ctl").exists()).then_some((version, bin))
+            })
+            .collect();
+        found.sort();
+        found.pop().map(|(_, bin)| bin)
+    }
+
+    /// The `postgres` OS user's uid and gid.
+    fn postgres_user_ids() -> (u32, u32) {
+        let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+        passwd
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields.first() == Some(&"postgres") && fields.len() > 3)
+                    .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+                    .flatten()
+            })
+            .expect("a `postgres` OS user (the Postgres packages create it)")
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.data().display().to_string();
+            let stop = ["-D", &data, "-m", "immediate", "-w", "stop"];
+            let _ = self.program("pg_ctl").args(stop).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
     }
 }
 
@@ -355,7 +526,7 @@ impl NodeProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn emporium through sh");
-        let node = Self { addr, child };
+        let node = Self { addr, child, stderr_log: None };
         node.wait_ready().await;
         node
     }
