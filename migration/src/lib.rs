@@ -15,6 +15,7 @@ mod m20261205_000007_paging_orders;
 mod m20261205_000008_upload_digest_index;
 mod m20261205_000009_upload_item_errors;
 mod m20261205_000010_intake_notices;
+mod m20261206_000011_upload_backlog_index;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000008_upload_digest_index::Migration),
             Box::new(m20261205_000009_upload_item_errors::Migration),
             Box::new(m20261205_000010_intake_notices::Migration),
+            Box::new(m20261206_000011_upload_backlog_index::Migration),
         ]
     }
 }
