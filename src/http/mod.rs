@@ -121,12 +121,14 @@ fn shows_admin_detail(state: &Node, headers: &HeaderMap) -> bool {
 }
 
 async fn metrics(State(state): State<Node>) -> Response {
-    // Job counts are cluster-wide facts: read them at scrape time.
+    // Job counts and the upload backlog are cluster-wide facts: read them at scrape time
+    // (the backlog from its cached read when fresh).
     if let Ok(counts) = state.shared.jobs.counts().await {
         for (status, count) in counts {
             metrics::gauge!("emporium_jobs", "status" => status).set(count as f64);
         }
     }
+    crate::uploads::refresh_metrics(&state.uploads).await;
     let body = telemetry::metrics_handle().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

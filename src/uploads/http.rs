@@ -31,7 +31,8 @@ pub fn routes() -> Router<Uploads> {
 /// `application/x-www-form-urlencoded`). 200 `{"upload_id", "node_id", "status": "queued", …}`; 400 with
 /// the position of the first error; 403 + `Retry-After` for a body accepted less than
 /// `DEDUP_WINDOW` ago; 413 beyond `MAX_UPLOAD_BYTES`; 503 + `Retry-After` when the dedup
-/// store or object storage is down.
+/// store or object storage is down, or when the backlog of uploads waiting for ingestion
+/// is at `UPLOAD_BACKLOG_MAX_UPLOADS` or `UPLOAD_BACKLOG_MAX_BYTES` (nothing stored).
 ///
 /// Items with errors are handled by the error policy (`?errorPolicy=` or the
 /// `Emporium-Error-Policy` header; `REJECT_FAILED_ROWS` by default): with
@@ -46,7 +47,17 @@ async fn post_products(
 ) -> Response {
     let result = async {
         let policy = error_policy(params.error_policy.as_deref(), &headers)?;
+        // Before a byte of the body is read: a refusal stores nothing and claims no window.
+        let declared = receive::declared_length(&headers);
+        state.backlog.admit(&state.db, declared).await?;
         let received = receive::receive(&state, &headers, body, policy).await?;
+        if declared.is_none()
+            && let Err(error) = state.backlog.admit(&state.db, Some(received.summary.bytes)).await
+        {
+            // A chunked body's size is known only now; still before the window is claimed.
+            receive::delete_spool_later(&state, &received.spool_key);
+            return Err(error.into());
+        }
         receive::accept(&state, received).await
     }
     .await;

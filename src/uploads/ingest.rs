@@ -132,6 +132,9 @@ async fn ingest(state: &Uploads, id: i64) -> Result<(), Failure> {
     };
     publish_progress(state, &finished).await;
     super::receive::delete_spool_later(state, &upload.spool_key);
+    // Uploads leaving the backlog; its rate, beside `emporium_uploads_total`'s accepted
+    // one, says whether ingestion keeps up.
+    metrics::counter!("emporium_uploads_ingested_total", "outcome" => "succeeded").increment(1);
     metrics::counter!("emporium_upload_items_ingested_total")
         .increment(u64::try_from(finished.items_total).unwrap_or(0).saturating_sub(skip));
     tracing::info!(
@@ -192,7 +195,10 @@ async fn refuse_everything(state: &Uploads, upload: &UploadRecord) -> Result<boo
     );
     tracing::warn!(upload_id = upload.id, failed = checked.failed, reason, "upload refused whole");
     match model::reject_everything(&state.db, upload.id, checked.failed, &errors, &reason).await.map_err(app_error)? {
-        Some(finished) => publish_progress(state, &finished).await,
+        Some(finished) => {
+            publish_progress(state, &finished).await;
+            metrics::counter!("emporium_uploads_ingested_total", "outcome" => "refused").increment(1);
+        }
         None => return Err(Failure::Retry(anyhow::anyhow!("upload {} changed state while it was checked", upload.id))),
     }
     super::receive::delete_spool_later(state, &upload.spool_key);

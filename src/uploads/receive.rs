@@ -90,6 +90,14 @@ pub struct Accepted {
     pub item_errors: Vec<ItemError>,
 }
 
+/// The body's length as its `Content-Length` declares it.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+}
+
 /// Streams `body` once: hashing, validating and spooling it.
 pub async fn receive(
     state: &Uploads,
@@ -108,10 +116,7 @@ pub async fn receive(
             .into());
         }
     }
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
+    let declared = declared_length(headers);
     let mut stream = body.into_data_stream();
     if let Some(length) = declared.filter(|length| *length > max) {
         // Known too large before a byte is read. A client waiting for `100 Continue`
@@ -412,7 +417,10 @@ pub async fn accept(state: &Uploads, received: Received) -> Result<Accepted, Rej
     let state = state.clone();
     let task = tokio::spawn(async move {
         let id = match commit(&state, &received).await {
-            Ok(Committed::Accepted(id)) => id,
+            Ok(Committed::Accepted { id, accepted_at }) => {
+                state.backlog.note_accepted(received.summary.bytes, accepted_at);
+                id
+            }
             Ok(Committed::Duplicate { of, left }) => {
                 // The fast path had lost this window: put it back for the time left.
                 let _ = state.dedup.restore(&claim, of, left).await;
@@ -458,7 +466,10 @@ pub async fn accept(state: &Uploads, received: Received) -> Result<Accepted, Rej
 }
 
 enum Committed {
-    Accepted(i64),
+    Accepted {
+        id: i64,
+        accepted_at: i64,
+    },
     /// The database holds an acceptance of the same body within the window (upload
     /// `of`, `left` before its window ends) that the fast path no longer knew.
     Duplicate {
@@ -488,7 +499,7 @@ async fn commit(state: &Uploads, received: &Received) -> Result<Committed, AppEr
     let job_id = state.jobs.enqueue(&txn, NewJob::new(INGEST_JOB, &IngestJob { upload_id: id })).await?;
     model::set_job(&txn, id, job_id).await?;
     txn.commit().await?;
-    Ok(Committed::Accepted(id))
+    Ok(Committed::Accepted { id, accepted_at })
 }
 
 /// Opens the window of a committed upload once Redis answers again (a blip between
