@@ -4,6 +4,7 @@
 
 mod support;
 
+mod backlog;
 mod catalog;
 mod feed;
 mod foundation;

@@ -23,14 +23,14 @@ const EXAMPLE_BODY: &[u8] = br#"[{"id": "123", "name": "mesa"}]"#;
 
 /// What the client saw.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
-    retry_after: Option<u64>,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<u64>,
+    pub(crate) body: Value,
 }
 
 /// POSTs like `curl -d` does: `Content-Type: application/x-www-form-urlencoded`.
-async fn post_products(http: &reqwest::Client, base: &str, body: impl Into<reqwest::Body>) -> Answer {
+pub(crate) async fn post_products(http: &reqwest::Client, base: &str, body: impl Into<reqwest::Body>) -> Answer {
     let response = http
         .post(format!("{base}/v1/products"))
         .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
@@ -49,7 +49,7 @@ fn base(app: &TestApp) -> String {
 }
 
 /// A body of `count` products with ids `<prefix>-<i>`.
-fn products(prefix: &str, count: usize) -> Vec<u8> {
+pub(crate) fn products(prefix: &str, count: usize) -> Vec<u8> {
     let mut body = Vec::with_capacity(count * 64);
     body.push(b'[');
     for i in 0..count {
@@ -75,13 +75,13 @@ async fn finished(http: &reqwest::Client, base: &str, id: &str, timeout: Duratio
     .await
 }
 
-async fn scalar(db: &impl sea_orm::ConnectionTrait, sql: &str) -> i64 {
+pub(crate) async fn scalar(db: &impl sea_orm::ConnectionTrait, sql: &str) -> i64 {
     let row = db.query_one_raw(emporium::db::stmt(db, sql, [])).await.expect("query").expect("row");
     row.try_get_by_index::<i64>(0).expect("integer")
 }
 
 /// Spooled bodies left in the local object store.
-fn spool_files(env: &TestEnv) -> Vec<String> {
+pub(crate) fn spool_files(env: &TestEnv) -> Vec<String> {
     let dir = env.dir.path().join("objects").join("uploads");
     std::fs::read_dir(dir)
         .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
