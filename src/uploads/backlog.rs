@@ -63,13 +63,17 @@ pub struct Bounds {
 pub struct Backlog {
     bounds: Bounds,
     cached: Arc<Mutex<Option<(Instant, Figures)>>>,
+    /// When the last read failed: the requests that waited for it fail at once rather
+    /// than each trying in turn (a database that is down would make the n-th wait n
+    /// acquire timeouts).
+    failed_at: Arc<Mutex<Option<Instant>>>,
     /// One read at a time: requests arriving while it runs wait for its answer.
     reading: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Backlog {
     pub fn new(bounds: Bounds) -> Self {
-        Self { bounds, cached: Arc::default(), reading: Arc::default() }
+        Self { bounds, cached: Arc::default(), failed_at: Arc::default(), reading: Arc::default() }
     }
 
     pub fn bounds(&self) -> Bounds {
@@ -86,11 +90,27 @@ impl Backlog {
         if let Some(figures) = self.fresh() {
             return Ok(figures);
         }
+        let asked_at = Instant::now();
         let _reading = self.reading.lock().await;
         if let Some(figures) = self.fresh() {
             return Ok(figures);
         }
-        let figures = read(db).await?;
+        let failed_at = self.failed_at.lock().ok().and_then(|failed_at| *failed_at);
+        if failed_at.is_some_and(|failed_at| failed_at >= asked_at) {
+            return Err(AppError::unavailable(
+                "the upload backlog could not be read just now (the database failed to answer); retry shortly",
+                Some(1),
+            ));
+        }
+        let figures = match read(db).await {
+            Ok(figures) => figures,
+            Err(error) => {
+                if let Ok(mut failed_at) = self.failed_at.lock() {
+                    *failed_at = Some(Instant::now());
+                }
+                return Err(error);
+            }
+        };
         if let Ok(mut cached) = self.cached.lock() {
             *cached = Some((Instant::now(), figures));
         }
@@ -108,6 +128,16 @@ impl Backlog {
             return Ok(());
         }
         let figures = self.figures(db).await?;
+        let decided = self.decide(&figures, more);
+        if decided.is_err() {
+            metrics::counter!("emporium_upload_backlog_refused_total").increment(1);
+        }
+        decided
+    }
+
+    /// [`Backlog::admit`]'s decision on given figures.
+    fn decide(&self, figures: &Figures, more: Option<u64>) -> AppResult<()> {
+        let Bounds { max_uploads, max_bytes } = self.bounds;
         let (uploads, bytes) = (as_u64(figures.uploads), as_u64(figures.bytes));
         let full_count = max_uploads > 0 && uploads >= max_uploads;
         let full_bytes = max_bytes > 0
@@ -115,7 +145,6 @@ impl Backlog {
         if !(full_count || full_bytes) {
             return Ok(());
         }
-        metrics::counter!("emporium_upload_backlog_refused_total").increment(1);
         let which = if full_count {
             format!("{uploads} uploads wait, UPLOAD_BACKLOG_MAX_UPLOADS is {max_uploads}")
         } else {
@@ -205,5 +234,25 @@ mod tests {
         assert!(b.near_full(&figures(9, 0)));
         assert!(b.near_full(&figures(0, 801)));
         assert!(!backlog(0, 0).near_full(&figures(1_000_000, 1 << 40)), "0 is unbounded");
+    }
+
+    #[test]
+    fn refuses_at_either_bound_and_an_empty_backlog_takes_any_body() {
+        let figures = |uploads, bytes| Figures { uploads, bytes, oldest: None };
+        let message = |result: AppResult<()>| match result {
+            Err(AppError::Unavailable { message, retry_after: Some(_) }) => message,
+            other => panic!("expected a 503 with Retry-After, got {other:?}"),
+        };
+        let b = backlog(3, 1000);
+        assert!(b.decide(&figures(2, 0), None).is_ok());
+        assert!(message(b.decide(&figures(3, 0), None)).contains("UPLOAD_BACKLOG_MAX_UPLOADS is 3"));
+        assert!(message(b.decide(&figures(1, 1000), None)).contains("UPLOAD_BACKLOG_MAX_BYTES is 1000"));
+        assert!(b.decide(&figures(1, 600), Some(400)).is_ok(), "up to the bound fits");
+        assert!(message(b.decide(&figures(1, 600), Some(401))).contains("this body has 401"));
+        assert!(b.decide(&figures(0, 0), Some(5000)).is_ok(), "an empty backlog takes a body beyond the bound");
+        let unbounded = backlog(0, 0);
+        assert!(unbounded.decide(&figures(1 << 40, 1 << 50), Some(1 << 40)).is_ok());
+        let count_only = backlog(3, 0);
+        assert!(count_only.decide(&figures(2, 1 << 50), Some(1 << 40)).is_ok());
     }
 }
