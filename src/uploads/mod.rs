@@ -3,6 +3,8 @@
 //! accepted less than `DEDUP_WINDOW` ago, whichever node of a cluster receives it.
 //!
 //! The path of a body:
+//! 0. [`backlog`]: past the backlog's bounds (uploads not ingested yet, cluster-wide),
+//!    503 with `Retry-After` before the body is read;
 //! 1. [`receive`]: one streaming pass hashes it (BLAKE3), validates it ([`scan`], an
 //!    incremental JSON state machine: 400 with the position of the first error) and
 //!    spools it to object storage, never holding it whole;
