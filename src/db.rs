@@ -172,6 +172,13 @@ pub async fn execute(
     Ok(conn.execute_raw(stmt(conn, sql, values)).await?.rows_affected())
 }
 
+/// Why the database cannot store `text`, if it cannot: Postgres refuses the NUL character
+/// in text and jsonb (SQLite would take it). Every input that reaches the database is
+/// checked with this, so both backends refuse the same text in the same words.
+pub fn unstorable_text(text: &str) -> Option<&'static str> {
+    text.contains('\0').then_some("must not contain NUL (\\u0000)")
+}
+
 /// Now, in the storage convention: milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     Utc::now().timestamp_millis()

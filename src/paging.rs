@@ -136,8 +136,10 @@ impl SortKey {
             (KeyKind::Id, _) if text.is_empty() => Some(Self::Id),
             (KeyKind::NullableInt, Some(("n", ""))) => Some(Self::Null),
             (KeyKind::Int | KeyKind::NullableInt, Some(("i", digits))) => digits.parse().ok().map(Self::Int),
-            // No NUL: the database could not compare it (Postgres refuses it in text).
-            (KeyKind::Text, Some(("s", value))) if !value.contains('\0') => Some(Self::Text(value.to_string())),
+            // Only text the database can compare.
+            (KeyKind::Text, Some(("s", value))) if crate::db::unstorable_text(value).is_none() => {
+                Some(Self::Text(value.to_string()))
+            }
             _ => None,
         }
     }

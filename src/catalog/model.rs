@@ -84,12 +84,12 @@ impl From<InvalidField> for AppError {
     }
 }
 
-/// Text the database can store: Postgres refuses the NUL character in text (and jsonb).
+/// Text the database can store ([`crate::db::unstorable_text`]).
 pub fn no_nul(field: &'static str, value: &str) -> Result<(), InvalidField> {
-    if value.contains('\0') {
-        return Err(InvalidField::new(field, "must not contain the NUL character (\\u0000)"));
+    match crate::db::unstorable_text(value) {
+        Some(reason) => Err(InvalidField::new(field, reason)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks a name; returns it trimmed.

@@ -268,9 +268,9 @@ impl IntakeQuery {
         #[graphql(desc = "Only submissions with exactly this client message id.")] message_id: Option<String>,
     ) -> async_graphql::Result<Paged<IntakeMessage>> {
         let state = state(ctx);
-        if message_id.as_deref().is_some_and(|id| id.contains('\0')) {
-            // Postgres cannot hold NUL in text, so no message has one: refused, not an internal error.
-            return Err(AppError::bad_input("`messageId` must not contain NUL (\\u0000)").into());
+        if let Some(reason) = message_id.as_deref().and_then(crate::db::unstorable_text) {
+            // No stored message can have such an id: refused, not an internal error.
+            return Err(AppError::bad_input(format!("`messageId` {reason}")).into());
         }
         let order = order_by.unwrap_or_default();
         let page =

@@ -209,8 +209,8 @@ fn validate(index: usize, fields: &Map<String, serde_json::Value>) -> Result<Val
 }
 
 fn text_problem(text: &str, max: usize) -> Option<String> {
-    if text.contains('\0') {
-        return Some("must not contain NUL (\\u0000)".into());
+    if let Some(reason) = crate::db::unstorable_text(text) {
+        return Some(reason.into());
     }
     let chars = text.chars().count();
     (chars > max).then(|| format!("is {chars} characters long; at most {max}"))

@@ -63,12 +63,12 @@ pub fn email(value: &str) -> AppResult<String> {
     if local_ok && domain_ok { Ok(value.to_string()) } else { Err(invalid()) }
 }
 
-/// Text the database can store and compare: Postgres refuses the NUL character in text.
+/// Text the database can store and compare ([`crate::db::unstorable_text`]).
 pub fn no_nul(field: &str, value: &str) -> AppResult<()> {
-    if value.contains('\0') {
-        return Err(AppError::bad_input(format!("`{field}` must not contain the NUL character (\\u0000)")));
+    match crate::db::unstorable_text(value) {
+        Some(reason) => Err(AppError::bad_input(format!("`{field}` {reason}"))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// An optional filter value (a search term, an artist…): compared in the database, so
