@@ -5,13 +5,16 @@
 //! GraphQL and the progress subscription. And GraphQL refuses NUL in string inputs with
 //! `BAD_USER_INPUT` naming the field.
 
-use std::{io::Write as _, net::SocketAddr, time::Duration};
+use std::{io::Write as _, time::Duration};
 
-use futures::{SinkExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Value, json};
 
-use crate::support::{TestApp, TestEnv, error_code, eventually};
+use crate::{
+    support::{TestApp, TestEnv, error_code, eventually},
+    uploads::subscribe,
+};
 
 /// What the client saw.
 #[derive(Debug)]
@@ -411,37 +414,4 @@ async fn graphql_refuses_nul_in_string_inputs_naming_the_field() {
 fn base64_url(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
-}
-
-async fn subscribe(addr: SocketAddr, query: &str, variables: Value) -> futures::stream::BoxStream<'static, Value> {
-    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
-    let mut request = format!("ws://{addr}/graphql/ws").into_client_request().expect("request");
-    request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().expect("header"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket");
-    socket.send(Message::text(json!({ "type": "connection_init" }).to_string())).await.expect("init");
-    loop {
-        let message = socket.next().await.expect("ack").expect("message");
-        let text: Value = serde_json::from_str(message.to_text().unwrap_or("{}")).unwrap_or(Value::Null);
-        if text["type"] == "connection_ack" {
-            break;
-        }
-    }
-    let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } });
-    socket.send(Message::text(subscribe.to_string())).await.expect("subscribe");
-    async_stream::stream! {
-        while let Some(Ok(message)) = socket.next().await {
-            let Ok(text) = message.to_text() else { continue };
-            let Ok(value) = serde_json::from_str::<Value>(text) else { continue };
-            match value["type"].as_str() {
-                Some("next") => {
-                    let data = &value["payload"]["data"];
-                    let field = data.as_object().and_then(|o| o.values().next().cloned()).unwrap_or(Value::Null);
-                    yield field;
-                }
-                Some("complete") | Some("error") => break,
-                _ => {}
-            }
-        }
-    }
-    .boxed()
 }

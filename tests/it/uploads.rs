@@ -734,7 +734,11 @@ async fn a_node_killed_mid_ingestion_is_finished_by_another() {
 
 /// A graphql-ws subscription as a stream of the subscribed field's payloads; ends when
 /// the server completes it.
-async fn subscribe(addr: SocketAddr, query: &str, variables: Value) -> futures::stream::BoxStream<'static, Value> {
+pub(crate) async fn subscribe(
+    addr: SocketAddr,
+    query: &str,
+    variables: Value,
+) -> futures::stream::BoxStream<'static, Value> {
     use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
     let mut request = format!("ws://{addr}/graphql/ws").into_client_request().expect("request");
     request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().expect("header"));
