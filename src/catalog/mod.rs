@@ -35,7 +35,8 @@ use serde_json::json;
 
 pub use client::OffersClient;
 pub use products::{
-    NewProduct, ProductChanges, ProductFilter, ProductUpsert, UpsertOutcome, upsert_by_sku, validate_upsert,
+    NewProduct, ProductChanges, ProductFilter, ProductUpsert, UpsertOutcome, Upserted, upsert_by_sku,
+    upsert_each_by_sku, validate_upsert,
 };
 pub use sync::{SyncReport, sync_offers};
 

@@ -109,36 +109,84 @@ pub async fn upsert_by_sku(
     txn: &DatabaseTransaction,
     batch: &[ProductUpsert],
 ) -> AppResult<UpsertOutcome> {
+    let upserted = upsert_each_by_sku(state, txn, batch).await?;
+    let count = |wanted: Upserted| upserted.iter().filter(|outcome| **outcome == wanted).count() as u64;
+    Ok(UpsertOutcome { created: count(Upserted::Created), updated: count(Upserted::Updated) })
+}
+
+/// What an upsert did with one item of the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    Created,
+    /// An existing product whose fields changed.
+    Updated,
+    /// An existing product equal to the item.
+    Unchanged,
+    /// A later item of the batch has the same sku, and wins.
+    Superseded,
+}
+
+/// [`upsert_by_sku`], answering for each item of `batch`, in its order: what a caller
+/// that upserts several uploads' items at once needs to report each upload's share.
+pub async fn upsert_each_by_sku(
+    state: &Catalog,
+    txn: &DatabaseTransaction,
+    batch: &[ProductUpsert],
+) -> AppResult<Vec<Upserted>> {
     let mut items: Vec<CleanUpsert> = Vec::with_capacity(batch.len());
     let mut position: HashMap<String, usize> = HashMap::with_capacity(batch.len());
+    // For each item of the batch, the index of its sku's last occurrence in `items`.
+    let mut item_of: Vec<usize> = Vec::with_capacity(batch.len());
     for item in batch {
         let item = clean(item)?;
         match position.get(&item.sku) {
-            Some(&at) => items[at] = item,
+            Some(&at) => {
+                item_of.push(at);
+                items[at] = item;
+            }
             None => {
                 position.insert(item.sku.clone(), items.len());
+                item_of.push(items.len());
                 items.push(item);
             }
         }
     }
 
-    let mut outcome = UpsertOutcome::default();
+    let mut outcome = vec![Upserted::Unchanged; items.len()];
     let now = now_ms();
-    for chunk in items.chunks(UPSERT_CHUNK) {
+    let mut created_total = 0u64;
+    for (chunk_index, chunk) in items.chunks(UPSERT_CHUNK).enumerate() {
+        let offset = chunk_index * UPSERT_CHUNK;
         let created = insert_new(txn, chunk, now).await?;
         let created_skus: HashSet<&str> = created.iter().map(|(_, sku)| sku.as_str()).collect();
         let rest: Vec<&CleanUpsert> = chunk.iter().filter(|item| !created_skus.contains(item.sku.as_str())).collect();
-        outcome.updated += update_changed(txn, &rest, now).await?;
-        outcome.created += created.len() as u64;
+        let updated_skus = update_changed(txn, &rest, now).await?;
+        for (index, item) in chunk.iter().enumerate() {
+            if created_skus.contains(item.sku.as_str()) {
+                outcome[offset + index] = Upserted::Created;
+            } else if updated_skus.contains(&item.sku) {
+                outcome[offset + index] = Upserted::Updated;
+            }
+        }
+        created_total += created.len() as u64;
         if !created.is_empty() {
             let ids = created.iter().map(|(id, _)| *id).collect();
             state.jobs.enqueue(txn, registration::job(&state.config, ids)).await?;
         }
     }
-    if outcome.created > 0 {
-        metrics::counter!("emporium_catalog_products_created_total").increment(outcome.created);
+    if created_total > 0 {
+        metrics::counter!("emporium_catalog_products_created_total").increment(created_total);
     }
-    Ok(outcome)
+    // Back to the batch's order: an item that a later one with its sku replaced did nothing.
+    let mut last_of: HashMap<usize, usize> = HashMap::with_capacity(items.len());
+    for (index, at) in item_of.iter().enumerate() {
+        last_of.insert(*at, index);
+    }
+    Ok(item_of
+        .iter()
+        .enumerate()
+        .map(|(index, at)| if last_of.get(at) == Some(&index) { outcome[*at] } else { Upserted::Superseded })
+        .collect())
 }
 
 /// Inserts the items whose sku is new; returns `(id, sku)` of each product created.
@@ -229,10 +277,11 @@ async fn insert_products(
     Ok(rows.into_iter().map(|row| (row.id, row.sku)).collect())
 }
 
-/// Updates existing products whose fields differ from the items; returns how many changed.
-async fn update_changed(conn: &impl ConnectionTrait, items: &[&CleanUpsert], now: i64) -> AppResult<u64> {
+/// Updates existing products whose fields differ from the items; returns the skus of
+/// those that changed.
+async fn update_changed(conn: &impl ConnectionTrait, items: &[&CleanUpsert], now: i64) -> AppResult<HashSet<String>> {
     if items.is_empty() {
-        return Ok(0);
+        return Ok(HashSet::new());
     }
     // Raw SQL: `UPDATE … FROM (VALUES …)` (one statement for the whole chunk) is beyond
     // sea-query. `VALUES` columns are named column1..column4 on both backends; every value
@@ -263,11 +312,12 @@ async fn update_changed(conn: &impl ConnectionTrait, items: &[&CleanUpsert], now
          WHERE p.sku = v.column1
            AND (p.name <> v.column2
                 OR p.description <> COALESCE(v.column3, p.description)
-                OR p.attributes IS DISTINCT FROM COALESCE(v.column4, p.attributes))",
+                OR p.attributes IS DISTINCT FROM COALESCE(v.column4, p.attributes))
+         RETURNING sku",
         rows.join(", ")
     );
-    let result = conn.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
-    Ok(result.rows_affected())
+    let rows = conn.query_all_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
+    rows.iter().map(|row| row.try_get::<String>("", "sku").map_err(AppError::from)).collect()
 }
 
 /// A product to create.
