@@ -67,10 +67,13 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<DatabaseConnection> 
         .sqlx_logging(false)
         // WAL lets readers work beside the single writer; the busy timeout (replaced once
         // connected by `retry_soon_when_busy`) makes writers queue instead of failing while
-        // another connection holds the write lock.
+        // another connection holds the write lock. FULL syncs the log at each commit: an
+        // upload answered 200 (its row, and a small one's body) survives a machine crash,
+        // not only a crash of the node; uploads commit in groups, so that is one sync per
+        // batch of them.
         .map_sqlx_sqlite_opts(|opts| {
             opts.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
+                .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true)
         })

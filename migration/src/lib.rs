@@ -16,6 +16,7 @@ mod m20261205_000008_upload_digest_index;
 mod m20261205_000009_upload_item_errors;
 mod m20261205_000010_intake_notices;
 mod m20261206_000011_upload_backlog_index;
+mod m20261206_000012_upload_bodies;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000009_upload_item_errors::Migration),
             Box::new(m20261205_000010_intake_notices::Migration),
             Box::new(m20261206_000011_upload_backlog_index::Migration),
+            Box::new(m20261206_000012_upload_bodies::Migration),
         ]
     }
 }

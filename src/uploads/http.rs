@@ -55,7 +55,7 @@ async fn post_products(
             && let Err(error) = state.backlog.admit(&state.db, Some(received.summary.bytes)).await
         {
             // A chunked body's size is known only now; still before the window is claimed.
-            receive::delete_spool_later(&state, &received.spool_key);
+            receive::discard(&state, &received.body);
             return Err(error.into());
         }
         receive::accept(&state, received).await

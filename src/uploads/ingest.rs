@@ -21,7 +21,7 @@ use sea_orm::TransactionTrait as _;
 use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::{
-    IngestJob, Uploads, items, model,
+    IngestJob, Uploads, ingest_group, items, model,
     model::{BatchProgress, ErrorPolicy, ITEM_ERRORS_KEPT, ItemError, UploadRecord},
     publish_progress,
     scan::{BodyScanner, ItemIssue, ItemSpan, SyntaxError},
@@ -38,7 +38,7 @@ const BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;
 const READ_CHUNK: usize = 1024 * 1024;
 
 /// How an ingestion attempt failed.
-enum Failure {
+pub(super) enum Failure {
     /// Retrying cannot help (the spool is gone or does not match the accepted body).
     Permanent(String),
     Retry(anyhow::Error),
@@ -53,7 +53,7 @@ impl From<sea_orm::DbErr> for Failure {
 
 /// An error of the catalog or the uploads' model: an internal one keeps its whole chain
 /// (the database's own message), which is what the upload stores and the log shows.
-fn app_error(error: AppError) -> Failure {
+pub(super) fn app_error(error: AppError) -> Failure {
     match error {
         AppError::Internal(error) => Failure::Retry(error),
         other => Failure::Retry(anyhow::anyhow!("{}: {}", other.code(), other.message())),
@@ -93,6 +93,10 @@ async fn mark_failed(state: &Uploads, id: i64, reason: &str) {
 }
 
 async fn ingest(state: &Uploads, id: i64) -> Result<(), Failure> {
+    // A small upload is ingested with the others waiting (its body is in the database).
+    if ingest_group::ingest(state, id).await? {
+        return Ok(());
+    }
     let Some(mut upload) = model::start_ingesting(&state.db, id).await.map_err(app_error)? else {
         // Unknown or already succeeded: a duplicate delivery of a finished job.
         return Ok(());
@@ -131,7 +135,7 @@ async fn ingest(state: &Uploads, id: i64) -> Result<(), Failure> {
         return Err(Failure::Retry(anyhow::anyhow!("upload {id} changed state while it was being ingested")));
     };
     publish_progress(state, &finished).await;
-    super::receive::delete_spool_later(state, &upload.spool_key);
+    forget_body(state, &upload).await;
     // Uploads leaving the backlog; its rate, beside `emporium_uploads_total`'s accepted
     // one, says whether ingestion keeps up.
     metrics::counter!("emporium_uploads_ingested_total", "outcome" => "succeeded").increment(1);
@@ -156,7 +160,7 @@ async fn start_reader(
     upload: &UploadRecord,
     check_only: bool,
 ) -> Result<Receiver<ReadBatch>, Failure> {
-    let spool = open_spool(state, &upload.spool_key).await?;
+    let spool = open_spool(state, upload).await?;
     let (batches, ready) = tokio::sync::mpsc::channel(1);
     let reader = Reader {
         skip: u64::try_from(upload.items_done).unwrap_or(0),
@@ -185,14 +189,7 @@ async fn refuse_everything(state: &Uploads, upload: &UploadRecord) -> Result<boo
         return Ok(false);
     }
     let errors = checked.item_errors.unwrap_or_default();
-    let first = errors
-        .first()
-        .map(|error| format!(" (the first: item {} `{}`: {})", error.index, error.field, error.reason))
-        .unwrap_or_default();
-    let reason = format!(
-        "{} of {} items have errors{first}; with errorPolicy REJECT_EVERYTHING nothing was ingested",
-        checked.failed, upload.items_total
-    );
+    let reason = refusal(&errors, checked.failed, upload.items_total);
     tracing::warn!(upload_id = upload.id, failed = checked.failed, reason, "upload refused whole");
     match model::reject_everything(&state.db, upload.id, checked.failed, &errors, &reason).await.map_err(app_error)? {
         Some(finished) => {
@@ -201,12 +198,42 @@ async fn refuse_everything(state: &Uploads, upload: &UploadRecord) -> Result<boo
         }
         None => return Err(Failure::Retry(anyhow::anyhow!("upload {} changed state while it was checked", upload.id))),
     }
-    super::receive::delete_spool_later(state, &upload.spool_key);
+    forget_body(state, upload).await;
     Ok(true)
 }
 
-/// The spooled body as a stream of chunks; large reads when it is a local file.
-async fn open_spool(state: &Uploads, key: &str) -> Result<BoxStream<'static, io::Result<Bytes>>, Failure> {
+/// Deletes the body of an upload that ended: its spool, or its row in `upload_bodies`
+/// (a failure there only leaves the row; the upload is finished either way).
+async fn forget_body(state: &Uploads, upload: &UploadRecord) {
+    if upload.spool_key != model::INLINE {
+        super::receive::delete_spool_later(state, &upload.spool_key);
+    } else if let Err(error) = model::delete_bodies(&state.db, &[upload.id]).await {
+        tracing::warn!(upload_id = upload.id, error = %error.message(), "deleting an ingested inline body failed");
+    }
+}
+
+/// The reason stored on an upload that `REJECT_EVERYTHING` refuses after ingestion's check.
+pub(super) fn refusal(errors: &[ItemError], failed: i64, items_total: i64) -> String {
+    let first = errors
+        .first()
+        .map(|error| format!(" (the first: item {} `{}`: {})", error.index, error.field, error.reason))
+        .unwrap_or_default();
+    format!(
+        "{failed} of {items_total} items have errors{first}; with errorPolicy REJECT_EVERYTHING nothing was ingested"
+    )
+}
+
+/// The body as a stream of chunks: from the database when kept inline, else from its
+/// spool (large reads when it is a local file).
+async fn open_spool(state: &Uploads, upload: &UploadRecord) -> Result<BoxStream<'static, io::Result<Bytes>>, Failure> {
+    let key = upload.spool_key.as_str();
+    if key == model::INLINE {
+        let mut bodies = model::bodies(&state.db, &[upload.id]).await.map_err(app_error)?;
+        let body = bodies.remove(&upload.id).ok_or_else(|| {
+            Failure::Permanent(format!("the body of upload {} is missing from the database", upload.id))
+        })?;
+        return Ok(futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed());
+    }
     let result = match state.objects.store().get(&Path::from(key)).await {
         Ok(result) => result,
         Err(object_store::Error::NotFound { .. }) => {
@@ -221,6 +248,40 @@ async fn open_spool(state: &Uploads, key: &str) -> Result<BoxStream<'static, io:
         }
         GetResultPayload::Stream(stream) => stream.map_err(io::Error::other).boxed(),
     })
+}
+
+/// Decodes and checks a whole body held in memory (a small upload of a group) as one
+/// batch: every item, whatever `UPLOAD_BATCH_SIZE` says.
+pub(super) async fn decode_whole(upload: &UploadRecord, body: Bytes) -> Result<Batch, Failure> {
+    let mut reader = Reader {
+        skip: 0,
+        items_total: upload.items_total,
+        batch_size: usize::MAX,
+        policy: upload.error_policy(),
+        check_only: false,
+        item_errors: Vec::new(),
+    };
+    let (batches, mut ready) = tokio::sync::mpsc::channel(1);
+    let spool = futures::stream::once(async move { Ok(body) }).boxed();
+    let read = async {
+        let outcome = reader.read(spool, &batches).await;
+        drop(batches);
+        outcome
+    };
+    let collect = async {
+        let mut whole = Batch::default();
+        while let Some(batch) = ready.recv().await {
+            let (Ok(Read::Batch(batch)) | Ok(Read::Last(batch))) = batch else { continue };
+            whole.upserts.extend(batch.upserts);
+            whole.items += batch.items;
+            whole.bytes += batch.bytes;
+            whole.failed += batch.failed;
+            whole.item_errors = batch.item_errors.or(whole.item_errors);
+        }
+        whole
+    };
+    let (outcome, whole) = tokio::join!(read, collect);
+    outcome.map(|()| whole)
 }
 
 /// Reads the spooled body and cuts it into decoded batches, from item `skip` on.
@@ -337,15 +398,15 @@ fn no_longer_valid(error: SyntaxError) -> Failure {
 
 /// Items decoded since the last commit.
 #[derive(Default)]
-struct Batch {
-    upserts: Vec<ProductUpsert>,
+pub(super) struct Batch {
+    pub upserts: Vec<ProductUpsert>,
     /// Items in this batch, refused ones included.
-    items: usize,
-    bytes: usize,
+    pub items: usize,
+    pub bytes: usize,
     /// Items of this batch with an error.
-    failed: i64,
+    pub failed: i64,
     /// The upload's kept item errors after this batch, when the batch added some.
-    item_errors: Option<Vec<ItemError>>,
+    pub item_errors: Option<Vec<ItemError>>,
 }
 
 /// Upserts the batch and advances the upload's progress in one transaction.

@@ -17,10 +17,12 @@
 //!    GraphQL and the `uploadProgress` subscription.
 
 mod backlog;
+mod commit;
 pub mod entity;
 mod graphql;
 mod http;
 mod ingest;
+mod ingest_group;
 mod items;
 pub mod model;
 mod receive;
@@ -45,7 +47,7 @@ use crate::{
     events::EventBus,
     health::{Check, Status},
     jobs::{JobQueue, JobRegistry, periodic::Periodic},
-    settings::{parse_bytes, parse_duration},
+    settings::{InvalidSetting, parse_bytes, parse_duration},
     state::AppState,
     storage::ObjectStorage,
 };
@@ -78,6 +80,16 @@ pub struct UploadsConfig {
     /// Products upserted per ingestion transaction (1 to 4000).
     #[arg(long, env = "UPLOAD_BATCH_SIZE", default_value_t = 4000, value_parser = clap::value_parser!(u16).range(1..=4000))]
     pub upload_batch_size: u16,
+    /// Bodies up to this size (bytes; KiB suffix allowed; at most 1 MiB) are kept in the
+    /// database with their upload instead of a spool object, and concurrent ones share one
+    /// commit (group commit): one sync for a batch of small uploads, not one each. 0: every
+    /// body is spooled.
+    #[arg(long, env = "UPLOAD_INLINE_MAX_BYTES", default_value = "64KiB", value_parser = parse_inline_max)]
+    pub upload_inline_max_bytes: u64,
+    /// Most small (inline) uploads ingested together, in one transaction whose product
+    /// upserts are set-based statements over all of them (1 to 1000).
+    #[arg(long, env = "UPLOAD_INGEST_GROUP", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub upload_ingest_group: u16,
     /// Most uploads accepted and not yet ingested (queued or ingesting), cluster-wide;
     /// beyond, `POST /v1/products` answers 503 + `Retry-After` and stores nothing. 0:
     /// unbounded. 10,000 is about 80 s of ingesting small bodies on a 2-core node (about
@@ -95,6 +107,18 @@ pub struct UploadsConfig {
     pub upload_backlog_max_bytes: u64,
 }
 
+/// `UPLOAD_INLINE_MAX_BYTES`: a size of at most 1 MiB, so a batch of bodies committed or
+/// ingested together stays a few megabytes.
+fn parse_inline_max(value: &str) -> Result<u64, InvalidSetting> {
+    let bytes = parse_bytes(value)?;
+    if bytes > 1024 * 1024 {
+        return Err(InvalidSetting::new(format!(
+            "`{value}` is more than the 1 MiB a body kept in the database may have"
+        )));
+    }
+    Ok(bytes)
+}
+
 /// The uploads' handle: what they use of the shared infrastructure, their settings, the
 /// dedup window, and the catalog that ingestion files products into.
 #[derive(Clone)]
@@ -104,6 +128,8 @@ pub struct Uploads {
     pub jobs: JobQueue,
     pub events: EventBus,
     pub dedup: DedupWindow,
+    /// Commits accepted uploads in batches (group commit).
+    pub committer: commit::Committer,
     /// The cluster's backlog as this node last read it (backpressure, `/health`, `/metrics`).
     pub backlog: Backlog,
     pub config: Arc<UploadsConfig>,
@@ -116,12 +142,14 @@ pub struct Uploads {
 
 impl Uploads {
     pub fn new(shared: &AppState, config: UploadsConfig, catalog: Arc<Catalog>) -> Self {
+        let dedup = dedup_window(shared, &config);
         Self {
             db: shared.db.clone(),
             objects: shared.objects.clone(),
             jobs: shared.jobs.clone(),
             events: shared.events.clone(),
-            dedup: dedup_window(shared, &config),
+            committer: commit::Committer::start(shared.db.clone(), shared.jobs.clone(), dedup.clone()),
+            dedup,
             backlog: Backlog::new(Bounds {
                 max_uploads: config.upload_backlog_max_uploads,
                 max_bytes: config.upload_backlog_max_bytes,

@@ -1,14 +1,19 @@
 //! The `uploads` table: one row per accepted body and its ingestion progress.
 
+use std::collections::HashMap;
+
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait as _, ConnectionTrait, EntityTrait as _, FromQueryResult as _, QueryFilter as _, QueryOrder as _,
-    QuerySelect as _, Select,
-    sea_query::{Asterisk, Expr, ExprTrait as _, Func},
+    ColumnTrait as _, ConnectionTrait, EntityTrait as _, FromQueryResult as _, QueryFilter as _, QuerySelect as _,
+    Select,
+    sea_query::{Asterisk, CaseStatement, Expr, ExprTrait as _, Func, Query},
 };
 use serde::{Deserialize, Serialize};
 
-use super::entity::upload::{self, Column};
+use super::entity::{
+    upload::{self, Column},
+    upload_body,
+};
 use crate::{
     db::{now_ms, stmt},
     error::AppResult,
@@ -131,76 +136,271 @@ pub struct BatchProgress {
     pub item_errors: Option<Vec<ItemError>>,
 }
 
-/// Inserts a queued upload and returns its id.
-/// Inserts an accepted upload; `accepted_at` is the dedup window's clock, from which its
-/// window runs.
-pub async fn insert(
-    conn: &impl ConnectionTrait,
-    digest: &str,
-    bytes: u64,
-    items_total: u64,
-    spool_key: &str,
-    accepted_at: i64,
-    policy: ErrorPolicy,
-) -> AppResult<i64> {
-    let row = upload::ActiveModel {
-        error_policy: Set(policy.as_stored().to_string()),
-        status: Set(QUEUED.to_string()),
-        digest: Set(digest.to_string()),
-        bytes: Set(i64::try_from(bytes).unwrap_or(i64::MAX)),
-        items_total: Set(i64::try_from(items_total).unwrap_or(i64::MAX)),
-        items_done: Set(0),
-        spool_key: Set(spool_key.to_string()),
-        created_at: Set(accepted_at),
-        updated_at: Set(accepted_at),
-        ..Default::default()
-    };
-    Ok(upload::Entity::insert(row).exec(conn).await?.last_insert_id)
+/// The spool key of an upload whose body is kept in the database (`upload_bodies`).
+pub const INLINE: &str = "";
+
+/// An upload to insert: a body received in full, spooled or kept inline.
+#[derive(Debug, Clone)]
+pub struct NewUpload {
+    pub digest: String,
+    pub bytes: u64,
+    pub items: u64,
+    pub policy: ErrorPolicy,
+    pub body: StoredBody,
 }
 
-/// The latest upload of `digest` accepted at or after `since` (ms), other than `except`:
-/// the window's record in the database. One probe of `uploads_digest_created_at`.
+/// Where an accepted body lives until it is ingested.
+#[derive(Debug, Clone)]
+pub enum StoredBody {
+    /// In `upload_bodies`, committed with the upload (up to `UPLOAD_INLINE_MAX_BYTES`).
+    Inline(bytes::Bytes),
+    /// In object storage under this key, written and synced before the upload commits.
+    Spooled(String),
+}
+
+impl StoredBody {
+    pub fn spool_key(&self) -> &str {
+        match self {
+            Self::Inline(_) => INLINE,
+            Self::Spooled(key) => key,
+        }
+    }
+}
+
+/// Inserts queued uploads, all accepted at `accepted_at` (the dedup window's clock, from
+/// which their windows run), in one statement; their ids in the order given.
+pub async fn insert_many(conn: &impl ConnectionTrait, uploads: &[&NewUpload], accepted_at: i64) -> AppResult<Vec<i64>> {
+    if uploads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut insert = Query::insert();
+    insert.into_table(upload::Entity).columns([
+        Column::ErrorPolicy,
+        Column::Status,
+        Column::Digest,
+        Column::Bytes,
+        Column::ItemsTotal,
+        Column::ItemsDone,
+        Column::SpoolKey,
+        Column::CreatedAt,
+        Column::UpdatedAt,
+    ]);
+    for new in uploads {
+        insert
+            .values([
+                new.policy.as_stored().into(),
+                QUEUED.into(),
+                new.digest.clone().into(),
+                i64::try_from(new.bytes).unwrap_or(i64::MAX).into(),
+                i64::try_from(new.items).unwrap_or(i64::MAX).into(),
+                0i64.into(),
+                new.body.spool_key().into(),
+                accepted_at.into(),
+                accepted_at.into(),
+            ])
+            .map_err(|error| sea_orm::DbErr::Custom(error.to_string()))?;
+    }
+    insert.returning(Query::returning().column(Column::Id));
+    let mut ids = Vec::with_capacity(uploads.len());
+    for row in conn.query_all(&insert).await? {
+        ids.push(row.try_get::<i64>("", "id")?);
+    }
+    Ok(ids)
+}
+
+/// The latest upload of each of `digests` accepted at or after `since` (ms), other than
+/// `except`: the window's record in the database, `digest → (id, accepted_at)`. Probes
+/// of `uploads_digest_created_at`.
 pub async fn accepted_since(
     conn: &impl ConnectionTrait,
-    digest: &str,
+    digests: &[&str],
     since: i64,
-    except: i64,
-) -> AppResult<Option<(i64, i64)>> {
-    let latest = upload::Entity::find()
+    except: &[i64],
+) -> AppResult<HashMap<String, (i64, i64)>> {
+    let rows = upload::Entity::find()
         .select_only()
+        .column(Column::Digest)
         .column(Column::Id)
         .column(Column::CreatedAt)
-        .filter(Column::Digest.eq(digest))
+        .filter(Column::Digest.is_in(digests.iter().copied()))
         .filter(Column::CreatedAt.gte(since))
-        .filter(Column::Id.ne(except))
-        .order_by_desc(Column::CreatedAt)
-        .limit(1)
-        .into_tuple::<(i64, i64)>()
-        .one(conn)
+        .filter(Column::Id.is_not_in(except.iter().copied()))
+        .into_tuple::<(String, i64, i64)>()
+        .all(conn)
         .await?;
+    let mut latest: HashMap<String, (i64, i64)> = HashMap::new();
+    for (digest, id, at) in rows {
+        let entry = latest.entry(digest).or_insert((id, at));
+        if at > entry.1 {
+            *entry = (id, at);
+        }
+    }
     Ok(latest)
 }
 
-/// On Postgres, serializes the acceptance of one digest until the transaction ends, so
-/// the check of [`accepted_since`] and the insert are atomic across nodes. SQLite needs
-/// none: its one writer already serializes transactions that write first.
-pub async fn lock_digest(conn: &impl ConnectionTrait, digest: &str) -> AppResult<()> {
-    if conn.get_database_backend() == sea_orm::DbBackend::Postgres {
+/// On Postgres, serializes the acceptance of each of `digests` until the transaction
+/// ends, so the check of [`accepted_since`] and the insert are atomic across nodes. The
+/// locks are taken in one order (by key) so two batches never wait for each other in a
+/// circle. SQLite needs none: its one writer already serializes transactions that write
+/// first.
+pub async fn lock_digests(conn: &impl ConnectionTrait, digests: &[&str]) -> AppResult<()> {
+    if conn.get_database_backend() == sea_orm::DbBackend::Postgres && !digests.is_empty() {
         // Raw SQL: advisory locks have no sea-query form. The first key namespaces the
         // lock ("up" for uploads) away from the migration lock.
-        let sql = "SELECT pg_advisory_xact_lock(30064, hashtext($1))";
-        conn.execute_raw(stmt(conn, sql, [digest.into()])).await?;
+        let sql = "SELECT pg_advisory_xact_lock(30064, key)
+                   FROM (SELECT DISTINCT hashtext(digest) AS key FROM unnest($1::text[]) AS digest ORDER BY key) AS keys";
+        let list: Vec<sea_orm::Value> = digests.iter().map(|digest| (*digest).into()).collect();
+        let array = sea_orm::Value::Array(sea_orm::sea_query::ArrayType::String, Some(Box::new(list)));
+        conn.execute_raw(stmt(conn, sql, [array])).await?;
     }
     Ok(())
 }
 
-pub async fn set_job(conn: &impl ConnectionTrait, id: i64, job_id: i64) -> AppResult<()> {
+/// Deletes uploads (refused in the transaction that inserted them).
+pub async fn delete_many(conn: &impl ConnectionTrait, ids: &[i64]) -> AppResult<()> {
+    if !ids.is_empty() {
+        upload::Entity::delete_many().filter(Column::Id.is_in(ids.iter().copied())).exec(conn).await?;
+    }
+    Ok(())
+}
+
+/// Records each upload's ingestion job, `(upload, job)`, in one statement.
+pub async fn set_jobs(conn: &impl ConnectionTrait, jobs: &[(i64, i64)]) -> AppResult<()> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut case = CaseStatement::new();
+    for (upload_id, job_id) in jobs {
+        case = case.case(Expr::col(Column::Id).eq(*upload_id), Expr::val(*job_id));
+    }
     upload::Entity::update_many()
-        .col_expr(Column::JobId, Expr::value(job_id))
-        .filter(Column::Id.eq(id))
+        .col_expr(Column::JobId, case.finally(Expr::col(Column::JobId)).into())
+        .filter(Column::Id.is_in(jobs.iter().map(|(upload_id, _)| *upload_id)))
         .exec(conn)
         .await?;
     Ok(())
+}
+
+/// Stores the bodies kept inline, `(upload, body)`, in one statement.
+pub async fn insert_bodies(conn: &impl ConnectionTrait, bodies: &[(i64, &[u8])]) -> AppResult<()> {
+    if bodies.is_empty() {
+        return Ok(());
+    }
+    let rows = bodies
+        .iter()
+        .map(|(upload_id, body)| upload_body::ActiveModel { upload_id: Set(*upload_id), body: Set(body.to_vec()) });
+    upload_body::Entity::insert_many(rows).exec_without_returning(conn).await?;
+    Ok(())
+}
+
+/// The inline bodies of `ids`; uploads without one (spooled, or already ingested) are absent.
+pub async fn bodies(conn: &impl ConnectionTrait, ids: &[i64]) -> AppResult<HashMap<i64, Vec<u8>>> {
+    let rows =
+        upload_body::Entity::find().filter(upload_body::Column::UploadId.is_in(ids.iter().copied())).all(conn).await?;
+    Ok(rows.into_iter().map(|row| (row.upload_id, row.body)).collect())
+}
+
+/// Deletes the inline bodies of ingested uploads.
+pub async fn delete_bodies(conn: &impl ConnectionTrait, ids: &[i64]) -> AppResult<()> {
+    if !ids.is_empty() {
+        upload_body::Entity::delete_many()
+            .filter(upload_body::Column::UploadId.is_in(ids.iter().copied()))
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// In the caller's transaction: marks upload `id` as being ingested if it is queued with
+/// an inline body (the first of a group). On Postgres this waits while another group
+/// holds it, and then finds it ingested.
+pub async fn claim_inline(conn: &impl ConnectionTrait, id: i64) -> AppResult<Option<UploadRecord>> {
+    let updated = upload::Entity::update_many()
+        .col_expr(Column::Status, Expr::value(INGESTING))
+        .col_expr(Column::UpdatedAt, Expr::value(now_ms()))
+        .filter(Column::Id.eq(id))
+        .filter(Column::Status.eq(QUEUED))
+        .filter(Column::SpoolKey.eq(INLINE))
+        .exec_with_returning(conn)
+        .await?;
+    Ok(updated.into_iter().next())
+}
+
+/// In the caller's transaction: marks as being ingested the oldest queued uploads with an
+/// inline body, other than `except`, whose ingestion job has not started, up to `limit`
+/// of them and `budget` body bytes. Their job rows are held too, so no worker can start
+/// one of them before the caller finishes it: an upload is ingested by its group or by its
+/// own job, never both. On Postgres, uploads and jobs that another transaction holds are
+/// skipped, not waited for (SQLite's one writer serializes the rest).
+pub async fn claim_inline_group(
+    conn: &impl ConnectionTrait,
+    except: i64,
+    limit: u64,
+    budget: u64,
+) -> AppResult<Vec<UploadRecord>> {
+    let lock =
+        if conn.get_database_backend() == sea_orm::DbBackend::Postgres { "FOR UPDATE OF u, j SKIP LOCKED" } else { "" };
+    // Raw SQL: `FOR UPDATE SKIP LOCKED` under a running sum (the byte budget), feeding an
+    // `UPDATE … RETURNING`, in one statement on both backends.
+    let sql = format!(
+        "UPDATE uploads SET status = '{INGESTING}', updated_at = $1
+         WHERE id IN (
+            SELECT id FROM (
+                SELECT id, SUM(bytes) OVER (ORDER BY id) AS running FROM (
+                    SELECT u.id, u.bytes FROM uploads u JOIN jobs j ON j.id = u.job_id
+                    WHERE u.status = '{QUEUED}' AND u.spool_key = '{INLINE}' AND u.id <> $2
+                      AND j.status = 'queued' AND j.attempts = 0
+                    ORDER BY u.id LIMIT $3 {lock}
+                ) AS candidates
+            ) AS ranked
+            WHERE running <= $4)
+         RETURNING {COLUMNS}"
+    );
+    let values = [
+        now_ms().into(),
+        except.into(),
+        i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        i64::try_from(budget).unwrap_or(i64::MAX).into(),
+    ];
+    let mut claimed = UploadRecord::find_by_statement(stmt(conn, &sql, values)).all(conn).await?;
+    claimed.sort_by_key(|upload| upload.id);
+    Ok(claimed)
+}
+
+/// Puts uploads a group claimed but left out back in the queue (their own jobs, or a
+/// later group, ingest them).
+pub async fn requeue(conn: &impl ConnectionTrait, ids: &[i64]) -> AppResult<()> {
+    if !ids.is_empty() {
+        upload::Entity::update_many()
+            .col_expr(Column::Status, Expr::value(QUEUED))
+            .filter(Column::Id.is_in(ids.iter().copied()))
+            .filter(Column::Status.eq(INGESTING))
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Ends an upload ingested whole in one go (a member of a group): `succeeded`, every item
+/// done, with what its items did.
+pub async fn ingested(conn: &impl ConnectionTrait, id: i64, whole: &BatchProgress) -> AppResult<Option<UploadRecord>> {
+    let now = now_ms();
+    let mut update = upload::Entity::update_many()
+        .col_expr(Column::Status, Expr::value(SUCCEEDED))
+        .col_expr(Column::ItemsDone, Expr::value(whole.items))
+        .col_expr(Column::ItemsRejected, Expr::value(whole.failed))
+        .col_expr(Column::ProductsCreated, Expr::value(i64::try_from(whole.created).unwrap_or(i64::MAX)))
+        .col_expr(Column::ProductsUpdated, Expr::value(i64::try_from(whole.updated).unwrap_or(i64::MAX)))
+        .col_expr(Column::Error, Expr::value(Option::<String>::None))
+        .col_expr(Column::FinishedAt, Expr::value(now))
+        .col_expr(Column::UpdatedAt, Expr::value(now));
+    if let Some(item_errors) = &whole.item_errors {
+        update =
+            update.col_expr(Column::Rejections, Expr::value(serde_json::to_string(item_errors).unwrap_or_default()));
+    }
+    let updated =
+        update.filter(Column::Id.eq(id)).filter(Column::Status.eq(INGESTING)).exec_with_returning(conn).await?;
+    Ok(updated.into_iter().next())
 }
 
 pub async fn get(conn: &impl ConnectionTrait, id: i64) -> AppResult<Option<UploadRecord>> {

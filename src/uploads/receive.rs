@@ -15,16 +15,17 @@ use axum::{body::Body, http::HeaderMap};
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use object_store::{ObjectStoreExt as _, path::Path};
-use sea_orm::TransactionTrait as _;
 use serde::Serialize;
 
 use super::{
-    INGEST_JOB, IngestJob, Uploads, items,
-    model::{self, ErrorPolicy, ITEM_ERRORS_KEPT, ItemError},
+    Uploads,
+    commit::Committed,
+    items,
+    model::{self, ErrorPolicy, ITEM_ERRORS_KEPT, ItemError, NewUpload, StoredBody},
     scan::{BodyScanner, ItemIssue, ItemSpan, Summary, SyntaxError},
     window::{Duplicate, Verdict},
 };
-use crate::{db::duration_ms, error::AppError, global_id, jobs::NewJob, storage::ObjectWriter};
+use crate::{error::AppError, global_id, storage::ObjectWriter};
 
 /// After a 413, how much more of the body is read (and dropped) so the client can read
 /// the answer before the connection closes.
@@ -49,12 +50,12 @@ impl<E: Into<AppError>> From<E> for Rejection {
     }
 }
 
-/// A valid body, spooled.
+/// A valid body, stored: spooled, or held to be kept in the database with its upload.
 #[derive(Debug)]
 pub struct Received {
     pub digest: String,
     pub summary: Summary,
-    pub spool_key: String,
+    pub body: StoredBody,
     pub policy: ErrorPolicy,
     /// Items with errors found while the body streamed in.
     pub items: EdgeReport,
@@ -98,7 +99,8 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|value| value.parse::<u64>().ok())
 }
 
-/// Streams `body` once: hashing, validating and spooling it.
+/// Streams `body` once: hashing, validating and spooling it; a body up to
+/// `UPLOAD_INLINE_MAX_BYTES` is held instead, to be committed with its upload.
 pub async fn receive(
     state: &Uploads,
     headers: &HeaderMap,
@@ -135,6 +137,9 @@ pub async fn receive(
     let started = Instant::now();
     let spool_key = format!("{SPOOL_PREFIX}/{}.json", uuid::Uuid::new_v4().simple());
     let mut spool: Option<ObjectWriter> = None;
+    // The body so far while it is small enough to be kept inline (shared chunks).
+    let mut held: Vec<Bytes> = Vec::new();
+    let inline_max = config.upload_inline_max_bytes;
     let mut scan = BackgroundScan::start(policy);
     let mut hasher = blake3::Hasher::new();
     let mut received: u64 = 0;
@@ -182,8 +187,18 @@ pub async fn receive(
             hasher.update(&chunk);
             let writer = match &mut spool {
                 Some(writer) => writer,
+                None if received <= inline_max => {
+                    held.push(chunk);
+                    continue;
+                }
                 None => {
-                    spool.insert(state.objects.writer(&Path::from(spool_key.as_str())).await.map_err(storage_failed)?)
+                    // Too large to keep inline: spooled from its first byte on.
+                    let writer = spool
+                        .insert(state.objects.writer(&Path::from(spool_key.as_str())).await.map_err(storage_failed)?);
+                    for earlier in held.drain(..) {
+                        writer.write(earlier).await.map_err(storage_failed)?;
+                    }
+                    writer
                 }
             };
             writer.write(chunk).await.map_err(storage_failed)?;
@@ -221,12 +236,28 @@ pub async fn receive(
             return Err(rejection);
         }
     };
-    // `finish` succeeded, so at least one byte arrived and the spool exists.
-    let spool = spool.ok_or_else(|| AppError::internal(anyhow::anyhow!("a valid body left no spool")))?;
-    spool.finish().await.map_err(storage_failed)?;
+    let body = match spool {
+        Some(spool) => {
+            spool.finish().await.map_err(storage_failed)?;
+            StoredBody::Spooled(spool_key)
+        }
+        None => StoredBody::Inline(concatenate(held)),
+    };
     metrics::histogram!("emporium_upload_receive_seconds").record(started.elapsed().as_secs_f64());
     metrics::counter!("emporium_upload_received_bytes_total").increment(summary.bytes);
-    Ok(Received { digest: hasher.finalize().to_hex().to_string(), summary, spool_key, policy, items })
+    Ok(Received { digest: hasher.finalize().to_hex().to_string(), summary, body, policy, items })
+}
+
+/// The chunks of a small body as one buffer (a single chunk is shared, not copied).
+fn concatenate(mut chunks: Vec<Bytes>) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.remove(0);
+    }
+    let mut whole = bytes::BytesMut::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for chunk in chunks {
+        whole.extend_from_slice(&chunk);
+    }
+    whole.freeze()
 }
 
 /// The body's scan, on a blocking thread of its own beside the request's task (which
@@ -395,19 +426,20 @@ fn spawn_drain(
 }
 
 /// Decides about a received body: refuse a duplicate, or commit the upload with its
-/// ingestion job and open its window.
+/// ingestion job (with the other uploads committing at the same moment) and open its
+/// window.
 pub async fn accept(state: &Uploads, received: Received) -> Result<Accepted, Rejection> {
     let verdict = match state.dedup.claim(&received.digest).await {
         Ok(verdict) => verdict,
         Err(error) => {
-            delete_spool_later(state, &received.spool_key);
+            discard(state, &received.body);
             return Err(error.into());
         }
     };
     let claim = match verdict {
         Verdict::Claimed(claim) => claim,
         Verdict::Duplicate(duplicate) => {
-            delete_spool_later(state, &received.spool_key);
+            discard(state, &received.body);
             metrics::counter!("emporium_uploads_total", "outcome" => "duplicate").increment(1);
             return Err(forbidden(&duplicate).into());
         }
@@ -416,22 +448,24 @@ pub async fn accept(state: &Uploads, received: Received) -> Result<Accepted, Rej
     // is committed must also get its window.
     let state = state.clone();
     let task = tokio::spawn(async move {
-        let id = match commit(&state, &received).await {
+        let Received { digest, summary, body, policy, items } = received;
+        let upload = NewUpload { digest, bytes: summary.bytes, items: summary.items, policy, body };
+        let id = match state.committer.commit(upload.clone()).await {
             Ok(Committed::Accepted { id, accepted_at }) => {
-                state.backlog.note_accepted(received.summary.bytes, accepted_at);
+                state.backlog.note_accepted(summary.bytes, accepted_at);
                 id
             }
             Ok(Committed::Duplicate { of, left }) => {
                 // The fast path had lost this window: put it back for the time left.
                 let _ = state.dedup.restore(&claim, of, left).await;
-                delete_spool_later(&state, &received.spool_key);
+                discard(&state, &upload.body);
                 metrics::counter!("emporium_upload_dedup_restored_total").increment(1);
                 metrics::counter!("emporium_uploads_total", "outcome" => "duplicate").increment(1);
                 return Err(forbidden(&state.dedup.duplicate_for(of, left)));
             }
             Err(error) => {
                 state.dedup.release(&claim).await;
-                delete_spool_later(&state, &received.spool_key);
+                discard(&state, &upload.body);
                 return Err(error);
             }
         };
@@ -441,65 +475,23 @@ pub async fn accept(state: &Uploads, received: Received) -> Result<Accepted, Rej
             tokio::spawn(async move { retry_accept(&state, claim, id).await });
         }
         metrics::counter!("emporium_uploads_total", "outcome" => "accepted").increment(1);
-        tracing::info!(
-            upload_id = id,
-            bytes = received.summary.bytes,
-            items = received.summary.items,
-            "upload accepted"
-        );
+        tracing::info!(upload_id = id, bytes = summary.bytes, items = summary.items, "upload accepted");
         Ok(Accepted {
             upload_id: id.to_string(),
             node_id: global_id::of::<super::graphql::Upload>(id).0,
             status: model::QUEUED,
-            bytes: received.summary.bytes,
-            items: received.summary.items,
-            digest: received.digest,
-            error_policy: received.policy,
-            items_failed: received.items.items_failed,
-            item_errors: received.items.item_errors,
+            bytes: summary.bytes,
+            items: summary.items,
+            digest: upload.digest,
+            error_policy: policy,
+            items_failed: items.items_failed,
+            item_errors: items.item_errors,
         })
     });
     match task.await {
         Ok(result) => result.map_err(Rejection::App),
         Err(join) => Err(AppError::Internal(anyhow::anyhow!("accepting the upload failed: {join}")).into()),
     }
-}
-
-enum Committed {
-    Accepted {
-        id: i64,
-        accepted_at: i64,
-    },
-    /// The database holds an acceptance of the same body within the window (upload
-    /// `of`, `left` before its window ends) that the fast path no longer knew.
-    Duplicate {
-        of: i64,
-        left: Duration,
-    },
-}
-
-/// Commits the upload and its ingestion job, unless the database, the window's source
-/// of truth, holds an acceptance of the same digest within the window: checked after
-/// the insert, under a per-digest lock on Postgres (SQLite serializes writers anyway),
-/// so two nodes accepting the same body at once commit exactly one.
-async fn commit(state: &Uploads, received: &Received) -> Result<Committed, AppError> {
-    let accepted_at = state.dedup.now_ms();
-    let window = duration_ms(state.dedup.window());
-    let txn = state.db.begin().await?;
-    model::lock_digest(&txn, &received.digest).await?;
-    let (bytes, items) = (received.summary.bytes, received.summary.items);
-    let id =
-        model::insert(&txn, &received.digest, bytes, items, &received.spool_key, accepted_at, received.policy).await?;
-    let since = accepted_at - window + 1;
-    if let Some((of, of_at)) = model::accepted_since(&txn, &received.digest, since, id).await? {
-        txn.rollback().await?;
-        let left = Duration::from_millis(u64::try_from(of_at + window - accepted_at).unwrap_or(1).max(1));
-        return Ok(Committed::Duplicate { of, left });
-    }
-    let job_id = state.jobs.enqueue(&txn, NewJob::new(INGEST_JOB, &IngestJob { upload_id: id })).await?;
-    model::set_job(&txn, id, job_id).await?;
-    txn.commit().await?;
-    Ok(Committed::Accepted { id, accepted_at })
 }
 
 /// Opens the window of a committed upload once Redis answers again (a blip between
@@ -526,6 +518,13 @@ pub fn forbidden(duplicate: &Duplicate) -> AppError {
         None => "an identical body is being accepted right now by another request".to_string(),
     };
     AppError::Forbidden { message, retry_after: Some(duplicate.retry_after) }
+}
+
+/// Drops a body that will not be ingested: its spool, if it has one, is deleted.
+pub fn discard(state: &Uploads, body: &StoredBody) {
+    if let StoredBody::Spooled(key) = body {
+        delete_spool_later(state, key);
+    }
 }
 
 /// Deletes a spool in the background (a refused or failed upload); a spool that cannot

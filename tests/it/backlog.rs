@@ -101,10 +101,12 @@ async fn past_the_upload_bound_503_stores_nothing_and_the_same_body_succeeds_onc
     let answer = post_products(&http, &accepting.url(""), refused.clone()).await;
     assert_backlog_refusal(&answer, "UPLOAD_BACKLOG_MAX_UPLOADS");
     assert!(answer.body["error"]["message"].as_str().unwrap_or_default().contains("3 uploads wait"), "{answer:?}");
-    // Nothing stored: no row, no spool; and asked again, still the backlog's answer (a
-    // claimed window would make it 403 once the backlog drains, checked below).
+    // Nothing stored: no row, no body (small ones are kept in the database); and asked
+    // again, still the backlog's answer (a claimed window would make it 403 once the
+    // backlog drains, checked below).
     assert_eq!(upload_rows(&db).await, 3);
-    assert_eq!(spool_files(&env).len(), 3, "{:?}", spool_files(&env));
+    assert_eq!(scalar(&db, "SELECT COUNT(*) FROM upload_bodies").await, 3);
+    assert!(spool_files(&env).is_empty(), "{:?}", spool_files(&env));
     assert_backlog_refusal(
         &post_products(&http, &accepting.url(""), refused.clone()).await,
         "UPLOAD_BACKLOG_MAX_UPLOADS",
@@ -163,7 +165,8 @@ async fn past_the_upload_bound_503_stores_nothing_and_the_same_body_succeeds_onc
 async fn past_the_byte_bound_503_by_declared_or_streamed_length_then_accepted_once_drained() {
     let env = TestEnv::new().await;
     let bound = [("UPLOAD_BACKLOG_MAX_BYTES", "1000")];
-    let accepting = NodeProcess::spawn(&env, &[bound[0], ("JOB_WORKERS", "0")]).await;
+    // Every body spooled, as large ones are: a refused stream's spool must go.
+    let accepting = NodeProcess::spawn(&env, &[bound[0], ("JOB_WORKERS", "0"), ("UPLOAD_INLINE_MAX_BYTES", "0")]).await;
     let http = reqwest::Client::new();
     let db = env.db().await;
     // Bodies of chosen sizes (bytes): 600 and 250 fit (850, above 80% of 1000); another

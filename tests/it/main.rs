@@ -17,5 +17,6 @@ mod outage;
 mod paging;
 mod records;
 mod schema_docs;
+mod small_uploads;
 mod upload_items;
 mod uploads;

@@ -233,6 +233,8 @@ async fn an_unreachable_object_store_fails_uploads_fast() {
         ("AWS_ACCESS_KEY_ID", "test"),
         ("AWS_SECRET_ACCESS_KEY", "test"),
         ("AWS_REGION", "us-east-1"),
+        // Every body spooled, as large ones are (small ones are kept in the database).
+        ("UPLOAD_INLINE_MAX_BYTES", "0"),
     ];
     let mut node = NodeProcess::spawn_logged(&env, &s3).await;
     let http = client();

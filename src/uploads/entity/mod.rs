@@ -1,3 +1,5 @@
-//! The uploads table as a sea-orm entity (migration `m20261121_000004_uploads`).
+//! The uploads' tables as sea-orm entities (migrations `m20261121_000004_uploads` and
+//! `m20261206_000012_upload_bodies`).
 
 pub mod upload;
+pub mod upload_body;
