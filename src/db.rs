@@ -136,17 +136,6 @@ fn lock_data_dir(args: &DatabaseArgs) -> anyhow::Result<std::fs::File> {
     Ok(file)
 }
 
-/// The `n`th (from 1) bound value's placeholder in a raw statement for `backend`, for
-/// statements whose values appear once each, in order: SQLite's anonymous `?` binds by
-/// position, where a numbered `$N` costs a linear search of the parameter names per value
-/// (600² steps for a 600-value insert).
-pub fn placeholder(backend: DbBackend, n: usize) -> String {
-    match backend {
-        DbBackend::Sqlite => "?".to_string(),
-        _ => format!("${n}"),
-    }
-}
-
 /// A raw statement (`$N` placeholders) for whichever backend `db` is.
 pub fn stmt(db: &impl ConnectionTrait, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
     Statement::from_sql_and_values(db.get_database_backend(), sql, values)
@@ -210,12 +199,6 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_follow_the_backend() {
-        assert_eq!(placeholder(DbBackend::Sqlite, 3), "?");
-        assert_eq!(placeholder(DbBackend::Postgres, 3), "$3");
-    }
 
     #[test]
     fn in_lists_are_numbered_after_the_values_already_bound() {

@@ -7,7 +7,7 @@ use sea_orm::{
     ActiveValue::Set,
     ColumnTrait as _, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait as _,
     FromQueryResult, QueryFilter as _, QuerySelect as _, Select, SqlErr, Statement, TransactionTrait as _, Value,
-    sea_query::{ArrayType, Asterisk, Expr, ExprTrait as _, Func, LikeExpr, OnConflict, Query},
+    sea_query::{Asterisk, Expr, ExprTrait as _, Func, LikeExpr},
 };
 
 use super::{
@@ -17,7 +17,7 @@ use super::{
     registration,
 };
 use crate::{
-    db::{now_ms, placeholder},
+    db::now_ms,
     error::{AppError, AppResult, UniqueKey, conflict_on_unique},
     paging::{Cursor, KeyKind, OrderDirection, Ordering, Page, SortKey},
 };
@@ -195,23 +195,62 @@ pub async fn upsert_each_by_sku(
 /// taken sku, so a batch of known products wastes little) and the chunk inserted again
 /// with `ON CONFLICT DO NOTHING`, which skips the stored ones.
 async fn insert_new(txn: &DatabaseTransaction, items: &[CleanUpsert], now: i64) -> AppResult<Vec<(i64, String)>> {
+    let items_json = chunk_json(items);
     let savepoint = txn.begin().await?;
-    match insert_products(&savepoint, items, now, false).await {
+    match insert_products(&savepoint, &items_json, now, false).await {
         Ok(created) => {
             savepoint.commit().await?;
             Ok(created)
         }
         Err(error) if matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
             savepoint.rollback().await?;
-            Ok(insert_products(txn, items, now, true).await?)
+            Ok(insert_products(txn, &items_json, now, true).await?)
         }
         Err(error) => Err(error.into()),
     }
 }
 
+/// The items of one chunk as the bulk statements take them: one JSON array of
+/// `{sku, name, description, attributes}` (attributes as JSON text), read back by the
+/// database (`json_to_recordset` on Postgres, `json_each` on SQLite). One parameter
+/// whatever the chunk's size, so each bulk statement has one text: prepared once per
+/// connection and cached, where a `VALUES` list with parameters per item made a new
+/// statement for each chunk size (megabytes each in SQLite's statement cache).
+fn chunk_json<'a>(items: impl IntoIterator<Item = &'a CleanUpsert>) -> String {
+    #[derive(serde::Serialize)]
+    struct Item<'a> {
+        sku: &'a str,
+        name: &'a str,
+        description: Option<&'a str>,
+        attributes: Option<&'a str>,
+    }
+    let items: Vec<Item> = items
+        .into_iter()
+        .map(|item| Item {
+            sku: &item.sku,
+            name: &item.name,
+            description: item.description.as_deref(),
+            attributes: item.attributes.as_deref(),
+        })
+        .collect();
+    serde_json::to_string(&items).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// The chunk's items as rows `item (sku, name, description, attributes)` in SQL, from the
+/// JSON array in parameter `$2`.
+fn chunk_rows(backend: DbBackend) -> &'static str {
+    if backend == DbBackend::Postgres {
+        "json_to_recordset($2::json) AS item (sku text, name text, description text, attributes text)"
+    } else {
+        "(SELECT value ->> 'sku' AS sku, value ->> 'name' AS name, value ->> 'description' AS description,
+                 value ->> 'attributes' AS attributes
+          FROM json_each($2)) AS item"
+    }
+}
+
 async fn insert_products(
     conn: &impl ConnectionTrait,
-    items: &[CleanUpsert],
+    items_json: &str,
     now: i64,
     skip_taken: bool,
 ) -> Result<Vec<(i64, String)>, DbErr> {
@@ -220,60 +259,20 @@ async fn insert_products(
         id: i64,
         sku: String,
     }
+    let backend = conn.get_database_backend();
     let pending = Registration::Pending.as_str();
-    let rows = if conn.get_database_backend() == DbBackend::Postgres {
-        // Raw SQL (Postgres only): four arrays instead of four parameters per row: Postgres
-        // plans and evaluates a many-row VALUES list row by row, which cost it a third of an
-        // upload's time. sea-query string arrays cannot hold NULL, so no attributes travel as "".
-        let column = |field: fn(&CleanUpsert) -> String| {
-            Value::Array(ArrayType::String, Some(Box::new(items.iter().map(|item| field(item).into()).collect())))
-        };
-        let values = vec![
-            now.into(),
-            column(|item| item.sku.clone()),
-            column(|item| item.name.clone()),
-            column(|item| item.description.clone().unwrap_or_default()),
-            column(|item| item.attributes.clone().unwrap_or_default()),
-        ];
-        let on_conflict = if skip_taken { " ON CONFLICT (sku) DO NOTHING" } else { "" };
-        let sql = format!(
-            "INSERT INTO products (sku, name, description, attributes, registration_status, created_at, updated_at)
-             SELECT sku, name, description, NULLIF(attributes, ''), '{pending}', $1, $1
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS item (sku, name, description, attributes)
-             {on_conflict} RETURNING id, sku"
-        );
-        Created::find_by_statement(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).all(conn).await?
-    } else {
-        let mut insert = Query::insert();
-        insert.into_table(product::Entity).columns([
-            Column::Sku,
-            Column::Name,
-            Column::Description,
-            Column::Attributes,
-            Column::RegistrationStatus,
-            Column::CreatedAt,
-            Column::UpdatedAt,
-        ]);
-        for item in items {
-            insert
-                .values([
-                    item.sku.clone().into(),
-                    item.name.clone().into(),
-                    item.description.clone().unwrap_or_default().into(),
-                    item.attributes.clone().into(),
-                    pending.into(),
-                    now.into(),
-                    now.into(),
-                ])
-                .map_err(|error| DbErr::Custom(error.to_string()))?;
-        }
-        if skip_taken {
-            insert.on_conflict(OnConflict::column(Column::Sku).do_nothing().to_owned());
-        }
-        insert.returning(Query::returning().columns([Column::Id, Column::Sku]));
-        let rows = conn.query_all(&insert).await?;
-        rows.iter().map(|row| Created::from_query_result(row, "")).collect::<Result<Vec<_>, _>>()?
-    };
+    // `WHERE true`: SQLite needs it to tell an `ON CONFLICT` from a join's `ON`.
+    let on_conflict = if skip_taken { "WHERE true ON CONFLICT (sku) DO NOTHING" } else { "" };
+    // Raw SQL: an insert from rows the database reads out of one JSON parameter.
+    let sql = format!(
+        "INSERT INTO products (sku, name, description, attributes, registration_status, created_at, updated_at)
+         SELECT item.sku, item.name, COALESCE(item.description, ''), item.attributes, '{pending}', $1, $1
+         FROM {} {on_conflict}
+         RETURNING id, sku",
+        chunk_rows(backend)
+    );
+    let values: Vec<Value> = vec![now.into(), items_json.into()];
+    let rows = Created::find_by_statement(Statement::from_sql_and_values(backend, sql, values)).all(conn).await?;
     Ok(rows.into_iter().map(|row| (row.id, row.sku)).collect())
 }
 
@@ -283,39 +282,26 @@ async fn update_changed(conn: &impl ConnectionTrait, items: &[&CleanUpsert], now
     if items.is_empty() {
         return Ok(HashSet::new());
     }
-    // Raw SQL: `UPDATE … FROM (VALUES …)` (one statement for the whole chunk) is beyond
-    // sea-query. `VALUES` columns are named column1..column4 on both backends; every value
-    // appears once, in order, so the backend's own placeholders serve.
     let backend = conn.get_database_backend();
-    let mut rows = Vec::with_capacity(items.len());
-    let mut values: Vec<Value> = Vec::with_capacity(items.len() * 4 + 1);
-    values.push(now.into());
-    for item in items {
-        let first = values.len() + 1;
-        values.extend([
-            item.sku.clone().into(),
-            item.name.clone().into(),
-            item.description.clone().into(),
-            item.attributes.clone().into(),
-        ]);
-        let [sku, name, description, attributes] = [0, 1, 2, 3].map(|i| placeholder(backend, first + i));
-        rows.push(format!("({sku}, {name}, {description}, {attributes})"));
-    }
-    let now_placeholder = placeholder(backend, 1);
+    // SQLite's `RETURNING` names the updated table's columns only, Postgres's needs them
+    // told apart from the rows' `sku`.
+    let returning = if backend == DbBackend::Postgres { "p.sku" } else { "sku" };
+    // Raw SQL: `UPDATE … FROM` rows read out of one JSON parameter is beyond sea-query.
     let sql = format!(
         "UPDATE products AS p SET
-            name = v.column2,
-            description = COALESCE(v.column3, p.description),
-            attributes = COALESCE(v.column4, p.attributes),
-            updated_at = {now_placeholder}
-         FROM (VALUES {}) AS v
-         WHERE p.sku = v.column1
-           AND (p.name <> v.column2
-                OR p.description <> COALESCE(v.column3, p.description)
-                OR p.attributes IS DISTINCT FROM COALESCE(v.column4, p.attributes))
-         RETURNING sku",
-        rows.join(", ")
+            name = item.name,
+            description = COALESCE(item.description, p.description),
+            attributes = COALESCE(item.attributes, p.attributes),
+            updated_at = $1
+         FROM {}
+         WHERE p.sku = item.sku
+           AND (p.name <> item.name
+                OR p.description <> COALESCE(item.description, p.description)
+                OR p.attributes IS DISTINCT FROM COALESCE(item.attributes, p.attributes))
+         RETURNING {returning}",
+        chunk_rows(backend)
     );
+    let values: Vec<Value> = vec![now.into(), chunk_json(items.iter().copied()).into()];
     let rows = conn.query_all_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
     rows.iter().map(|row| row.try_get::<String>("", "sku").map_err(AppError::from)).collect()
 }
