@@ -26,6 +26,9 @@ use crate::{
 
 /// Spools' prefix in the bucket (`uploads::receive::SPOOL_PREFIX`).
 const SPOOLS: &str = "uploads/";
+/// How long a step may take before the test calls it stuck: far beyond a normal run (the
+/// 2,000 uploads take about 80 s in all), as machines shared with builds run it 4× slower.
+const STUCK: Duration = Duration::from_secs(600);
 
 /// The environment and the S3 server, or `None` (after saying why) when this run cannot
 /// have a cluster: SQLite, no Redis, or no moto.
@@ -115,7 +118,7 @@ async fn upload_state(http: &reqwest::Client, base: &str, id: &str) -> Value {
 }
 
 async fn succeeded(http: &reqwest::Client, base: &str, id: &str) -> Value {
-    let upload = eventually(Duration::from_secs(120), &format!("upload {id} to finish"), || async {
+    let upload = eventually(STUCK, &format!("upload {id} to finish"), || async {
         let upload = upload_state(http, base, id).await;
         matches!(upload["status"].as_str(), Some("succeeded" | "failed")).then_some(upload)
     })
@@ -167,7 +170,7 @@ async fn thousands_of_uploads_over_three_nodes_one_killed_each_ingested_once() {
     let extra = [("JOB_LEASE", "5s")];
     let mut nodes = futures::future::join_all((0..3).map(|_| Node::spawn(&env, &s3, &extra))).await;
     let bases: Arc<Vec<String>> = Arc::new(nodes.iter().map(Node::base).collect());
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("client");
+    let http = reqwest::Client::builder().timeout(STUCK).build().expect("client");
     // The one product of upload `i` (`padded_products` numbers items from 0).
     let sku = |i: usize| format!("s3-small-{i}-0");
 
@@ -194,7 +197,7 @@ async fn thousands_of_uploads_over_three_nodes_one_killed_each_ingested_once() {
         })
         .collect();
 
-    eventually(Duration::from_secs(300), "the first uploads to be answered", || async {
+    eventually(STUCK, "the first uploads to be answered", || async {
         (answered.load(Ordering::SeqCst) >= KILL_AFTER).then_some(())
     })
     .await;
@@ -237,7 +240,7 @@ async fn thousands_of_uploads_over_three_nodes_one_killed_each_ingested_once() {
     assert_eq!(accepted.len() + lost.len(), UPLOADS);
 
     let db = env.db().await;
-    eventually(Duration::from_secs(180), "every upload to finish", || async {
+    eventually(STUCK, "every upload to finish", || async {
         let unfinished = scalar(&db, "SELECT COUNT(*) FROM uploads WHERE status NOT IN ('succeeded', 'failed')").await;
         (unfinished == 0).then_some(())
     })
@@ -340,7 +343,7 @@ async fn a_spool_written_by_one_node_is_ingested_by_another_through_s3() {
         assert_eq!(upload["products_created"].as_i64(), Some(*items as i64), "{prefix}: {upload:#}");
         assert_eq!(count_skus_like(&db, prefix).await, *items as i64, "{prefix}");
     }
-    eventually(Duration::from_secs(30), "the ingested spools to be deleted from the bucket", || async {
+    eventually(STUCK, "the ingested spools to be deleted from the bucket", || async {
         s3.objects(SPOOLS).await.is_empty().then_some(())
     })
     .await;
@@ -375,10 +378,8 @@ async fn the_dedup_window_holds_across_nodes_on_s3() {
     assert_eq!(scalar(&db, "SELECT COUNT(*) FROM uploads").await, 1);
     assert_eq!(count_skus_like(&db, "s3-dedup").await, 300);
     // The refused bodies' spools are deleted as the accepted one's is after ingestion.
-    eventually(Duration::from_secs(30), "no spool left in the bucket", || async {
-        s3.objects(SPOOLS).await.is_empty().then_some(())
-    })
-    .await;
+    eventually(STUCK, "no spool left in the bucket", || async { s3.objects(SPOOLS).await.is_empty().then_some(()) })
+        .await;
     assert_no_disk(&env, &[&first.folder, &second.folder]);
     first.process.kill().await;
     second.process.kill().await;
@@ -402,7 +403,7 @@ async fn bodies_that_end_early_leave_no_multipart_upload_open() {
     body.splice(end.., b",x]".iter().copied());
     let refused = post_products(&http, &node.base(), body.clone()).await;
     assert_eq!(refused.status, 400, "{refused:?}");
-    eventually(Duration::from_secs(30), "the refused body's multipart upload to be aborted", || async {
+    eventually(STUCK, "the refused body's multipart upload to be aborted", || async {
         s3.pending_multipart_uploads().await.is_empty().then_some(())
     })
     .await;
@@ -415,12 +416,12 @@ async fn bodies_that_end_early_leave_no_multipart_upload_open() {
     );
     socket.write_all(head.as_bytes()).await.expect("head");
     socket.write_all(&body[..body.len() - 1024 * 1024]).await.expect("most of the body");
-    eventually(Duration::from_secs(30), "the spool's multipart upload to begin", || async {
+    eventually(STUCK, "the spool's multipart upload to begin", || async {
         (!s3.pending_multipart_uploads().await.is_empty()).then_some(())
     })
     .await;
     drop(socket);
-    eventually(Duration::from_secs(30), "the cut body's multipart upload to be aborted", || async {
+    eventually(STUCK, "the cut body's multipart upload to be aborted", || async {
         s3.pending_multipart_uploads().await.is_empty().then_some(())
     })
     .await;
