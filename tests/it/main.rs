@@ -6,6 +6,7 @@ mod support;
 
 mod backlog;
 mod catalog;
+mod cluster_s3;
 mod feed;
 mod foundation;
 mod graphql_http;

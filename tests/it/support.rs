@@ -480,6 +480,170 @@ impl Drop for PrivatePostgres {
     }
 }
 
+/// An S3 server of the test's own: moto's standalone server (`pip install 'moto[server]'`)
+/// on its own loopback port, with one bucket, for cluster tests whose nodes share object
+/// storage and no disk. Stopped when dropped (moto keeps everything in memory).
+pub struct PrivateS3 {
+    child: std::process::Child,
+    /// Holds the server's log (one line per request, read when it fails to start).
+    dir: TempDir,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+    pub bucket: String,
+    http: reqwest::Client,
+}
+
+impl PrivateS3 {
+    /// Starts one and creates its bucket. Without moto on this machine: `None`, after
+    /// printing why (the caller skips), unless `EMPORIUM_REQUIRE_S3=1` (CI), which panics
+    /// instead, so that CI never passes a test it did not run.
+    pub async fn start() -> Option<Self> {
+        let Some(program) = Self::moto() else {
+            let reason = "no moto S3 server on this machine (pip install 'moto[server]')";
+            assert!(std::env::var("EMPORIUM_REQUIRE_S3").as_deref() != Ok("1"), "EMPORIUM_REQUIRE_S3=1: {reason}");
+            eprintln!("skipped: {reason}");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = std::fs::File::create(dir.path().join("moto.log")).expect("moto log file");
+        let port = free_port();
+        let child = std::process::Command::new(program[0])
+            .args(&program[1..])
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("moto log file")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start moto's S3 server");
+        let mut server = Self {
+            child,
+            dir,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: format!("emporium-{}", uuid::Uuid::new_v4().simple()),
+            http: reqwest::Client::new(),
+        };
+        // Path-style CreateBucket; moto accepts unsigned requests. It answers once it
+        // listens (a second or two of Python imports).
+        let url = format!("{}/{}", server.endpoint, server.bucket);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match server.http.put(&url).send().await {
+                Ok(response) if response.status().is_success() => break,
+                Ok(response) => panic!("moto: CreateBucket answered {}: {}", response.status(), server.log()),
+                Err(_) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = server.child.try_wait() {
+                        panic!("moto's S3 server exited ({status}): {}", server.log());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("moto's S3 server did not answer within 30 s ({error}): {}", server.log()),
+            }
+        }
+        Some(server)
+    }
+
+    /// The command that runs moto's server: `moto_server`, else `python3 -m moto.server`;
+    /// `None` when neither works (`--help` proves the package and its server extras load).
+    /// Looked for once per test process (each look takes a second of Python imports).
+    fn moto() -> Option<&'static [&'static str]> {
+        const CANDIDATES: [&[&str]; 2] = [&["moto_server"], &["python3", "-m", "moto.server"]];
+        static FOUND: std::sync::OnceLock<Option<&'static [&'static str]>> = std::sync::OnceLock::new();
+        *FOUND.get_or_init(|| {
+            CANDIDATES.into_iter().find(|program| {
+                std::process::Command::new(program[0])
+                    .args(&program[1..])
+                    .arg("--help")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|status| status.success())
+            })
+        })
+    }
+
+    /// What a node needs to use the bucket as its object store, as `AmazonS3Builder::from_env`
+    /// reads it (`src/storage`): path-style requests to the endpoint over plain HTTP, any
+    /// credentials (moto checks none).
+    pub fn node_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("OBJECT_STORE_URL", format!("s3://{}", self.bucket)),
+            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "emporium-test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "emporium-test-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+
+    /// The objects under `prefix` with their sizes, sorted by key, through the S3 API
+    /// (ListObjectsV2, every page).
+    pub async fn objects(&self, prefix: &str) -> Vec<(String, u64)> {
+        let mut objects = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = url::Url::parse(&format!("{}/{}", self.endpoint, self.bucket)).expect("bucket URL");
+            url.query_pairs_mut().append_pair("list-type", "2").append_pair("prefix", prefix);
+            if let Some(token) = token.take() {
+                url.query_pairs_mut().append_pair("continuation-token", &token);
+            }
+            let response = self.http.get(url).send().await.expect("ListObjectsV2");
+            assert!(response.status().is_success(), "ListObjectsV2 answered {}", response.status());
+            let xml = response.text().await.expect("ListObjectsV2 body");
+            for contents in xml.split("<Contents>").skip(1) {
+                let key = xml_unescape(xml_element(contents, "Key").expect("<Key> in <Contents>"));
+                let size =
+                    xml_element(contents, "Size").and_then(|size| size.parse().ok()).expect("<Size> in <Contents>");
+                objects.push((key, size));
+            }
+            if xml_element(&xml, "IsTruncated") != Some("true") {
+                break;
+            }
+            token = Some(xml_unescape(xml_element(&xml, "NextContinuationToken").expect("NextContinuationToken")));
+        }
+        objects.sort();
+        objects
+    }
+
+    /// Keys of the multipart uploads begun and neither completed nor aborted
+    /// (ListMultipartUploads): parts stored and billed, and invisible to object listings.
+    pub async fn pending_multipart_uploads(&self) -> Vec<String> {
+        let url = format!("{}/{}?uploads", self.endpoint, self.bucket);
+        let response = self.http.get(&url).send().await.expect("ListMultipartUploads");
+        assert!(response.status().is_success(), "ListMultipartUploads answered {}", response.status());
+        let xml = response.text().await.expect("ListMultipartUploads body");
+        assert!(xml_element(&xml, "IsTruncated") != Some("true"), "more than a page of pending uploads: {xml}");
+        xml.split("<Upload>")
+            .skip(1)
+            .map(|upload| xml_unescape(xml_element(upload, "Key").expect("<Key> in <Upload>")))
+            .collect()
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("moto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The text of the first `<name>…</name>` in `xml`.
+fn xml_element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
+    let start = xml.find(&format!("<{name}>"))? + name.len() + 2;
+    let end = start + xml[start..].find(&format!("</{name}>"))?;
+    Some(&xml[start..end])
+}
+
+/// XML's five predefined entities (all S3 listings escape).
+fn xml_unescape(text: &str) -> String {
+    text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
