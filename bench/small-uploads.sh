@@ -136,7 +136,7 @@ for c in counts:
     fsync, group = read(f"fsync-{c}"), read(f"group-{c}")
     batch = read(f"group-{c}.batch").get("bodies_per_batch", 0)
     print(f"\n{c} connections:")
-    print(f"  {'side':<27}{'accepted/s':>11}{'ingested/s':>11}{'drain s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+    print(f"  {'side':<32}{'accepted/s':>11}{'ingested/s':>11}{'drain s':>9}{'p50 ms':>8}{'p99 ms':>8}"
           f"{'peak backlog':>13}{'503 backlog':>12}{'other':>7}  peak RSS MiB")
     def row(label, r, node=None):
         other = sum(r["other"].values()) + r["transport_errors"]
@@ -144,7 +144,7 @@ for c in counts:
         drain = (f"{r['drain_seconds']:.1f}" + ("" if r["drained"] else "+")) if "drain_seconds" in r else "-"
         backlog = f"{r['peak_backlog']:.0f}" if "peak_backlog" in r else "-"
         rss = " / ".join(f"{kb / 1024:.0f}" for kb in node["rss_kb"]) if node else "-"
-        print(f"  {label:<27}{r['accepted_per_second']:>11.0f}{ingested:>11}{drain:>9}{ms(r['p50_ms']):>8}"
+        print(f"  {label:<32}{r['accepted_per_second']:>11.0f}{ingested:>11}{drain:>9}{ms(r['p50_ms']):>8}"
               f"{ms(r['p99_ms']):>8}{backlog:>13}{r['backlog_503']:>12}{other:>7}  {rss}")
     row("ref: fsync per body", fsync)
     row(f"ref: group commit ({batch:.1f}/fsync)", group)
