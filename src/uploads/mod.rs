@@ -7,14 +7,17 @@
 //!    503 with `Retry-After` before the body is read;
 //! 1. [`receive`]: one streaming pass hashes it (BLAKE3), validates it ([`scan`], an
 //!    incremental JSON state machine: 400 with the position of the first error) and
-//!    spools it to object storage, never holding it whole;
+//!    spools it to object storage, never holding it whole; a body up to
+//!    `UPLOAD_INLINE_MAX_BYTES` is held instead, to be kept in the database;
 //! 2. [`window`]: its digest is claimed in the dedup window (Redis in a cluster, in
 //!    process otherwise); a duplicate gets 403 with `Retry-After`;
-//! 3. the upload row and its ingestion job commit together, then the window opens and
-//!    the client gets `200 {"upload_id", "status": "queued"}`;
-//! 4. [`ingest`]: the durable job reads the spool back and upserts the products through
-//!    the catalog in batches, resumable after a crash; progress is visible over REST,
-//!    GraphQL and the `uploadProgress` subscription.
+//! 3. [`commit`]: the upload row (with a small body) and its ingestion job commit
+//!    together, in one transaction with the other uploads accepted at that moment, then
+//!    the window opens and the client gets `200 {"upload_id", "status": "queued"}`;
+//! 4. [`ingest`]: the durable job reads the body back and upserts the products through
+//!    the catalog in batches, resumable after a crash; small uploads are ingested many at
+//!    once ([`ingest_group`]). Progress is visible over REST, GraphQL and the
+//!    `uploadProgress` subscription.
 
 mod backlog;
 mod commit;
