@@ -42,6 +42,9 @@ set -euo pipefail
 
 BASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 REDIS="${REDIS_URL:-redis://127.0.0.1:6379}"
+# The embedded node must not inherit them (it would run on Postgres + Redis); the 3 nodes
+# get them explicitly.
+unset DATABASE_URL REDIS_URL
 LOAD_SECONDS="${BENCH_SECONDS:-20}"
 CONNECTION_COUNTS="${BENCH_CONNECTIONS:-64 256}"
 DRAIN_SECONDS="${BENCH_DRAIN_SECONDS:-600}"
