@@ -95,9 +95,10 @@ pub struct UploadsConfig {
     pub upload_ingest_group: u16,
     /// Most uploads accepted and not yet ingested (queued or ingesting), cluster-wide;
     /// beyond, `POST /v1/products` answers 503 + `Retry-After` and stores nothing. 0:
-    /// unbounded. 10,000 is about 80 s of ingesting small bodies on a 2-core node (about
-    /// 120/s measured): a backlog that deep means ingestion is not keeping up, and far
-    /// more than any test or the 1 GiB bench keeps waiting. A soft bound: nodes decide on
+    /// unbounded. 10,000 is about 10 s of ingesting small bodies in groups on a 2-core
+    /// node (800–1,300/s measured, bench/small-uploads.sh): a backlog that deep means
+    /// ingestion is not keeping up, and far more than any test or the 1 GiB bench keeps
+    /// waiting. A soft bound: nodes decide on
     /// figures up to 500 ms old, so a few uploads at once may pass it.
     #[arg(long, env = "UPLOAD_BACKLOG_MAX_UPLOADS", default_value_t = 10_000)]
     pub upload_backlog_max_uploads: u64,
