@@ -137,32 +137,14 @@ impl From<std::sync::Arc<sea_orm::DbErr>> for AppError {
 }
 
 impl AppError {
-    /// A copy for each of the waiters that one failure answers (a batch committed
-    /// together): the same class, code and message; an internal error's chain as text.
-    pub fn for_each_waiter(&self) -> Self {
-        match self {
-            Self::BadInput(message) => Self::BadInput(message.clone()),
-            Self::NotFound(message) => Self::NotFound(message.clone()),
-            Self::Conflict(message) => Self::Conflict(message.clone()),
-            Self::Unauthenticated => Self::Unauthenticated,
-            Self::Forbidden { message, retry_after } => {
-                Self::Forbidden { message: message.clone(), retry_after: *retry_after }
-            }
-            Self::PayloadTooLarge(message) => Self::PayloadTooLarge(message.clone()),
-            Self::Unavailable { message, retry_after } => {
-                Self::Unavailable { message: message.clone(), retry_after: *retry_after }
-            }
-            Self::Internal(error) => Self::Internal(anyhow::anyhow!("{error:#}")),
-        }
-    }
-
     fn database_unavailable(error: &sea_orm::DbErr) -> Self {
         tracing::warn!(error = %error, "database unavailable");
         Self::unavailable("the database is busy or unreachable; retry shortly", Some(DATABASE_RETRY_AFTER))
     }
 
-    /// A copy of an error that several callers wait for (one DataLoader batch): same class,
-    /// code and message; an internal error's cause is kept as text.
+    /// A copy of an error that several callers wait for (one DataLoader batch, one group
+    /// commit of uploads): same class, code and message; an internal error's cause is kept
+    /// as text.
     pub fn duplicate(&self) -> Self {
         match self {
             Self::BadInput(m) => Self::BadInput(m.clone()),

@@ -92,7 +92,7 @@ async fn run(batcher: Batcher, mut waiting: mpsc::Receiver<Pending>) {
             Err(error) => {
                 tracing::warn!(error = %error.message(), uploads = batch.len(), "committing a batch of uploads failed");
                 for pending in batch.drain(..) {
-                    let _ = pending.reply.send(Err(error.for_each_waiter()));
+                    let _ = pending.reply.send(Err(error.duplicate()));
                 }
             }
         }
