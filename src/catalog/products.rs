@@ -100,8 +100,8 @@ fn clean(item: &ProductUpsert) -> Result<CleanUpsert, InvalidItem> {
 /// Within one batch a repeated sku: the last occurrence wins.
 ///
 /// Statements per chunk of 4,000: an `INSERT … RETURNING` of the new products (see
-/// [`insert_new`]; it writes first, as SQLite wants), one `UPDATE … FROM (VALUES …)` for
-/// the rest that only touches rows whose fields differ, and the job insert. An invalid
+/// [`insert_new`]; it writes first, as SQLite wants), one `UPDATE … FROM` for the rest
+/// that only touches rows whose fields differ, and the job insert. An invalid
 /// item fails the whole batch with `BAD_USER_INPUT` naming its sku; use
 /// [`validate_upsert`] first to skip bad items instead.
 pub async fn upsert_by_sku(
@@ -109,9 +109,15 @@ pub async fn upsert_by_sku(
     txn: &DatabaseTransaction,
     batch: &[ProductUpsert],
 ) -> AppResult<UpsertOutcome> {
-    let upserted = upsert_each_by_sku(state, txn, batch).await?;
-    let count = |wanted: Upserted| upserted.iter().filter(|outcome| **outcome == wanted).count() as u64;
-    Ok(UpsertOutcome { created: count(Upserted::Created), updated: count(Upserted::Updated) })
+    Ok(UpsertOutcome::of(&upsert_each_by_sku(state, txn, batch).await?))
+}
+
+impl UpsertOutcome {
+    /// The counts of some items' outcomes.
+    pub fn of(outcomes: &[Upserted]) -> Self {
+        let count = |wanted: Upserted| outcomes.iter().filter(|outcome| **outcome == wanted).count() as u64;
+        Self { created: count(Upserted::Created), updated: count(Upserted::Updated) }
+    }
 }
 
 /// What an upsert did with one item of the batch.
@@ -135,18 +141,22 @@ pub async fn upsert_each_by_sku(
 ) -> AppResult<Vec<Upserted>> {
     let mut items: Vec<CleanUpsert> = Vec::with_capacity(batch.len());
     let mut position: HashMap<String, usize> = HashMap::with_capacity(batch.len());
-    // For each item of the batch, the index of its sku's last occurrence in `items`.
+    // For each item of the batch, its sku's place in `items`; for each of `items`, the
+    // batch's last item with its sku (the one that wins).
     let mut item_of: Vec<usize> = Vec::with_capacity(batch.len());
-    for item in batch {
+    let mut last_of: Vec<usize> = Vec::with_capacity(batch.len());
+    for (index, item) in batch.iter().enumerate() {
         let item = clean(item)?;
         match position.get(&item.sku) {
             Some(&at) => {
                 item_of.push(at);
+                last_of[at] = index;
                 items[at] = item;
             }
             None => {
                 position.insert(item.sku.clone(), items.len());
                 item_of.push(items.len());
+                last_of.push(index);
                 items.push(item);
             }
         }
@@ -178,14 +188,10 @@ pub async fn upsert_each_by_sku(
         metrics::counter!("emporium_catalog_products_created_total").increment(created_total);
     }
     // Back to the batch's order: an item that a later one with its sku replaced did nothing.
-    let mut last_of: HashMap<usize, usize> = HashMap::with_capacity(items.len());
-    for (index, at) in item_of.iter().enumerate() {
-        last_of.insert(*at, index);
-    }
     Ok(item_of
         .iter()
         .enumerate()
-        .map(|(index, at)| if last_of.get(at) == Some(&index) { outcome[*at] } else { Upserted::Superseded })
+        .map(|(index, at)| if last_of[*at] == index { outcome[*at] } else { Upserted::Superseded })
         .collect())
 }
 

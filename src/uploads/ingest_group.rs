@@ -23,7 +23,7 @@ use super::{
     model::{self, BatchProgress, ErrorPolicy, UploadRecord},
     publish_progress,
 };
-use crate::catalog::{self, Upserted};
+use crate::catalog::{self, UpsertOutcome, Upserted};
 
 /// Most body bytes in one group (besides its first upload).
 const GROUP_BYTES: u64 = 8 * 1024 * 1024;
@@ -94,22 +94,24 @@ pub async fn ingest(state: &Uploads, id: i64) -> Result<bool, Failure> {
         members.push((upload, batch));
     }
 
+    // Moved out, not copied; each member's share of the outcomes is its count of them.
+    let shares: Vec<usize> = members.iter().map(|(_, batch)| batch.upserts.len()).collect();
     let upserts: Vec<catalog::ProductUpsert> =
-        members.iter().flat_map(|(_, batch)| batch.upserts.iter().cloned()).collect();
+        members.iter_mut().flat_map(|(_, batch)| std::mem::take(&mut batch.upserts)).collect();
     let upserted = if upserts.is_empty() {
         Vec::new()
     } else {
         catalog::upsert_each_by_sku(&state.catalog, &txn, &upserts).await.map_err(app_error)?
     };
     let mut outcomes = upserted.into_iter();
-    for (upload, batch) in members {
-        let mine: Vec<Upserted> = outcomes.by_ref().take(batch.upserts.len()).collect();
-        let count = |wanted: Upserted| mine.iter().filter(|outcome| **outcome == wanted).count() as u64;
+    for ((upload, batch), share) in members.into_iter().zip(shares) {
+        let mine: Vec<Upserted> = outcomes.by_ref().take(share).collect();
+        let UpsertOutcome { created, updated } = UpsertOutcome::of(&mine);
         let progress = BatchProgress {
             items: i64::try_from(batch.items).unwrap_or(i64::MAX),
             failed: batch.failed,
-            created: count(Upserted::Created),
-            updated: count(Upserted::Updated),
+            created,
+            updated,
             item_errors: batch.item_errors,
         };
         ended.push((upload, Outcome::Ingested(progress)));
