@@ -56,6 +56,7 @@ impl App {
 
         db::migrate(&config.database).await?;
         let db = db::connect(&config.database).await?;
+        let durable_db = db::connect_durable(&config.database, &db).await?;
         let (redis, events) = match &config.redis_url {
             Some(url) => {
                 let (client, manager) = connect_redis(url).await?;
@@ -73,6 +74,7 @@ impl App {
 
         let state = AppState {
             db,
+            durable_db,
             redis,
             redis_prefix: config.redis_prefix.as_str().into(),
             events,

@@ -53,6 +53,37 @@ impl DatabaseArgs {
 
 /// Connects to the configured database, creating the SQLite file (and its folder) on first start.
 pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<DatabaseConnection> {
+    connect_with(args, args.database_max_connections, SqliteSynchronous::Normal).await
+}
+
+/// The connection for writes whose answer promises durability (an accepted upload, an
+/// intake submission): on SQLite a small pool of its own whose commits sync the log, so
+/// they survive a machine crash, not only a crash of the node; on Postgres `db` itself
+/// (every commit is synced there). The main pool's SQLite connections sync only at
+/// checkpoints: in WAL mode a commit of the durable pool syncs every commit before it
+/// too, and a job's progress lost to a machine crash is done again.
+pub async fn connect_durable(args: &DatabaseArgs, db: &DatabaseConnection) -> anyhow::Result<DatabaseConnection> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return Ok(db.clone());
+    }
+    connect_with(args, args.database_max_connections.min(DURABLE_SQLITE_CONNECTIONS), SqliteSynchronous::Full).await
+}
+
+/// Enough for the upload committer and a few intake submissions at once: SQLite takes one
+/// writer at a time anyway.
+const DURABLE_SQLITE_CONNECTIONS: u32 = 4;
+/// SQLite's memory for all its connections (mostly page caches) beyond which it recycles
+/// cached pages instead of allocating: the node's memory returns near its idle size after
+/// a large ingestion (bench/RESULTS.md). The OS caches the file's pages anyway.
+const SQLITE_SOFT_HEAP_LIMIT: &str = "16777216";
+/// Idle SQLite connections (and their caches) closed after this.
+const SQLITE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn connect_with(
+    args: &DatabaseArgs,
+    max_connections: u32,
+    synchronous: SqliteSynchronous,
+) -> anyhow::Result<DatabaseConnection> {
     let url = args.resolved_url();
     if args.database_url.is_none() {
         std::fs::create_dir_all(&args.data_dir)
@@ -60,25 +91,24 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<DatabaseConnection> 
     }
     let mut options = ConnectOptions::new(url.clone());
     options
-        .max_connections(args.database_max_connections)
+        .max_connections(max_connections)
         .min_connections(1)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(args.database_acquire_timeout)
         .sqlx_logging(false)
         // WAL lets readers work beside the single writer; the busy timeout (replaced once
-        // connected by `retry_soon_when_busy`) makes writers queue instead of failing while
-        // another connection holds the write lock. FULL syncs the log at each commit: an
-        // upload answered 200 (its row, and a small one's body) survives a machine crash,
-        // not only a crash of the node; uploads commit in groups, so that is one sync per
-        // batch of them.
-        .map_sqlx_sqlite_opts(|opts| {
+        // connected by `wait_for_writers`) makes writers queue instead of failing while
+        // another connection holds the write lock.
+        .map_sqlx_sqlite_opts(move |opts| {
             opts.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
+                .synchronous(synchronous)
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true)
+                .pragma("soft_heap_limit", SQLITE_SOFT_HEAP_LIMIT)
         })
         .map_sqlx_sqlite_pool_opts(|pool| {
-            pool.after_connect(|connection, _| Box::pin(async move { retry_soon_when_busy(connection).await }))
+            pool.idle_timeout(SQLITE_IDLE_TIMEOUT)
+                .after_connect(|connection, _| Box::pin(async move { wait_for_writers(connection).await }))
         });
     Database::connect(options).await.with_context(|| format!("cannot connect to the database at {}", redact(&url)))
 }
@@ -86,25 +116,90 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<DatabaseConnection> 
 /// SQLite's own busy handler sleeps 1, 2, 5, 10 … 100 ms between tries, so a writer that
 /// finds the lock taken misses the short gaps between other writers' transactions and can
 /// wait a tenth of a second behind a stream of them (the intake's store jobs behind its
-/// submissions, bench/intake.sh). This handler tries again every 100 µs instead, for at
-/// least the same 30 s.
-async fn retry_soon_when_busy(connection: &mut sea_orm::sqlx::SqliteConnection) -> Result<(), sea_orm::sqlx::Error> {
-    const PAUSE: Duration = Duration::from_micros(100);
-    const TRIES: std::ffi::c_int = 300_000; // × at least 100 µs = 30 s
-    extern "C" fn retry_soon(_: *mut std::ffi::c_void, tries: std::ffi::c_int) -> std::ffi::c_int {
-        if tries >= TRIES {
-            return 0;
-        }
-        std::thread::sleep(PAUSE);
-        1
-    }
+/// submissions, bench/intake.sh). Polling instead (every 100 µs, as this did before) kept
+/// every waiting connection's thread waking ten thousand times a second: under many small
+/// uploads, two thirds of the node's CPU went to those wake-ups (perf, bench/small-uploads.sh).
+/// So a waiting connection sleeps until a write transaction of this process commits (the
+/// WAL hook, which SQLite calls once the write lock is released; one waiter is woken per
+/// commit, as only one can take the lock), or for at most
+/// [`WriteLock::RECHECK`]: a lock held by another process, a rollback, or a commit between
+/// the failed try and the wait wake no one. It gives up after the same 30 s as before.
+async fn wait_for_writers(connection: &mut sea_orm::sqlx::SqliteConnection) -> Result<(), sea_orm::sqlx::Error> {
     let mut handle = connection.lock_handle().await?;
-    // SAFETY: the handle is a live connection, held locked for the call; the handler is a
-    // plain function that touches no SQLite state and needs no argument.
+    let raw = handle.as_raw_handle().as_ptr();
+    // SAFETY: the handle is a live connection, held locked for the calls; the callbacks are
+    // plain functions that touch only the process-wide `WRITE_LOCK` (and, for the WAL
+    // hook, checkpoint the connection SQLite hands them, as its default hook does).
     unsafe {
-        libsqlite3_sys::sqlite3_busy_handler(handle.as_raw_handle().as_ptr(), Some(retry_soon), std::ptr::null_mut());
+        libsqlite3_sys::sqlite3_busy_handler(raw, Some(WriteLock::busy), std::ptr::null_mut());
+        libsqlite3_sys::sqlite3_wal_hook(raw, Some(WriteLock::committed), std::ptr::null_mut());
     }
     Ok(())
+}
+
+/// Commits of this process's SQLite connections, counted so that the connections waiting
+/// for the write lock sleep until the next one.
+struct WriteLock {
+    commits: std::sync::Mutex<u64>,
+    committed: std::sync::Condvar,
+}
+
+static WRITE_LOCK: WriteLock = WriteLock { commits: std::sync::Mutex::new(0), committed: std::sync::Condvar::new() };
+
+thread_local! {
+    /// When this thread's connection started waiting for the lock (SQLite counts tries).
+    static WAITING_SINCE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+impl WriteLock {
+    const RECHECK: Duration = Duration::from_millis(1);
+    const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+    /// WAL pages after which a commit checkpoints: SQLite's default, which a WAL hook of
+    /// our own replaces.
+    const CHECKPOINT_PAGES: std::ffi::c_int = 1000;
+
+    /// SQLite's busy handler: non-zero to try again, zero to fail with SQLITE_BUSY.
+    extern "C" fn busy(_: *mut std::ffi::c_void, tries: std::ffi::c_int) -> std::ffi::c_int {
+        let now = std::time::Instant::now();
+        let since = WAITING_SINCE.with(|since| {
+            if tries == 0 || since.get().is_none() {
+                since.set(Some(now));
+            }
+            since.get().unwrap_or(now)
+        });
+        if now.duration_since(since) >= Self::GIVE_UP_AFTER {
+            return 0;
+        }
+        let lock = &WRITE_LOCK;
+        let Ok(commits) = lock.commits.lock() else {
+            std::thread::sleep(Self::RECHECK);
+            return 1;
+        };
+        let seen = *commits;
+        // Woken by the next commit; a poisoned lock (impossible: nothing panics holding it)
+        // only makes this a plain sleep.
+        let _ = lock.committed.wait_timeout_while(commits, Self::RECHECK, |commits| *commits == seen);
+        1
+    }
+
+    /// SQLite's WAL hook, called after each commit, the write lock released.
+    unsafe extern "C" fn committed(
+        _: *mut std::ffi::c_void,
+        db: *mut libsqlite3_sys::sqlite3,
+        schema: *const std::ffi::c_char,
+        pages: std::ffi::c_int,
+    ) -> std::ffi::c_int {
+        if let Ok(mut commits) = WRITE_LOCK.commits.lock() {
+            *commits = commits.wrapping_add(1);
+        }
+        WRITE_LOCK.committed.notify_one();
+        if pages >= Self::CHECKPOINT_PAGES {
+            // SAFETY: SQLite passes its live connection and the schema's name; a passive
+            // checkpoint from the hook is what its default hook does.
+            unsafe { libsqlite3_sys::sqlite3_wal_checkpoint(db, schema) };
+        }
+        libsqlite3_sys::SQLITE_OK
+    }
 }
 
 /// Applies pending migrations. On Postgres, nodes starting together take turns on an
@@ -198,6 +293,8 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use sea_orm::TransactionTrait as _;
+
     use super::*;
 
     #[test]
@@ -206,5 +303,48 @@ mod tests {
         assert_eq!(list, "$2, $3");
         let expected: Vec<Value> = vec![0i64.into(), 1i64.into(), 2i64.into()];
         assert_eq!(values, expected);
+    }
+
+    fn sqlite_in(folder: &std::path::Path) -> DatabaseArgs {
+        DatabaseArgs {
+            database_url: None,
+            data_dir: folder.to_path_buf(),
+            database_max_connections: 4,
+            database_acquire_timeout: Duration::from_secs(3),
+        }
+    }
+
+    async fn synchronous(db: &DatabaseConnection) -> i64 {
+        let row = db.query_one_raw(stmt(db, "PRAGMA synchronous", [])).await.unwrap().unwrap();
+        row.try_get_by_index::<i64>(0).unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_the_durable_sqlite_connections_sync_each_commit() {
+        let folder = tempfile::tempdir().unwrap();
+        let args = sqlite_in(folder.path());
+        let db = connect(&args).await.unwrap();
+        let durable = connect_durable(&args, &db).await.unwrap();
+        assert_eq!(synchronous(&db).await, 1, "NORMAL: synced at checkpoints");
+        assert_eq!(synchronous(&durable).await, 2, "FULL: synced at each commit");
+    }
+
+    #[tokio::test]
+    async fn a_writer_waiting_for_the_lock_writes_once_the_holder_commits() {
+        let folder = tempfile::tempdir().unwrap();
+        let db = connect(&sqlite_in(folder.path())).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (n INTEGER)").await.unwrap();
+        let holder = db.begin().await.unwrap();
+        holder.execute_unprepared("INSERT INTO t VALUES (1)").await.unwrap();
+        let waiting = tokio::spawn({
+            let db = db.clone();
+            async move { db.execute_unprepared("INSERT INTO t VALUES (2)").await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the second writer waits while the first holds the lock");
+        holder.commit().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap();
+        let row = db.query_one_raw(stmt(&db, "SELECT COUNT(*) FROM t", [])).await.unwrap().unwrap();
+        assert_eq!(row.try_get_by_index::<i64>(0).unwrap(), 2);
     }
 }

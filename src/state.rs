@@ -12,6 +12,8 @@ use crate::{events::EventBus, jobs::JobQueue, storage::ObjectStorage};
 #[derive(Clone)]
 pub struct AppState {
     pub db: DatabaseConnection,
+    /// For writes whose answer promises durability (`db::connect_durable`).
+    pub durable_db: DatabaseConnection,
     /// Present in a cluster (`REDIS_URL`); `None` in embedded mode.
     pub redis: Option<redis::aio::ConnectionManager>,
     /// Prefix of every Redis key and channel (`REDIS_PREFIX`).

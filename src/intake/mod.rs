@@ -93,6 +93,8 @@ use crate::{
 #[derive(Clone)]
 pub struct Intake {
     pub db: DatabaseConnection,
+    /// Submissions commit here: their 202 promises they are stored (`db::connect_durable`).
+    pub durable_db: DatabaseConnection,
     pub objects: ObjectStorage,
     pub jobs: JobQueue,
     pub events: EventBus,
@@ -107,6 +109,7 @@ impl Intake {
     pub fn new(shared: &AppState, config: IntakeConfig, request_timeout: Duration) -> Self {
         Self {
             db: shared.db.clone(),
+            durable_db: shared.durable_db.clone(),
             objects: shared.objects.clone(),
             jobs: shared.jobs.clone(),
             events: shared.events.clone(),

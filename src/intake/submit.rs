@@ -254,7 +254,7 @@ pub async fn queue(state: &Intake, messages: Vec<NewMessage>) -> AppResult<Vec<M
         .collect();
 
     let now = now_ms();
-    let txn = state.db.begin().await?;
+    let txn = state.durable_db.begin().await?;
     // Ids grow in VALUES order; sorting makes that explicit whatever order RETURNING uses.
     let mut job_ids = state.jobs.enqueue_many(&txn, jobs).await?;
     job_ids.sort_unstable();

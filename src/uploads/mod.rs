@@ -152,7 +152,7 @@ impl Uploads {
             objects: shared.objects.clone(),
             jobs: shared.jobs.clone(),
             events: shared.events.clone(),
-            committer: commit::Committer::start(shared.db.clone(), shared.jobs.clone(), dedup.clone()),
+            committer: commit::Committer::start(shared.durable_db.clone(), shared.jobs.clone(), dedup.clone()),
             dedup,
             backlog: Backlog::new(Bounds {
                 max_uploads: config.upload_backlog_max_uploads,
