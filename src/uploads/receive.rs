@@ -140,12 +140,12 @@ pub async fn receive(
     // The body so far while it is small enough to be kept inline (shared chunks).
     let mut held: Vec<Bytes> = Vec::new();
     let inline_max = config.upload_inline_max_bytes;
-    let mut scan = BackgroundScan::start(policy);
+    let mut scan = Scan::start(policy, declared);
     let mut hasher = blake3::Hasher::new();
     let mut received: u64 = 0;
     let receiving = async {
         loop {
-            let next = match tokio::time::timeout(BackgroundScan::FLUSH_AFTER, stream.next()).await {
+            let next = match tokio::time::timeout(Scan::FLUSH_AFTER, stream.next()).await {
                 Ok(next) => next,
                 Err(_) => {
                     // The client is slow (or stuck): the scan gets what is batched, so an
@@ -260,12 +260,113 @@ fn concatenate(mut chunks: Vec<Bytes>) -> Bytes {
     whole.freeze()
 }
 
-/// The body's scan, on a blocking thread of its own beside the request's task (which
-/// receives, hashes and spools): on that task too, it made the task the upload path's
-/// limit (bench/uploads.sh), the socket waiting while each chunk was scanned. Chunks are
-/// shared, not copied, and handed over in batches of about a megabyte: a wake-up per
-/// chunk cost more than the hash. It stops at the body's first error; dropped, it ends
-/// its thread.
+/// The body's scan. A body that declares itself small is scanned on the request's task:
+/// for a few kilobytes the hand-off to a thread and back cost more than the scan (with
+/// thousands of small uploads a second, most of a core went to those wake-ups). Any other
+/// body is scanned on a blocking thread of its own beside the request's task (which
+/// receives, hashes and spools): on that task it made the task the upload path's limit
+/// (bench/uploads.sh), the socket waiting while each chunk was scanned.
+enum Scan {
+    Here(Box<ScanHere>),
+    Beside(BackgroundScan),
+}
+
+/// The scan's verdict: the body's summary and the items with errors, or why it is refused.
+type Scanned = Result<(Summary, EdgeReport), Rejection>;
+
+impl Scan {
+    /// The largest declared body scanned on the request's task.
+    const HERE_MAX_BYTES: u64 = 64 * 1024;
+    /// How long the next chunk may keep a smaller batch waiting.
+    const FLUSH_AFTER: Duration = Duration::from_millis(20);
+
+    fn start(policy: ErrorPolicy, declared: Option<u64>) -> Self {
+        match declared {
+            Some(length) if length <= Self::HERE_MAX_BYTES => {
+                Self::Here(Box::new(ScanHere { scanning: Scanning::new(policy), refused: None }))
+            }
+            _ => Self::Beside(BackgroundScan::start(policy)),
+        }
+    }
+
+    /// Adds the body's next chunk; `false` when the scan has stopped at an error.
+    async fn push(&mut self, chunk: Bytes) -> bool {
+        match self {
+            Self::Here(here) => here.push(chunk),
+            Self::Beside(beside) => beside.push(chunk).await,
+        }
+    }
+
+    /// Scans what is batched so far; `false` when the scan has stopped at an error.
+    async fn flush(&mut self) -> bool {
+        match self {
+            Self::Here(here) => here.refused.is_none(),
+            Self::Beside(beside) => beside.flush().await,
+        }
+    }
+
+    /// Resolves when the scan has stopped at an error (it only stops early then).
+    async fn stopped(&self) {
+        match self {
+            Self::Here(here) if here.refused.is_some() => {}
+            Self::Here(_) => std::future::pending().await,
+            Self::Beside(beside) => beside.stopped().await,
+        }
+    }
+
+    /// Declares the end of the body: the scan's verdict on it.
+    async fn finish(self) -> Result<Scanned, AppError> {
+        match self {
+            Self::Here(here) => Ok(match here.refused {
+                Some(rejection) => Err(rejection),
+                None => here.scanning.finish(),
+            }),
+            Self::Beside(beside) => beside.finish().await,
+        }
+    }
+}
+
+/// The scanner and the items' side of it, wherever they run.
+struct Scanning {
+    scanner: BodyScanner,
+    items: EdgeItems,
+}
+
+impl Scanning {
+    fn new(policy: ErrorPolicy) -> Self {
+        Self { scanner: BodyScanner::new(), items: EdgeItems::new(policy) }
+    }
+
+    fn scan(&mut self, chunk: Bytes) -> Result<(), Rejection> {
+        self.items.scan(&mut self.scanner, chunk)
+    }
+
+    fn finish(self) -> Scanned {
+        let summary = self.scanner.finish().map_err(Rejection::Invalid)?;
+        Ok((summary, self.items.report))
+    }
+}
+
+/// A scan on the request's task; it keeps the first error and ignores what follows.
+struct ScanHere {
+    scanning: Scanning,
+    refused: Option<Rejection>,
+}
+
+impl ScanHere {
+    fn push(&mut self, chunk: Bytes) -> bool {
+        if self.refused.is_none()
+            && let Err(rejection) = self.scanning.scan(chunk)
+        {
+            self.refused = Some(rejection);
+        }
+        self.refused.is_none()
+    }
+}
+
+/// A scan on a blocking thread beside the request's task. Chunks are shared, not copied,
+/// and handed over in batches of about a megabyte: a wake-up per chunk cost more than the
+/// hash. It stops at the body's first error; dropped, it ends its thread.
 struct BackgroundScan {
     batches: tokio::sync::mpsc::Sender<Vec<Bytes>>,
     batch: Vec<Bytes>,
@@ -273,28 +374,21 @@ struct BackgroundScan {
     result: tokio::task::JoinHandle<Scanned>,
 }
 
-/// The scan's verdict: the body's summary and the items with errors, or why it is refused.
-type Scanned = Result<(Summary, EdgeReport), Rejection>;
-
 impl BackgroundScan {
     const BATCH_BYTES: usize = 1024 * 1024;
-    /// How long the next chunk may keep a smaller batch waiting.
-    const FLUSH_AFTER: Duration = Duration::from_millis(20);
     /// Batches waiting before the request's task waits for the scan.
     const QUEUED_BATCHES: usize = 2;
 
     fn start(policy: ErrorPolicy) -> Self {
         let (batches, mut queued) = tokio::sync::mpsc::channel::<Vec<Bytes>>(Self::QUEUED_BATCHES);
         let result = tokio::task::spawn_blocking(move || {
-            let mut scanner = BodyScanner::new();
-            let mut items = EdgeItems::new(policy);
+            let mut scanning = Scanning::new(policy);
             while let Some(batch) = queued.blocking_recv() {
                 for chunk in batch {
-                    items.scan(&mut scanner, chunk)?;
+                    scanning.scan(chunk)?;
                 }
             }
-            let summary = scanner.finish().map_err(Rejection::Invalid)?;
-            Ok((summary, items.report))
+            scanning.finish()
         });
         Self { batches, batch: Vec::new(), batch_bytes: 0, result }
     }
