@@ -13,7 +13,15 @@
 #      any node that durably spools a body before it answers could do (the sink writes
 #      nothing, so where the disk is slower than 0.7 of the sink, so is every such node);
 #   2. ingestion: rows/s from an accepted upload to its products in Postgres, against
-#      `psql \copy` of the same rows into a table of the same shape.
+#      `psql \copy` of the same rows into a table of the same shape;
+#   3. ingestion memory (embedded, SQLite): the 1 GiB array, 5 M tiny items and items near
+#      the 128 KiB item limit, each accepted by a node without workers and ingested by a
+#      fresh node: its peak RSS (VmHWM) while it ingested, and its RSS 10 s and 60 s after
+#      the upload succeeded, against the idle RSS of a fresh node with the same settings.
+#      The registrations the ingestion queues (one per new product, a call each to the
+#      offers service: hours for millions) are deleted once the upload succeeded, so
+#      that "after" means after the work. Items with 1 MB descriptions are refused at
+#      the edge (400): the POST is shown, there is nothing to ingest.
 # Settings: DATABASE_URL (a Postgres URL whose server we may create a database on),
 # BENCH_UPLOAD_BYTES (default 1 GiB), BENCH_UPLOAD_ROUNDS (upload path rounds, default 5),
 # BENCH_INGEST_BYTES (default 64 MiB ≈ 310,000 rows),
@@ -112,7 +120,6 @@ for round in $(seq 1 "$UPLOAD_ROUNDS"); do
     f' disk {${SPEED_NOW[disk]} / 1e6:.0f} MB/s,'
     f' ratio {${SPEED_NOW[emporium]} / ${SPEED_NOW[sink]}:.2f}')"
 done
-rm -f "$WORK/upload.json"
 
 echo "== ingestion: ${INGEST_ITEMS} products, ${ROUNDS} rounds of each side, alternating"
 ingest_round() { # sets AFTER_ACCEPT and AFTER_POST (seconds); from an empty database and node
@@ -153,6 +160,62 @@ for round in $(seq 1 "$ROUNDS"); do
   INGEST_SECONDS+=("$AFTER_ACCEPT") WITH_POST+=("$AFTER_POST") COPY_SECONDS+=("$COPY_TOOK")
   python3 -c "print(f'   round $round: emporium {$INGEST_ITEMS / $AFTER_ACCEPT:.0f} rows/s, copy {$INGEST_ITEMS / $COPY_TOOK:.0f} rows/s, ratio {$COPY_TOOK / $AFTER_ACCEPT:.2f}')"
 done
+
+echo "== ingestion memory (embedded): idle, peak while ingesting, 10 s and 60 s after"
+# No offers service (a closed port): registrations fail at once instead of calling it; the
+# ones left are deleted when the upload succeeds (see the top).
+OFFERS_CLOSED="http://127.0.0.1:$(free_port)"
+rss_kb() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"; }
+python3 - "$WORK/tiny.json" "$WORK/wide.json" <<'PY'
+import sys
+with open(sys.argv[1], "w") as body:  # 5 M tiny items
+    body.write("[" + ",".join(f'{{"id":"tiny-{n}","name":"T{n}"}}' for n in range(5_000_000)) + "]")
+with open(sys.argv[2], "w") as body:  # ~200 MB of items near the 128 KiB item limit
+    items = (f'{{"id":"wide-{n}","name":"W{n}","description":"{"d" * 10_000}","attributes":{{"notes":"{"a" * 100_000}"}}}}' for n in range(1_800))
+    body.write("[" + ",".join(items) + "]")
+PY
+MEMORY_ROWS=()
+ingestion_memory() { # label body
+  local idle peak after10 after60 upload_id
+  rm -rf "$WORK/mem-idle" "$WORK/mem"
+  start_node "$WORK/mem-idle" OFFERS_URL="$OFFERS_CLOSED"
+  sleep 5
+  idle="$(rss_kb "$NODE_PID" VmRSS)"
+  stop_node
+  start_node "$WORK/mem" OFFERS_URL="$OFFERS_CLOSED" JOB_WORKERS=0
+  read -r _ code < <(post "http://127.0.0.1:${PORT}/v1/products" "$2")
+  [ "$code" = 200 ] || { echo "emporium answered $code: $(head -c 500 "$WORK/answer.json")" >&2; exit 1; }
+  upload_id="$(jq -r .upload_id "$WORK/answer.json")"
+  stop_node
+  start_node "$WORK/mem" OFFERS_URL="$OFFERS_CLOSED"
+  "$HELPERS" uploads-wait "http://127.0.0.1:${PORT}" "$upload_id"
+  peak="$(rss_kb "$NODE_PID" VmHWM)"
+  python3 -c "import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=30)
+db.execute(\"DELETE FROM jobs WHERE kind = 'catalog.register' AND status = 'queued'\")
+db.commit()" "$WORK/mem/emporium.db"
+  sleep 10
+  after10="$(rss_kb "$NODE_PID" VmRSS)"
+  sleep 50
+  after60="$(rss_kb "$NODE_PID" VmRSS)"
+  stop_node
+  MEMORY_ROWS+=("$1,$((idle / 1024)),$((peak / 1024)),$((after10 / 1024)),$((after60 / 1024))")
+  echo "   $1: idle $((idle / 1024)) MiB, peak $((peak / 1024)) MiB, after 10 s $((after10 / 1024)) MiB, after 60 s $((after60 / 1024)) MiB"
+}
+ingestion_memory "1 GiB array, ${UPLOAD_ITEMS} items" "$WORK/upload.json"
+rm -f "$WORK/upload.json"
+ingestion_memory "5 M tiny items" "$WORK/tiny.json"
+rm -f "$WORK/tiny.json"
+ingestion_memory "1,800 items near the 128 KiB limit" "$WORK/wide.json"
+rm -f "$WORK/wide.json"
+python3 -c "import sys
+item = '{\"id\":\"huge\",\"name\":\"H\",\"description\":\"' + 'd' * 1_000_000 + '\"}'
+open(sys.argv[1], 'w').write('[' + item + ']')" "$WORK/huge.json"
+start_node "$WORK/mem-idle" OFFERS_URL="$OFFERS_CLOSED"
+read -r _ HUGE_CODE < <(post "http://127.0.0.1:${PORT}/v1/products" "$WORK/huge.json")
+stop_node
+echo "   an item with a 1 MB description: ${HUGE_CODE} $(jq -c '.error // .' "$WORK/answer.json" | head -c 300)"
+
 join() { local IFS=,; echo "$*"; }
 
 python3 - <<PY
@@ -189,4 +252,11 @@ print(f"  emporium: {$INGEST_ITEMS / statistics.median(ingest):.0f} rows/s media
 print(f"            each batch of products also gets its registration job in the same transaction)")
 print(f"  psql \\\\copy: {$INGEST_ITEMS / statistics.median(copy):.0f} rows/s median ({statistics.median(copy):.1f} s)")
 print(f"  ratio, median of {len(ratios)} rounds: {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}; goal >= 0.5)")
+print("ingestion memory, embedded (MiB; goals: peak <= 100, after <= 1.2 x idle):")
+for row in "$(IFS=';'; echo "${MEMORY_ROWS[*]}")".split(";"):
+    label, idle, peak, after10, after60 = row.rsplit(",", 4)
+    idle, peak, after10, after60 = map(int, (idle, peak, after10, after60))
+    print(f"  {label}: idle {idle}, peak {peak} ({'ok' if peak <= 100 else 'over'}),"
+          f" after 10 s {after10} ({after10 / idle:.2f} x idle), after 60 s {after60} ({after60 / idle:.2f} x idle,"
+          f" {'ok' if after60 <= 1.2 * idle else 'over'})")
 PY
