@@ -15,7 +15,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     one_malloc_arena();
-    purge_freed_memory_at_once();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -46,19 +45,6 @@ fn one_malloc_arena() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
-}
-
-/// mimalloc gives freed memory back to the OS 10 ms after it could (100 ms for whole
-/// arenas), and only when the thread that freed it next allocates: during a large
-/// ingestion the node's memory grew by what the batches freed and were not yet returned.
-/// At once: a 300 MB body's ingestion peaked at 76 MiB instead of 101, with no measurable
-/// cost to the small-uploads bench (bench/RESULTS.md).
-fn purge_freed_memory_at_once() {
-    /// `mi_option_purge_delay` in mimalloc.h (the bindings name only the stable options).
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: called first thing in `main`, before any other thread exists; it only sets
-    // an allocator option.
-    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, 0) };
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
