@@ -162,6 +162,8 @@ impl App {
         if let Some(simulator) = simulator {
             simulator.shutdown().await;
         }
+        // On Postgres the durable connection is `db` itself: closing it twice is harmless.
+        shared.durable_db.clone().close().await.ok();
         shared.db.clone().close().await.ok();
         tracing::info!("stopped");
         Ok(())
