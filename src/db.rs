@@ -118,7 +118,8 @@ async fn connect_with(
 /// wait a tenth of a second behind a stream of them (the intake's store jobs behind its
 /// submissions, bench/intake.sh). Polling instead (every 100 µs, as this did before) kept
 /// every waiting connection's thread waking ten thousand times a second: under many small
-/// uploads, two thirds of the node's CPU went to those wake-ups (perf, bench/small-uploads.sh).
+/// uploads, half of the node's CPU samples were the kernel switching those threads (perf,
+/// bench/small-uploads.sh); waking them on commits made 1.5 times as many uploads a second.
 /// So a waiting connection sleeps until a write transaction of this process commits (the
 /// WAL hook, which SQLite calls once the write lock is released; one waiter is woken per
 /// commit, as only one can take the lock), or for at most
