@@ -163,7 +163,7 @@ impl WriteLock {
     extern "C" fn busy(_: *mut std::ffi::c_void, tries: std::ffi::c_int) -> std::ffi::c_int {
         let now = std::time::Instant::now();
         let since = WAITING_SINCE.with(|since| {
-            if tries == 0 || since.get().is_none() {
+            if tries == 0 {
                 since.set(Some(now));
             }
             since.get().unwrap_or(now)
@@ -171,15 +171,11 @@ impl WriteLock {
         if now.duration_since(since) >= Self::GIVE_UP_AFTER {
             return 0;
         }
-        let lock = &WRITE_LOCK;
-        let Ok(commits) = lock.commits.lock() else {
-            std::thread::sleep(Self::RECHECK);
-            return 1;
-        };
+        // Nothing panics holding the lock; were it poisoned, the count is still right.
+        let commits = WRITE_LOCK.commits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let seen = *commits;
-        // Woken by the next commit; a poisoned lock (impossible: nothing panics holding it)
-        // only makes this a plain sleep.
-        let _ = lock.committed.wait_timeout_while(commits, Self::RECHECK, |commits| *commits == seen);
+        let _woken_or_timed_out =
+            WRITE_LOCK.committed.wait_timeout_while(commits, Self::RECHECK, |commits| *commits == seen);
         1
     }
 
@@ -190,7 +186,8 @@ impl WriteLock {
         schema: *const std::ffi::c_char,
         pages: std::ffi::c_int,
     ) -> std::ffi::c_int {
-        if let Ok(mut commits) = WRITE_LOCK.commits.lock() {
+        {
+            let mut commits = WRITE_LOCK.commits.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             *commits = commits.wrapping_add(1);
         }
         WRITE_LOCK.committed.notify_one();
