@@ -25,6 +25,9 @@ need_tools() {
   fi
 }
 
+# rss_kb PID FIELD: a field of /proc/PID/status in kB (VmRSS now, VmHWM the peak).
+rss_kb() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 wait_http() { # url: until it answers at all (30 s at most)

@@ -74,7 +74,6 @@ load() {
     + (if .ingested_per_second then ", \(.ingested_per_second | floor) ingested/s, drained in \(.drain_seconds * 10 | round / 10) s" else "" end)
     + ", backlog 503s \(.backlog_503), other \(.other), no answer \(.transport_errors)"' "$WORK/results/$1.json"
 }
-peak_rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$1/status"; }
 
 REFS_PORT="$(free_port)"
 "$HELPERS" small-uploads-refs "127.0.0.1:${REFS_PORT}" "$WORK/references" &
@@ -112,7 +111,7 @@ for connections in $CONNECTION_COUNTS; do
   # Embedded: one node, the defaults (SQLite and objects in its DATA_DIR, in-process dedup).
   start_node "$WORK/embedded-${connections}"
   load "embedded-${connections}" "$connections" "http://127.0.0.1:${PORT}/v1/products" "http://127.0.0.1:${PORT}/metrics"
-  rss="$(peak_rss_kb "$NODE_PID")"
+  rss="$(rss_kb "$NODE_PID" VmHWM)"
   stop_node
   succeeded="$(python3 -c "import sqlite3, sys
 print(sqlite3.connect(sys.argv[1]).execute(\"SELECT count(*) FROM uploads WHERE status='succeeded'\").fetchone()[0])" \
@@ -137,7 +136,7 @@ print(sqlite3.connect(sys.argv[1]).execute(\"SELECT count(*) FROM uploads WHERE 
   done
   load "cluster-${connections}" "$connections" "$(IFS=,; echo "${urls[*]}")" "$(IFS=,; echo "${metrics[*]}")"
   rss=()
-  for pid in "${node_pids[@]}"; do rss+=("$(peak_rss_kb "$pid")"); done
+  for pid in "${node_pids[@]}"; do rss+=("$(rss_kb "$pid" VmHWM)"); done
   for pid in "${node_pids[@]}"; do kill "$pid"; done
   for pid in "${node_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   succeeded="$(psql -qAt "$DB_URL" -c "SELECT count(*) FROM uploads WHERE status='succeeded'")"

@@ -111,7 +111,8 @@ for round in $(seq 1 "$UPLOAD_ROUNDS"); do
     SPEED_NOW[$side]="$speed" CPU_NOW[$side]="$(per_gib $(($(cpu_ticks "$pid") - before)))"
     SPEEDS[$side]+="$speed," CPU[$side]+="${CPU_NOW[$side]},"
   done
-  PEAK_KB="$(awk -v peak="$PEAK_KB" '/VmHWM/ { print ($2 > peak ? $2 : peak) }' "/proc/${NODE_PID}/status")"
+  round_peak="$(rss_kb "$NODE_PID" VmHWM)"
+  if [ "$round_peak" -gt "$PEAK_KB" ]; then PEAK_KB=$round_peak; fi
   stop_node
   python3 -c "print(f'   round $round: emporium {${SPEED_NOW[emporium]} / 1e6:.0f} MB/s ({${CPU_NOW[emporium]}:.2f} CPU s/GiB),'
     f' sink {${SPEED_NOW[sink]} / 1e6:.0f} MB/s ({${CPU_NOW[sink]}:.2f}),'
@@ -165,7 +166,6 @@ echo "== ingestion memory (embedded): idle, peak while ingesting, 10 s and 60 s 
 # No offers service (a closed port): registrations fail at once instead of calling it; the
 # ones left are deleted when the upload succeeds (see the top).
 OFFERS_CLOSED="http://127.0.0.1:$(free_port)"
-rss_kb() { awk -v key="$2:" '$1 == key { print $2 }' "/proc/$1/status"; }
 python3 - "$WORK/tiny.json" "$WORK/wide.json" <<'PY'
 import sys
 with open(sys.argv[1], "w") as body:  # 5 M tiny items
